@@ -1,0 +1,147 @@
+"""Pure decisions of the pipeline: event -> reach messages, outcome -> result.
+
+Nothing here does I/O; the agents call these functions and do the sending.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from channels.base import Delivery, Outcome, OutcomeKind, Rendered
+from channels.routing import WeightedChooser
+from models.events import Event
+from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
+from models.profiles import UserProfile
+from rules.engine import RuleEngine
+from rules.model import Template
+
+# Which contact field a channel needs; channels not listed need none (inbox, pop-up).
+CHANNEL_ADDRESS = {"email": "email", "sms": "phone"}
+
+
+def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
+    fact = event.as_dict()
+    fact["segments"] = list(profile.segments) if profile else []
+    return fact
+
+
+def reachable_channels(channels: Sequence[str], profile: UserProfile | None) -> list[str]:
+    contact = profile.contact if profile else {}
+    return [c for c in channels if c not in CHANNEL_ADDRESS or contact.get(CHANNEL_ADDRESS[c])]
+
+
+def plan_event(
+    event: Event,
+    profile: UserProfile | None,
+    engine: RuleEngine,
+    choosers: Mapping[str, WeightedChooser],
+    now_ms: int,
+) -> list[ReachMessage]:
+    """The messages an event causes: one per matching trigger and selected channel."""
+    fact = trigger_fact(event, profile)
+    messages = []
+    for rule in engine.match_triggers(fact):
+        selection_fact = {
+            "rule_id": rule.id,
+            "template": rule.template,
+            "priority": rule.priority,
+            "event": event.name,
+            "platform": event.platform,
+            "segments": fact["segments"],
+            "reachable": reachable_channels(list(choosers), profile),
+        }
+        dedup = rule.dedup_for(fact)
+        for channel in engine.select_channels(rule.channels, selection_fact):
+            messages.append(
+                ReachMessage(
+                    message_id=message_id_for(rule.id, dedup, channel),
+                    user_id=event.user_id,
+                    rule_id=rule.id,
+                    template=rule.template,
+                    channel=channel,
+                    provider=choosers[channel].choose().name,
+                    priority=rule.priority,
+                    event_id=event.event_id,
+                    event_name=event.name,
+                    event_ts=event.ts,
+                    created_ts=now_ms,
+                    variables=_variables(event),
+                    contact=dict(profile.contact) if profile else {},
+                    platform=event.platform,
+                )
+            )
+    return messages
+
+
+def _variables(event: Event) -> dict[str, Any]:
+    return {
+        "user_id": event.user_id,
+        "event": event.name,
+        "event_id": event.event_id,
+        "properties": event.properties,
+        "device": event.device,
+    }
+
+
+def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered | Outcome:
+    """The message's content, or a permanent outcome saying why it cannot be rendered."""
+    template = templates.get(message.template)
+    if template is None:
+        return Outcome.permanent("unknown_template", f"template {message.template!r} is not loaded")
+    try:
+        return template.render(message.variables)
+    except Exception as exc:  # a template bug must fail this message, not the batch
+        return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def backoff_ms(attempt: int, base_ms: int, cap_ms: int, rng: random.Random) -> int:
+    """Capped exponential backoff with full jitter for the attempt that just failed."""
+    ceiling = min(cap_ms, base_ms * 2 ** max(0, attempt - 1))
+    return max(base_ms // 2, int(rng.uniform(0, ceiling)))
+
+
+STATUS_OF = {
+    OutcomeKind.SENT: DeliveryStatus.SENT,
+    OutcomeKind.PERMANENT: DeliveryStatus.FAILED,
+    OutcomeKind.INVALID_ADDRESS: DeliveryStatus.FAILED,
+    OutcomeKind.UNKNOWN: DeliveryStatus.UNKNOWN,
+    OutcomeKind.RETRY: DeliveryStatus.RETRYING,
+}
+
+
+def result_for(
+    message: ReachMessage, outcome: Outcome, status: DeliveryStatus, attempted_at: int, completed_at: int
+) -> DeliveryResult:
+    return DeliveryResult(
+        message_id=message.message_id,
+        attempt=message.attempt,
+        user_id=message.user_id,
+        rule_id=message.rule_id,
+        channel=message.channel,
+        provider=message.provider,
+        status=status,
+        platform=message.platform,
+        event_ts=message.event_ts,
+        attempted_at=attempted_at,
+        completed_at=completed_at,
+        error_code=outcome.code,
+        error=outcome.detail[:500],
+        provider_message_id=outcome.provider_message_id,
+    )
+
+
+def deliveries_for(
+    messages: Sequence[ReachMessage], templates: Mapping[str, Template]
+) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
+    """Split messages into renderable deliveries and ones that failed to render."""
+    ready: list[Delivery] = []
+    failed: list[tuple[ReachMessage, Outcome]] = []
+    for message in messages:
+        content = render(message, templates)
+        if isinstance(content, Outcome):
+            failed.append((message, content))
+        else:
+            ready.append(Delivery(message, content))
+    return ready, failed

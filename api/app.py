@@ -1,0 +1,181 @@
+"""The HTTP API: accept events, serve the inbox, health and metrics.
+
+Runs in its own process (``reach api``); it never talks to the worker, only
+to Kafka (events in) and MariaDB (inbox out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from api.schemas import EVENT_REQUEST_SCHEMA, InboxPage, InboxMessage
+from models.events import Event, EventError, event_from_dict
+from models.storage import CursorError, InboxStore, create_pool
+from reach.clock import Clock, SystemClock
+from reach.metrics import ApiMetrics
+from reach.settings import Settings
+
+MAX_EVENTS_PER_REQUEST = 1000
+MAX_BODY_BYTES = 5 * 1024 * 1024
+USER_ID = Path(min_length=1, max_length=128)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state["pool"] = await create_pool(settings)
+        state["inbox"] = InboxStore(state["pool"])
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        state["producer"] = producer
+        try:
+            yield
+        finally:
+            await producer.stop()
+            state["pool"].close()
+            await state["pool"].wait_closed()
+
+    app = FastAPI(
+        title="reach",
+        version="0.1.0",
+        description="CRM user reach: behaviour events in, messages out.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.code, "message": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return ORJSONResponse(body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"where": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        return ORJSONResponse(
+            {"error": "invalid_request", "message": "; ".join(f"{d['where']}: {d['message']}" for d in details),
+             "details": details},
+            status_code=422,
+        )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, template, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        summary="Accept one behaviour event or a batch of up to 1000",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": EVENT_REQUEST_SCHEMA}}}},
+        responses={202: {"description": "Accepted: the events are on the events topic"}, 422: {"description": "Invalid events; none was accepted"}},
+    )
+    async def post_events(request: Request) -> dict[str, int]:
+        events = parse_events(await read_body(request))
+        producer: AIOKafkaProducer = state["producer"]
+        pending = [
+            await producer.send(settings.events_topic, orjson.dumps(e.as_dict()), key=e.user_id.encode())
+            for e in events
+        ]
+        await asyncio.gather(*pending)
+        metrics.events_accepted.inc(len(events))
+        return {"accepted": len(events)}
+
+    @app.get("/v1/users/{user_id}/inbox", response_model=InboxPage, summary="A user's site messages, newest first")
+    async def get_inbox(
+        user_id: str = USER_ID,
+        limit: int = Query(20, ge=1, le=100),
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    ) -> dict[str, Any]:
+        inbox: InboxStore = state["inbox"]
+        try:
+            items, next_cursor = await inbox.page(user_id, limit, cursor)
+        except CursorError as exc:
+            raise ApiError(400, "bad_cursor", str(exc)) from None
+        unread = await inbox.unread_count(user_id)
+        return {
+            "items": [InboxMessage.from_item(i).model_dump() for i in items],
+            "unread": unread,
+            "next_cursor": next_cursor,
+        }
+
+    @app.post("/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, summary="Mark a site message read")
+    async def mark_read(
+        user_id: str = USER_ID, message_id: str = Path(min_length=1, max_length=64)
+    ) -> Response:
+        if not await state["inbox"].mark_read(user_id, message_id, clock.now_ms()):
+            raise ApiError(404, "not_found", f"user {user_id!r} has no message {message_id!r}")
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="Liveness and database reachability")
+    async def healthz() -> dict[str, str]:
+        try:
+            async with state["pool"].acquire() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+        except Exception as exc:
+            raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from None
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def read_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+
+
+def parse_events(data: Any) -> list[Event]:
+    """One event object or a list of them; every error is reported, none is accepted."""
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ApiError(422, "no_events", "the batch is empty")
+    if len(items) > MAX_EVENTS_PER_REQUEST:
+        raise ApiError(413, "too_many_events", f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    events, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            events.append(event_from_dict(item))
+        except EventError as exc:
+            errors.append({"index": index, "reason": exc.reason, "message": exc.detail})
+    if errors:
+        raise ApiError(422, "invalid_events", f"{len(errors)} of {len(items)} events are invalid", errors)
+    return events

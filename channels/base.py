@@ -1,0 +1,119 @@
+"""The contract every channel provider implements.
+
+A provider is one module with one class, registered by name in
+:mod:`channels.registry`, and configured by one entry in the channels file.
+The per-channel agent calls it like this::
+
+    provider = ProviderClass(config, context)
+    await provider.setup()
+    outcomes = await provider.send_batch(deliveries)   # one Outcome per delivery, same order
+    ...
+    await provider.close()
+
+``send_batch`` must not raise for a failure of one message: it reports it as
+an :class:`Outcome`. It raises only when the provider as a whole is unusable
+(bad configuration), which stops the agent loudly instead of losing messages.
+It must never sleep to wait for a rate limit: it returns ``RETRY`` with
+``retry_after`` and the agent schedules the next attempt.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from models.messages import ReachMessage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """A message's content after template rendering."""
+
+    title: str
+    text: str
+    html: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message to send, with its rendered content."""
+
+    message: ReachMessage
+    content: Rendered
+
+
+class OutcomeKind(enum.StrEnum):
+    SENT = "sent"  # the provider accepted it (or it is stored, for the inbox)
+    RETRY = "retry"  # temporary failure; try again after retry_after seconds
+    PERMANENT = "permanent"  # will never succeed as is (bad address, rejected content)
+    INVALID_ADDRESS = "invalid_address"  # the address/token is dead: record it, stop using it
+    UNKNOWN = "unknown"  # sent, but the provider's answer was lost
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    code: str = ""  # provider's own error code or SMTP reply code, for metrics and results
+    detail: str = ""  # human-readable reason; never contains addresses or secrets
+    retry_after: float | None = None  # seconds, for RETRY
+    provider_message_id: str = ""
+
+    @classmethod
+    def sent(cls, provider_message_id: str = "") -> Outcome:
+        return cls(OutcomeKind.SENT, provider_message_id=provider_message_id)
+
+    @classmethod
+    def retry(cls, code: str, detail: str, retry_after: float | None = None) -> Outcome:
+        return cls(OutcomeKind.RETRY, code, detail, retry_after)
+
+    @classmethod
+    def permanent(cls, code: str, detail: str) -> Outcome:
+        return cls(OutcomeKind.PERMANENT, code, detail)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One provider entry of a channel in the channels file."""
+
+    name: str  # unique within the channel, e.g. "smtp-primary"
+    type: str  # registry key, e.g. "smtp"
+    weight: int = 1  # share of the channel's traffic, by weighted random choice
+    limit_per_window: int | None = None  # per-provider throttle; None = only the channel's
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What the worker hands to providers: shared clients, never settings globals."""
+
+    mysql_pool: Any = None  # aiomysql pool, for providers that store (inbox)
+    redis: Any = None  # redis.asyncio client, for shared caches (tokens)
+
+
+class Provider(abc.ABC):
+    """Base class of every provider. Subclasses set ``type_name`` and ``secret_options``."""
+
+    type_name: ClassVar[str]
+    #: option keys whose values are secrets: masked in listings and never logged
+    secret_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Open connections; raise ``ValueError`` naming the option for bad configuration."""
+
+    @abc.abstractmethod
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Send each delivery; return one outcome per delivery, in order."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once, also after a failed setup."""

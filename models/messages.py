@@ -1,0 +1,91 @@
+"""Reach messages and delivery results: what flows between the agents.
+
+A :class:`ReachMessage` is one message for one user on one channel. It is
+created by the trigger agent when a rule matches, travels on the channel's
+outbox topic as JSON, and ends as one :class:`DeliveryResult` per attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+
+def message_id_for(rule_id: str, dedup_key: str, channel: str) -> str:
+    """Deterministic id: re-processing the same event yields the same id.
+
+    That is what makes every sink idempotent (inbox rows, result rows, the
+    sent marker), so at-least-once consumption never becomes a second send.
+    """
+    digest = hashlib.blake2b(f"{rule_id}\x1f{dedup_key}\x1f{channel}".encode(), digest_size=12)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReachMessage:
+    message_id: str
+    user_id: str
+    rule_id: str
+    template: str
+    channel: str
+    provider: str
+    priority: int
+    event_id: str
+    event_name: str
+    event_ts: int  # ms since epoch, from the event
+    created_ts: int  # ms since epoch, when the rule matched
+    variables: Mapping[str, Any]  # template context: event properties and the like
+    contact: Mapping[str, str]  # addresses: {"email": ...}, possibly empty
+    platform: str = ""  # device platform from the event, "" when unknown
+    attempt: int = 1
+    not_before: int = 0  # ms since epoch; 0 = send now
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ReachMessage:
+        return cls(**orjson.loads(raw))
+
+    def replace(self, **changes: Any) -> ReachMessage:
+        return dataclasses.replace(self, **changes)
+
+
+class DeliveryStatus(enum.StrEnum):
+    SENT = "sent"  # accepted by the provider (or stored, for the inbox)
+    DELIVERED = "delivered"  # a receipt confirmed delivery
+    FAILED = "failed"  # permanent failure; will not be retried
+    RETRYING = "retrying"  # temporary failure; another attempt is scheduled
+    UNKNOWN = "unknown"  # the outcome could not be determined (connection lost after send)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    message_id: str
+    attempt: int
+    user_id: str
+    rule_id: str
+    channel: str
+    provider: str
+    status: DeliveryStatus
+    platform: str
+    event_ts: int
+    attempted_at: int  # ms; when the send was decided (throttle window time)
+    completed_at: int  # ms; when the outcome was known
+    error_code: str = ""
+    error: str = ""
+    provider_message_id: str = ""
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> DeliveryResult:
+        data = orjson.loads(raw)
+        data["status"] = DeliveryStatus(data["status"])
+        return cls(**data)

@@ -1,0 +1,160 @@
+"""The ``reach`` command line.
+
+    reach worker                      run the stream-processing worker
+    reach api                         run the HTTP API
+    reach rules validate PATH...      check rule files; non-zero exit on any error
+    reach events send [FILE]          produce events (JSON object, array or JSON lines; stdin by default)
+    reach profiles send [FILE]        produce user profiles (segments, contact) the same way
+    reach db migrate                  create the database and tables
+    reach topics create               create the Kafka topics
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+import orjson
+
+from reach import logs
+from reach.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_json)
+    result: int = args.run(settings, args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reach", description="CRM user reach")
+    sub = parser.add_subparsers(title="commands")
+    sub.add_parser("worker", help="run the stream-processing worker").set_defaults(run=_worker)
+    sub.add_parser("api", help="run the HTTP API").set_defaults(run=_api)
+    rules = sub.add_parser("rules", help="rule files").add_subparsers(title="rules commands")
+    validate = rules.add_parser("validate", help="validate rule files or directories")
+    validate.add_argument("paths", nargs="+")
+    validate.set_defaults(run=_rules_validate)
+    for noun, runner in (("events", _events_send), ("profiles", _profiles_send)):
+        group = sub.add_parser(noun, help=f"{noun} topic").add_subparsers(title=f"{noun} commands")
+        send = group.add_parser("send", help=f"produce {noun} from a file or stdin")
+        send.add_argument("file", nargs="?", default="-", help="JSON object, array or JSON lines; - for stdin")
+        send.set_defaults(run=runner)
+    db = sub.add_parser("db", help="database").add_subparsers(title="db commands")
+    db.add_parser("migrate", help="create the database and tables").set_defaults(run=_db_migrate)
+    topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(title="topics commands")
+    topics.add_parser("create", help="create the topics").set_defaults(run=_topics_create)
+    return parser
+
+
+def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from reach import worker
+
+    worker.run(settings)
+    return 0
+
+
+def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        backlog=4096,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def _rules_validate(settings: Settings, args: argparse.Namespace) -> int:
+    from rules.cli import validate
+
+    return validate(args.paths)
+
+
+def read_json_records(stream: TextIO) -> Iterator[Any]:
+    """A JSON object, a JSON array of objects, or one JSON value per line."""
+    text = stream.read()
+    stripped = text.lstrip()
+    if not stripped:
+        return
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise SystemExit(f"line {number}: not JSON: {exc}") from None
+        return
+    yield from data if isinstance(data, list) else [data]
+
+
+def _send(settings: Settings, args: argparse.Namespace, topic: str, parse: Callable[[Any], Any]) -> int:
+    from models.events import EventError
+    from reach.producer import SyncProducer
+
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        records = []
+        for index, raw in enumerate(read_json_records(stream)):
+            try:
+                item = parse(raw)
+            except EventError as exc:
+                print(f"record {index}: {exc.reason}: {exc.detail}", file=sys.stderr)
+                return 1
+            records.append((item.user_id.encode(), orjson.dumps(raw)))
+    sent = SyncProducer(settings.kafka_bootstrap).send_many(topic, records)
+    print(f"sent {sent} records to {topic}")
+    return 0
+
+
+def _events_send(settings: Settings, args: argparse.Namespace) -> int:
+    from models.events import event_from_dict
+
+    return _send(settings, args, settings.events_topic, event_from_dict)
+
+
+def _profiles_send(settings: Settings, args: argparse.Namespace) -> int:
+    from models.profiles import profile_from_dict
+
+    return _send(settings, args, settings.segments_topic, profile_from_dict)
+
+
+def _db_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from models.storage import migrate
+
+    asyncio.run(migrate(settings))
+    print(f"database {settings.mysql_database!r} is up to date")
+    return 0
+
+
+def _topics_create(settings: Settings, _args: argparse.Namespace) -> int:
+    from channels.config import load_channels
+    from streams.topics import ensure_topics
+
+    channels = load_channels(settings.channels_file, os.environ)
+    created = asyncio.run(ensure_topics(settings, channels.channels))
+    print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

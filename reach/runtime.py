@@ -1,0 +1,86 @@
+"""The worker's shared resources, opened once before the agents start."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from prometheus_client import CollectorRegistry
+
+from channels.base import Provider, ProviderContext
+from channels.config import ChannelsConfig
+from channels.registry import provider_class
+from channels.routing import WeightedChooser
+from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
+from models.storage import ProfileStore, ResultStore, create_pool
+from reach.clock import Clock, SystemClock
+from reach.metrics import WorkerMetrics
+from reach.settings import Settings
+from rules.reloader import RuleReloader
+
+log = structlog.get_logger("reach.runtime")
+
+
+@dataclasses.dataclass
+class Runtime:
+    settings: Settings
+    channels: ChannelsConfig
+    rules: RuleReloader
+    registry: CollectorRegistry
+    metrics: WorkerMetrics
+    clock: Clock = dataclasses.field(default_factory=SystemClock)
+    choosers: dict[str, WeightedChooser] = dataclasses.field(default_factory=dict)
+    # Opened by start():
+    mysql_pool: Any = None
+    redis: Any = None
+    providers: dict[str, dict[str, Provider]] = dataclasses.field(default_factory=dict)
+    results: ResultStore | None = None
+    profiles: ProfileStore | None = None
+    throttle: WindowThrottle | None = None
+    sent: SentMarkers | None = None
+    deferred: DeferredQueue | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
+        """Load rules (raising on a bad rule file) and channel routing; opens nothing."""
+        registry = CollectorRegistry()
+        rules = RuleReloader(settings.rules_dir, known_channels=list(channels.channels))
+        runtime = cls(settings, channels, rules, registry, WorkerMetrics(registry), clock or SystemClock())
+        runtime.choosers = {
+            name: WeightedChooser(channel.providers) for name, channel in channels.channels.items()
+        }
+        return runtime
+
+    async def start(self) -> None:
+        s = self.settings
+        self.mysql_pool = await create_pool(s)
+        self.redis = aioredis.from_url(s.redis_url.get_secret_value())
+        await self.redis.ping()
+        self.results = ResultStore(self.mysql_pool)
+        self.profiles = ProfileStore(self.mysql_pool)
+        self.throttle = WindowThrottle(self.redis, s.redis_prefix)
+        self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
+        self.deferred = DeferredQueue(self.redis, s.redis_prefix)
+        await self._start_providers()
+
+    async def _start_providers(self) -> None:
+        context = ProviderContext(mysql_pool=self.mysql_pool, redis=self.redis)
+        for channel in self.channels.channels.values():
+            started = self.providers.setdefault(channel.name, {})
+            for config in channel.providers:
+                provider = provider_class(config.type)(config, context)
+                await provider.setup()
+                started[config.name] = provider
+                log.info("provider.started", channel=channel.name, provider=config.name, type=config.type)
+
+    async def close(self) -> None:
+        for providers in self.providers.values():
+            for provider in providers.values():
+                await provider.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.mysql_pool is not None:
+            self.mysql_pool.close()
+            await self.mysql_pool.wait_closed()

@@ -1,0 +1,81 @@
+"""Settings: one frozen object, built once at the entry point from ``REACH_*``.
+
+No other module reads the environment; everything receives what it needs
+from here. Secrets are ``SecretStr`` so they never print in clear.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REACH_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "reach."  # topics are <prefix>events, <prefix>outbox.<channel>, ...
+    app_id: str = "reach"  # faust app id: consumer group and changelog topic names
+    partitions: int = Field(4, ge=1)  # events, segments and outbox topics (co-partitioned)
+
+    # MariaDB / TiDB
+    mysql_host: str = "127.0.0.1"
+    mysql_port: int = 3306
+    mysql_user: str = "reach"
+    mysql_password: SecretStr = SecretStr("reach")
+    mysql_database: str = "reach"
+    mysql_pool_size: int = Field(10, ge=1)
+
+    # Redis
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_prefix: str = "reach:"  # every key this deployment writes starts with it
+
+    # Rules and channels
+    rules_dir: Path = REPO_ROOT / "rules" / "examples"
+    rules_check_interval: float = Field(1.0, gt=0)  # seconds between rule-file checks
+    channels_file: Path = REPO_ROOT / "deploy" / "config" / "channels.yaml"
+
+    # Worker
+    data_dir: Path = REPO_ROOT / "var" / "worker"  # faust's local table state
+    batch_size: int = Field(1000, ge=1)  # messages per agent batch
+    batch_within: float = Field(0.05, gt=0)  # seconds an agent waits to fill a batch
+    deferred_poll_interval: float = Field(0.2, gt=0)  # seconds between deferred-queue polls
+    sent_marker_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a message id is remembered as sent
+    max_attempts: int = Field(5, ge=1)  # delivery attempts per message before it fails for good
+    retry_base_ms: int = Field(1000, ge=1)  # first retry backoff; doubles per attempt, with jitter
+    retry_cap_ms: int = Field(300_000, ge=1)  # longest retry backoff
+    worker_metrics_port: int = 9464  # 0 disables the worker's /metrics endpoint
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def events_topic(self) -> str:
+        return self.topic("events")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topic("events.dlq")
+
+    @property
+    def segments_topic(self) -> str:
+        return self.topic("segments")
+
+    @property
+    def results_topic(self) -> str:
+        return self.topic("results")
+
+    def outbox_topic(self, channel: str) -> str:
+        return self.topic(f"outbox.{channel}")

@@ -1,0 +1,47 @@
+"""``reach worker``: the stream-processing worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+
+import faust
+import structlog
+import uvloop
+from prometheus_client import start_http_server
+
+from channels.config import load_channels
+from models.storage import migrate
+from reach.runtime import Runtime
+from reach.settings import Settings
+from streams.app import Topology, build
+from streams.topics import ensure_topics
+
+log = structlog.get_logger("reach.worker")
+
+
+def prepare(settings: Settings, env: Mapping[str, str]) -> tuple[asyncio.AbstractEventLoop, Topology]:
+    """Load configuration and rules, create schema and topics, open connections."""
+    channels = load_channels(settings.channels_file, env)
+    runtime = Runtime.build(settings, channels)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(migrate(settings))
+    loop.run_until_complete(ensure_topics(settings, channels.channels))
+    loop.run_until_complete(runtime.start())
+    return loop, build(settings, runtime)
+
+
+def run(settings: Settings) -> None:
+    loop, topology = prepare(settings, os.environ)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=topology.runtime.registry)
+    log.info(
+        "worker.ready",
+        events_topic=settings.events_topic,
+        rules_dir=str(settings.rules_dir),
+        metrics=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None,
+    )
+    worker = faust.Worker(topology.app, loop=loop, loglevel=settings.log_level, override_logging=False)
+    worker.execute_from_commandline()

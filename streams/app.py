@@ -1,0 +1,105 @@
+"""The faust app and its topology: topics, the profile table, agents, timers.
+
+    events ──> trigger ──> outbox.<channel> ──> channel agent ──> provider
+      │          ▲                                  │  │
+      └─> dlq    │ profile table                    │  └─> results topic + delivery_results
+    segments ──> segments agent ──> user_profiles   └─> deferred queue (Redis) ──> pump ──> outbox
+
+Wiring only; each agent lives in its own module under ``agents/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import faust
+import structlog
+
+from agents import channel as channel_agent
+from agents import deferred, segments, trigger
+from reach.runtime import Runtime
+from reach.settings import Settings
+
+log = structlog.get_logger("reach.streams")
+
+
+@dataclasses.dataclass
+class Topology:
+    app: faust.App
+    runtime: Runtime
+    profiles: Any
+    topics: dict[str, Any]
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        # Bigger buffers and producer batches: fewer wake-ups per message.
+        stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+        producer_linger=0.005,
+        producer_max_batch_size=512 * 1024,
+        producer_compression_type="lz4",
+        broker_commit_every=max(10_000, settings.batch_size * 4),
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        topic_disable_leader=True,
+    )
+
+
+def build(settings: Settings, runtime: Runtime) -> Topology:
+    app = create_app(settings)
+    topics = {
+        "events": app.topic(settings.events_topic),
+        "segments": app.topic(settings.segments_topic),
+    }
+    profiles = app.Table(
+        "profiles",
+        default=None,
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        use_partitioner=True,
+    )
+    trigger.register(app, topics["events"], runtime, profiles)
+    segments.register(app, topics["segments"], runtime, profiles)
+    for name, config in runtime.channels.channels.items():
+        topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name))
+        channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
+    deferred.register(app, runtime)
+    _register_housekeeping(app, runtime)
+    return Topology(app, runtime, profiles, topics)
+
+
+def _register_housekeeping(app: faust.App, runtime: Runtime) -> None:
+    @app.timer(interval=runtime.settings.rules_check_interval)
+    async def check_rules() -> None:
+        changed = runtime.rules.check()
+        if changed:
+            runtime.metrics.rules_reloads.labels("ok").inc()
+        _export_rule_counts(runtime)
+
+    @app.timer(interval=5.0)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp) or 0
+            if highwater is not None:
+                runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+
+
+def _export_rule_counts(runtime: Runtime) -> None:
+    book = runtime.rules.current.rulebook
+    runtime.metrics.rules_loaded.labels("trigger").set(len(book.triggers))
+    runtime.metrics.rules_loaded.labels("channel").set(len(book.channel_rules))
+    runtime.metrics.rules_loaded.labels("template").set(len(book.templates))

@@ -1,0 +1,133 @@
+"""Fixtures for the integration suite: the real local stack, one pipeline per session.
+
+Every run gets its own topics, consumer group, database and Redis key prefix,
+so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.storage import migrate
+from reach.settings import REPO_ROOT, Settings
+from tests.integration.harness import Db, WorkerProcess, clear_redis, make_settings, unique_run_id
+from tests.support.smtp_server import SmtpTestServer
+
+SMTP_USER, SMTP_PASSWORD = "reach", "s3cret-smtp"
+
+pytestmark = pytest.mark.integration
+
+
+def channels_yaml(smtp_port: int, email_limit: str = "", inbox_limit: str = "", window: float = 1) -> str:
+    return f"""
+channels:
+  inbox:
+    window_seconds: {window}
+    {inbox_limit}
+    providers:
+      - name: mariadb
+        type: inbox
+  email:
+    window_seconds: {window}
+    {email_limit}
+    providers:
+      - name: smtp-local
+        type: smtp
+        options:
+          host: 127.0.0.1
+          port: {smtp_port}
+          security: none
+          username: {SMTP_USER}
+          password: "${{REACH_SMTP_PASSWORD}}"
+          from_addr: "Reach <noreply@reach.test>"
+          unsubscribe_url: "https://reach.test/unsubscribe/{{message_id}}"
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack() -> None:
+    """Start the local stack if it is not running (make test has done it already)."""
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "up"], check=True)
+
+
+@dataclasses.dataclass
+class Pipeline:
+    settings: Settings
+    worker: WorkerProcess
+    smtp: SmtpTestServer
+    db: Db
+    tmp: Path
+
+
+TEST_RULES = Path(__file__).parent / "rules"
+
+
+def start_pipeline(tmp: Path, smtp: SmtpTestServer, **channel_args: str) -> Pipeline:
+    settings = make_settings(tmp, unique_run_id(), channels_yaml(smtp.port, **channel_args))
+    for rule_file in TEST_RULES.glob("*.yaml"):
+        shutil.copy(rule_file, settings.rules_dir / rule_file.name)
+    asyncio.run(migrate(settings))
+    worker = WorkerProcess(settings, tmp / "worker.log", {"REACH_SMTP_PASSWORD": SMTP_PASSWORD}).start()
+    return Pipeline(settings, worker, smtp, Db(settings), tmp)
+
+
+def stop_pipeline(pipeline: Pipeline) -> None:
+    pipeline.worker.stop()
+    pipeline.db.drop()
+    clear_redis(pipeline.settings)
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpTestServer]:
+    with SmtpTestServer(auth=(SMTP_USER, SMTP_PASSWORD)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServer) -> Iterator[Pipeline]:
+    """One running worker shared by the tests that do not restart it."""
+    running = start_pipeline(tmp_path_factory.mktemp("pipeline"), smtp_server)
+    yield running
+    stop_pipeline(running)
+
+
+@dataclasses.dataclass
+class Api:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def api(pipeline: Pipeline) -> Iterator[Api]:
+    """``reach api`` in a subprocess, on the shared pipeline's database and topics."""
+    import os
+    import sys
+
+    import httpx
+
+    from tests.integration.harness import free_port, settings_env, wait_until
+
+    port = free_port()
+    env = {**os.environ, **settings_env(pipeline.settings), "REACH_API_PORT": str(port)}
+    log = open(pipeline.tmp / "api.log", "ab")  # noqa: SIM115 - owned by the subprocess
+    proc = subprocess.Popen([sys.executable, "-m", "reach.cli", "api"], env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    wait_until(healthy, 30, "the API to answer /healthz")
+    assert proc.poll() is None, (pipeline.tmp / "api.log").read_text()
+    yield Api(base, proc)
+    proc.terminate()
+    proc.wait(30)

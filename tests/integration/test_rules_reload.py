@@ -1,0 +1,66 @@
+"""Rule files hot-reload in the running worker; a bad file is refused and the old rules keep matching."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Pipeline
+from tests.integration.harness import event, produce_json, wait_until
+
+pytestmark = pytest.mark.integration
+
+NEW_RULE = """
+triggers:
+  - id: loyalty-anniversary
+    when: name == "anniversary" and properties.years >= 1
+    template: anniversary
+    channels: [inbox]
+    dedup_key: "{event_id}"
+templates:
+  anniversary:
+    title: "{{ properties.years }} years with us"
+    text: "Thank you for staying."
+"""
+
+
+def loaded_triggers(p: Pipeline) -> int:
+    text = httpx.get(f"http://127.0.0.1:{p.settings.worker_metrics_port}/metrics", timeout=5).text
+    match = re.search(r'^reach_rules_loaded\{kind="trigger"\} (\S+)$', text, re.M)
+    return int(float(match.group(1))) if match else -1
+
+
+def inbox_titles(p: Pipeline, user: str) -> list[str]:
+    return [r[0] for r in p.db.query("SELECT title FROM inbox_messages WHERE user_id = %s", [user])]
+
+
+def test_an_edited_rule_file_takes_effect_without_restart(pipeline: Pipeline) -> None:
+    before = wait_until(lambda: max(0, loaded_triggers(pipeline)), 30, "the rule gauge")
+    path = pipeline.settings.rules_dir / "anniversary.yaml"
+    path.write_text(NEW_RULE)
+    try:
+        wait_until(lambda: loaded_triggers(pipeline) == before + 1, 30, "the new rule to load")
+        produce_json(pipeline.settings, pipeline.settings.events_topic,
+                     [event("anniv-1", "hopper-1", "anniversary", years=3)])
+        wait_until(lambda: "3 years with us" in inbox_titles(pipeline, "hopper-1"), 30, "the new rule's message")
+    finally:
+        path.unlink()
+        wait_until(lambda: loaded_triggers(pipeline) == before, 30, "the rule to unload")
+
+
+def test_a_bad_rule_file_is_refused_and_the_old_rules_keep_matching(pipeline: Pipeline) -> None:
+    before = wait_until(lambda: max(0, loaded_triggers(pipeline)), 30, "the rule gauge")
+    path = pipeline.settings.rules_dir / "broken.yaml"
+    path.write_text("triggers:\n  - id: broken\n    when: name == \n    template: welcome\n    channels: [inbox]\n")
+    try:
+        wait_until(lambda: "rules.reload_refused" in pipeline.worker.log(), 30, "the refusal in the log")
+        refusal = next(line for line in pipeline.worker.log().splitlines() if "rules.reload_refused" in line)
+        assert "broken.yaml" in refusal and "3" in refusal  # file and line of the bad entry
+        assert loaded_triggers(pipeline) == before
+        produce_json(pipeline.settings, pipeline.settings.events_topic,
+                     [event("ping-old-rules", "lovelace-1", "test_ping", n=7)])
+        wait_until(lambda: "ping 7" in inbox_titles(pipeline, "lovelace-1"), 30, "the old rules to match")
+    finally:
+        path.unlink()
