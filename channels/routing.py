@@ -1,0 +1,59 @@
+"""Choosing a provider of a channel by weight, and failing over to the others.
+
+Pure: no I/O and no clock. The random source is injected, so tests pin the
+sequence with a seeded ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Collection, Sequence
+
+from channels.base import ProviderConfig
+
+
+class NoProviderAvailableError(LookupError):
+    """Every provider of the channel was excluded: nothing is left to fail over to."""
+
+    def __init__(self, excluded: Collection[str]) -> None:
+        self.excluded = tuple(sorted(excluded))
+        super().__init__(f"no provider left to choose; excluded: {', '.join(self.excluded)}")
+
+
+class WeightedChooser:
+    """Picks a provider with probability proportional to its ``weight``.
+
+    ``choose(exclude=...)`` renormalises over the providers not excluded, which
+    is how the sender fails over: exclude the provider that just failed and
+    choose again. Not thread-safe (``random.Random`` state is shared), which is
+    fine for one agent loop.
+    """
+
+    def __init__(self, providers: Sequence[ProviderConfig], rng: random.Random | None = None) -> None:
+        if not providers:
+            raise ValueError("a channel needs at least one provider")
+        for provider in providers:
+            weight = provider.weight
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight <= 0:
+                raise ValueError(f"provider {provider.name!r}: weight must be a positive integer")
+        self._providers = tuple(providers)
+        # Precomputed for the common case (nothing excluded): choices() then only bisects.
+        self._cumulative = tuple(itertools.accumulate(p.weight for p in self._providers))
+        self._rng = rng if rng is not None else random.Random()
+
+    @property
+    def providers(self) -> tuple[ProviderConfig, ...]:
+        return self._providers
+
+    def choose(self, exclude: Collection[str] = ()) -> ProviderConfig:
+        """A provider whose name is not in ``exclude``, drawn by weight.
+
+        Raises :class:`NoProviderAvailableError` when every provider is excluded.
+        """
+        if not exclude:
+            return self._rng.choices(self._providers, cum_weights=self._cumulative)[0]
+        candidates = [p for p in self._providers if p.name not in exclude]
+        if not candidates:
+            raise NoProviderAvailableError(exclude)
+        return self._rng.choices(candidates, weights=[p.weight for p in candidates])[0]
