@@ -24,32 +24,38 @@ def test_optional_objects_default_to_empty() -> None:
     assert event.properties == {} and event.device == {} and event.platform == ""
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("2026-11-28T01:00:00Z", 1795827600000),
-    ("2026-11-28T09:00:00+08:00", 1795827600000),
-    ("2026-11-28T01:00:00.250Z", 1795827600250),
-    (1764291600000, 1764291600000),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-28T01:00:00Z", 1795827600000),
+        ("2026-11-28T09:00:00+08:00", 1795827600000),
+        ("2026-11-28T01:00:00.250Z", 1795827600250),
+        (1764291600000, 1764291600000),
+    ],
+)
 def test_timestamps(value: object, expected: int) -> None:
     assert parse_ts(value) == expected
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"{nope", "invalid_json"),
-    (b"[1]", "not_an_object"),
-    (raw(event_id=""), "bad_event_id"),
-    (raw(user_id=...), "bad_user_id"),
-    (raw(user_id=7), "bad_user_id"),
-    (raw(user_id="x" * 129), "bad_user_id"),
-    (raw(name=None), "bad_name"),
-    (raw(ts=...), "bad_ts"),
-    (raw(ts="2026-11-28 01:00"), "bad_ts"),  # no offset
-    (raw(ts="2026-11-28T01:00:00"), "bad_ts"),  # no offset
-    (raw(ts=1764291600), "bad_ts"),  # seconds, not milliseconds
-    (raw(ts=True), "bad_ts"),
-    (raw(properties=[1]), "bad_properties"),
-    (raw(device="ios"), "bad_device"),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{nope", "invalid_json"),
+        (b"[1]", "not_an_object"),
+        (raw(event_id=""), "bad_event_id"),
+        (raw(user_id=...), "bad_user_id"),
+        (raw(user_id=7), "bad_user_id"),
+        (raw(user_id="x" * 129), "bad_user_id"),
+        (raw(name=None), "bad_name"),
+        (raw(ts=...), "bad_ts"),
+        (raw(ts="2026-11-28 01:00"), "bad_ts"),  # no offset
+        (raw(ts="2026-11-28T01:00:00"), "bad_ts"),  # no offset
+        (raw(ts=1764291600), "bad_ts"),  # seconds, not milliseconds
+        (raw(ts=True), "bad_ts"),
+        (raw(properties=[1]), "bad_properties"),
+        (raw(device="ios"), "bad_device"),
+    ],
+)
 def test_malformed_events_say_why(data: bytes, reason: str) -> None:
     with pytest.raises(EventError) as info:
         parse_event(data)
@@ -58,17 +64,23 @@ def test_malformed_events_say_why(data: bytes, reason: str) -> None:
 
 
 def test_profiles_parse_and_normalise_segments() -> None:
-    profile = parse_profile(orjson.dumps({"user_id": "u", "segments": ["vip", "new", "vip"],
-                                          "contact": {"email": "a@b.c", "phone": ""}}))
+    profile = parse_profile(
+        orjson.dumps(
+            {"user_id": "u", "segments": ["vip", "new", "vip"], "contact": {"email": "a@b.c", "phone": ""}}
+        )
+    )
     assert profile.segments == ("new", "vip")
     assert profile.contact == {"email": "a@b.c"}
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    ({"segments": []}, "bad_user_id"),
-    ({"user_id": "u", "segments": "vip"}, "bad_segments"),
-    ({"user_id": "u", "contact": {"fax": "1"}}, "bad_contact"),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"segments": []}, "bad_user_id"),
+        ({"user_id": "u", "segments": "vip"}, "bad_segments"),
+        ({"user_id": "u", "contact": {"fax": "1"}}, "bad_contact"),
+    ],
+)
 def test_malformed_profiles(data: dict, reason: str) -> None:
     with pytest.raises(EventError) as info:
         parse_profile(orjson.dumps(data))

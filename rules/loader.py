@@ -1,0 +1,462 @@
+"""Load and validate a directory of YAML rule files into a :class:`RuleBook`.
+
+Every ``*.yaml`` / ``*.yml`` file of the directory (not recursive, sorted by
+name, names starting with ``.`` skipped so editor swap files never load) may
+hold ``triggers``, ``channel_rules`` and ``templates``. Validation reports
+every problem it finds, each with file and line: YAML syntax, unknown or
+missing keys, types, id format, duplicate ids across files (triggers and
+channel rules share one namespace, templates have their own), unknown
+templates, unknown channels (when the known ones are given), expression and
+template syntax, and the rule engine's capacity limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jinja2
+import yaml
+
+from rules.dedup import DEFAULT_DEDUP_KEY, parse_dedup_key
+from rules.engine import check_capacity, probe_condition
+from rules.errors import ExpressionError, RuleFileError, RuleSetError
+from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
+from rules.model import DEFAULT_PRIORITY, ChannelRule, RuleBook, Template, TriggerRule
+from rules.templating import compile_source
+from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
+
+__all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "load_rulebook", "rule_files"]
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+CHANNEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+SECTIONS = ("triggers", "channel_rules", "templates")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+TOP_LEVEL_KEYS = _Keys((), SECTIONS)
+TRIGGER_KEYS = _Keys(("id", "when", "template", "channels"), ("priority", "dedup_key", "description"))
+CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
+TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description"))
+
+
+def rule_files(path: str | Path) -> list[Path]:
+    """The rule files of a directory, sorted; a single file is its own list.
+
+    Raises :class:`FileNotFoundError` / :class:`NotADirectoryError` like ``os.scandir``.
+    """
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    return sorted(
+        (
+            p
+            for p in root.iterdir()
+            if p.suffix in RULE_FILE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def load_rulebook(directory: str | Path, known_channels: Collection[str] | None = None) -> RuleBook:
+    """Load every rule file of ``directory`` (or one file) into a :class:`RuleBook`.
+
+    ``known_channels``: when given, channel names outside it are refused.
+    Raises :class:`RuleSetError` listing every problem found.
+    """
+    problems = _Problems()
+    files = _list_files(Path(directory), problems)
+    contents = [_parse_file(path, problems, known_channels) for path in files]
+    triggers = [entry for content in contents for entry in content.triggers]
+    channel_rules = [entry for content in contents for entry in content.channel_rules]
+    templates = [entry for content in contents for entry in content.templates]
+    _check_duplicates([*triggers, *channel_rules], problems)
+    _check_duplicates(templates, problems)
+    refs = [ref for content in contents for ref in content.template_refs]
+    _check_template_refs(refs, {t.value.id for t in templates}, problems)
+    _check_capacity(triggers, TRIGGER_FACT, problems)
+    _check_capacity(channel_rules, CHANNEL_FACT, problems)
+    if problems.errors:
+        raise RuleSetError(problems.errors)
+    return RuleBook(
+        triggers=tuple(entry.value for entry in triggers),
+        channel_rules=tuple(entry.value for entry in channel_rules),
+        templates=MappingProxyType({entry.value.id: entry.value for entry in templates}),
+        fingerprint=_fingerprint(contents),
+        files=tuple(content.path for content in contents),
+    )
+
+
+# --- bookkeeping ----------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.errors: list[RuleFileError] = []
+
+    def add(self, path: str, line: int | None, reason: str) -> None:
+        self.errors.append(RuleFileError(path, line, reason))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """A loaded object with where it came from, for cross-file checks."""
+
+    value: Any  # TriggerRule | ChannelRule | Template
+    path: str
+    line: int
+
+    @property
+    def id(self) -> str:
+        return str(self.value.id)
+
+
+@dataclasses.dataclass
+class _FileContent:
+    path: str
+    digest_input: bytes = b""
+    triggers: list[_Entry] = dataclasses.field(default_factory=list)
+    channel_rules: list[_Entry] = dataclasses.field(default_factory=list)
+    templates: list[_Entry] = dataclasses.field(default_factory=list)
+    # (template id, path, line) of every trigger, valid or not: unknown templates are
+    # reported even for triggers with other problems.
+    template_refs: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Context:
+    """Where checks report to: one file, its problems, the known channels."""
+
+    path: str
+    problems: _Problems
+    known_channels: Collection[str] | None
+    template_refs: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
+
+    def error(self, line: int | None, reason: str) -> None:
+        self.problems.add(self.path, line, reason)
+
+    @property
+    def count(self) -> int:
+        return len(self.problems.errors)
+
+
+def _list_files(root: Path, problems: _Problems) -> list[Path]:
+    try:
+        files = rule_files(root)
+    except OSError as exc:
+        problems.add(str(root), None, f"cannot read rule directory: {exc.strerror or exc}")
+        return []
+    if not files:
+        problems.add(str(root), None, f"no rule files ({', '.join('*' + s for s in RULE_FILE_SUFFIXES)})")
+    return files
+
+
+def _fingerprint(contents: Iterable[_FileContent]) -> str:
+    digest = hashlib.sha256()
+    for content in contents:
+        digest.update(content.digest_input)
+    return digest.hexdigest()
+
+
+# --- one file -------------------------------------------------------------------
+
+
+def _parse_file(path: Path, problems: _Problems, known_channels: Collection[str] | None) -> _FileContent:
+    ctx = _Context(str(path), problems, known_channels)
+    content = _FileContent(str(path))
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        ctx.error(None, f"cannot read: {exc.strerror or exc}")
+        return content
+    except UnicodeDecodeError as exc:
+        ctx.error(None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+        return content
+    content.digest_input = path.name.encode() + b"\0" + raw + b"\0"
+    try:
+        data = load_located(text)
+    except yaml.YAMLError as exc:
+        ctx.error(error_line(exc), error_reason(exc))
+        return content
+    if data is None:
+        return content
+    if not isinstance(data, LocatedMap):
+        ctx.error(1, f"the top level must be a mapping with {', '.join(SECTIONS)}")
+        return content
+    _check_keys(ctx, data, TOP_LEVEL_KEYS, "top level")
+    content.triggers = list(_section_entries(ctx, data, "triggers", _parse_trigger))
+    content.channel_rules = list(_section_entries(ctx, data, "channel_rules", _parse_channel_rule))
+    content.templates = list(_parse_templates(ctx, data))
+    content.template_refs = ctx.template_refs
+    return content
+
+
+def _section_entries(
+    ctx: _Context, data: LocatedMap, section: str, parse: Callable[[_Context, LocatedMap], _Entry | None]
+) -> Iterable[_Entry]:
+    items = data.get(section)
+    if items is None:
+        return
+    if not isinstance(items, list):
+        ctx.error(data.line_of(section), f"'{section}' must be a list of entries")
+        return
+    for item in items:
+        if not isinstance(item, LocatedMap):
+            ctx.error(
+                data.line_of(section), f"each entry of '{section}' must be a mapping, got {_type_name(item)}"
+            )
+            continue
+        entry = parse(ctx, item)
+        if entry is not None:
+            yield entry
+
+
+def _parse_trigger(ctx: _Context, item: LocatedMap) -> _Entry | None:
+    before = ctx.count
+    _check_keys(ctx, item, TRIGGER_KEYS, "trigger")
+    rule_id = _identifier(ctx, item, "id")
+    when = _expression(ctx, item, "when", TRIGGER_FACT)
+    template = _identifier(ctx, item, "template")
+    if template:
+        ctx.template_refs.append((template, ctx.path, item.line_of("template")))
+    channels = _channels(ctx, item, "channels")
+    priority = _priority(ctx, item)
+    dedup_key = _dedup_key(ctx, item)
+    _text(ctx, item, "description", required=False)
+    if ctx.count > before:
+        return None
+    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, f"{ctx.path}:{item.line}")
+    return _Entry(rule, ctx.path, item.line)
+
+
+def _parse_channel_rule(ctx: _Context, item: LocatedMap) -> _Entry | None:
+    before = ctx.count
+    _check_keys(ctx, item, CHANNEL_RULE_KEYS, "channel rule")
+    rule_id = _identifier(ctx, item, "id")
+    when = _expression(ctx, item, "when", CHANNEL_FACT)
+    use = _channels(ctx, item, "use")
+    _text(ctx, item, "description", required=False)
+    if ctx.count > before:
+        return None
+    return _Entry(ChannelRule(rule_id, when, use, f"{ctx.path}:{item.line}"), ctx.path, item.line)
+
+
+def _parse_templates(ctx: _Context, data: LocatedMap) -> Iterable[_Entry]:
+    templates = data.get("templates")
+    if templates is None:
+        return
+    if not isinstance(templates, LocatedMap):
+        ctx.error(
+            data.line_of("templates"), "'templates' must be a mapping of template id to {title, text, html}"
+        )
+        return
+    for template_id, body in templates.items():
+        line = templates.key_lines[template_id]
+        entry = _parse_template(ctx, template_id, body, line)
+        if entry is not None:
+            yield entry
+
+
+def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _Entry | None:
+    before = ctx.count
+    if not isinstance(template_id, str) or not ID_PATTERN.fullmatch(template_id):
+        ctx.error(line, f"template id {template_id!r} must match {ID_PATTERN.pattern}")
+    if not isinstance(body, LocatedMap):
+        ctx.error(line, f"template {template_id!r} must be a mapping with title, text and optional html")
+        return None
+    _check_keys(ctx, body, TEMPLATE_KEYS, "template")
+    fields = {
+        name: _template_source(ctx, body, name, required=name != "html") for name in ("title", "text", "html")
+    }
+    _text(ctx, body, "description", required=False)
+    if ctx.count > before:
+        return None
+    return _Entry(Template(template_id, fields["title"], fields["text"], fields["html"]), ctx.path, line)
+
+
+# --- field checks: report problems, return a usable default ------------------------
+
+
+def _check_keys(ctx: _Context, item: LocatedMap, keys: _Keys, what: str) -> None:
+    allowed = (*keys.required, *keys.optional)
+    for key in item:
+        if key not in allowed:
+            ctx.error(
+                item.key_lines.get(key, item.line), f"unknown key {key!r} in {what}{_hint(str(key), allowed)}"
+            )
+    for key in keys.required:
+        if key not in item:
+            ctx.error(item.line, f"{what} is missing '{key}'")
+
+
+def _text(ctx: _Context, item: LocatedMap, key: str, required: bool = True, default: str = "") -> str:
+    if key not in item:
+        return default  # a missing required key is reported by _check_keys
+    value = item[key]
+    if not isinstance(value, str):
+        ctx.error(item.line_of(key), f"'{key}' must be a string, got {_type_name(value)}")
+        return default
+    if required and not value.strip():
+        ctx.error(item.line_of(key), f"'{key}' must not be empty")
+    return value
+
+
+def _identifier(ctx: _Context, item: LocatedMap, key: str) -> str:
+    value = _text(ctx, item, key)
+    if value and not ID_PATTERN.fullmatch(value):
+        ctx.error(item.line_of(key), f"'{key}' {value!r} must match {ID_PATTERN.pattern}")
+    return value
+
+
+def _expression(ctx: _Context, item: LocatedMap, key: str, schema: FactSchema) -> str:
+    source = _text(ctx, item, key)
+    if not source.strip():
+        return source
+    try:
+        condition = compile_expression(source, schema)
+    except ExpressionError as exc:
+        ctx.error(
+            _inner_line(item, key, exc.line), f"invalid expression in '{key}': {_expression_reason(exc)}"
+        )
+        return source
+    _probe(ctx, item, key, condition)
+    return source
+
+
+def _probe(ctx: _Context, item: LocatedMap, key: str, condition: Condition) -> None:
+    reason = probe_condition(condition)
+    if reason is not None:
+        ctx.error(item.line_of(key), f"invalid expression in '{key}': {reason}")
+
+
+def _expression_reason(exc: ExpressionError) -> str:
+    if exc.column is None:
+        return exc.reason
+    if exc.line and exc.line > 1:
+        return f"{exc.reason} (expression line {exc.line}, column {exc.column})"
+    return f"{exc.reason} (column {exc.column})"
+
+
+def _inner_line(item: LocatedMap, key: str, inner: int | None) -> int:
+    """The file line of line ``inner`` (1-based) of a scalar value."""
+    line = item.line_of(key)
+    style = item.value_styles.get(key)
+    if inner is None:
+        return line
+    if style == "|":  # literal block: content starts on the line after the indicator
+        return line + inner
+    if style == ">":  # folded block: line breaks are gone, point at the first content line
+        return line + 1
+    return line
+
+
+def _channels(ctx: _Context, item: LocatedMap, key: str) -> tuple[str, ...]:
+    value = item.get(key)
+    line = item.line_of(key)
+    if key not in item:
+        return ()
+    if not isinstance(value, list) or not value:
+        ctx.error(line, f"'{key}' must be a non-empty list of channel names, e.g. [inbox, email]")
+        return ()
+    names: list[str] = []
+    for name in value:
+        if _channel_ok(ctx, line, key, name, names):
+            names.append(name)
+    return tuple(names)
+
+
+def _channel_ok(ctx: _Context, line: int, key: str, name: Any, seen: Sequence[str]) -> bool:
+    if not isinstance(name, str) or not CHANNEL_PATTERN.fullmatch(name):
+        ctx.error(line, f"channel name {name!r} in '{key}' must match {CHANNEL_PATTERN.pattern}")
+        return False
+    if name in seen:
+        ctx.error(line, f"channel {name!r} listed twice in '{key}'")
+        return False
+    known = ctx.known_channels
+    if known is not None and name not in known:
+        ctx.error(line, f"unknown channel {name!r} (known: {', '.join(sorted(known))})")
+        return False
+    return True
+
+
+def _priority(ctx: _Context, item: LocatedMap) -> int:
+    value = item.get("priority", DEFAULT_PRIORITY)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        ctx.error(item.line_of("priority"), f"'priority' must be an integer from 0 to 9, got {value!r}")
+        return DEFAULT_PRIORITY
+    return value
+
+
+def _dedup_key(ctx: _Context, item: LocatedMap) -> str:
+    source = _text(ctx, item, "dedup_key", default=DEFAULT_DEDUP_KEY)
+    try:
+        parse_dedup_key(source, TRIGGER_FACT)
+    except ExpressionError as exc:
+        ctx.error(item.line_of("dedup_key"), f"invalid 'dedup_key': {exc.reason}")
+    return source
+
+
+def _template_source(ctx: _Context, body: LocatedMap, key: str, required: bool) -> str:
+    source = _text(ctx, body, key, required=required)
+    try:
+        compile_source(source, html=key == "html")
+    except jinja2.TemplateSyntaxError as exc:
+        ctx.error(_inner_line(body, key, exc.lineno), f"template syntax error in '{key}': {exc.message}")
+    return source
+
+
+# --- checks across files ----------------------------------------------------------
+
+
+def _check_duplicates(entries: Iterable[_Entry], problems: _Problems) -> None:
+    first: dict[str, _Entry] = {}
+    for entry in entries:
+        seen = first.setdefault(entry.id, entry)
+        if seen is not entry:
+            problems.add(
+                entry.path,
+                entry.line,
+                f"duplicate id {entry.id!r} (first defined at {seen.path}:{seen.line})",
+            )
+
+
+def _check_template_refs(
+    refs: Iterable[tuple[str, str, int]], known: Collection[str], problems: _Problems
+) -> None:
+    for name, path, line in refs:
+        if name not in known:
+            listing = ", ".join(sorted(known)) or "none"
+            problems.add(path, line, f"unknown template {name!r} (known: {listing})")
+
+
+def _check_capacity(entries: Sequence[_Entry], schema: FactSchema, problems: _Problems) -> None:
+    if not entries:
+        return
+    for problem in check_capacity([entry.value.condition for entry in entries], schema):
+        blamed = entries[problem.rule_index]
+        problems.add(blamed.path, blamed.line, problem.reason)
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(choices)})"
+
+
+def _type_name(value: Any) -> str:
+    names = {type(None): "nothing", bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    if isinstance(value, dict):
+        return "a mapping"
+    return names.get(type(value), type(value).__name__)
