@@ -10,6 +10,7 @@ only once all of that is durable.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -65,17 +66,26 @@ class ChannelSender:
 
     async def _send_group(self, provider_name: str, group: list[ReachMessage], batch: BatchOutcome) -> None:
         provider_cfg = self._provider_config(provider_name)
-        group = [m if m.provider == provider_cfg.name else m.replace(provider=provider_cfg.name) for m in group]
+        group = [
+            m if m.provider == provider_cfg.name else m.replace(provider=provider_cfg.name) for m in group
+        ]
         now = self.rt.clock.now_ms()
         assert self.rt.throttle is not None
         grant = await self.rt.throttle.acquire(
-            self.channel.name, provider_cfg.name, len(group), now, self.window_ms,
-            self.channel.limit_per_window, provider_cfg.limit_per_window,
+            self.channel.name,
+            provider_cfg.name,
+            len(group),
+            now,
+            self.window_ms,
+            self.channel.limit_per_window,
+            provider_cfg.limit_per_window,
         )
         go, wait = group[: grant.granted], group[grant.granted :]
         if wait:
             self.rt.metrics.messages_throttled.labels(self.channel.name, provider_cfg.name).inc(len(wait))
-            batch.deferred += [(grant.window_end, m.replace(not_before=grant.window_end).to_bytes()) for m in wait]
+            batch.deferred += [
+                (grant.window_end, m.replace(not_before=grant.window_end).to_bytes()) for m in wait
+            ]
         if go:
             await self._send(provider_cfg.name, go, now, batch)
 
@@ -86,30 +96,40 @@ class ChannelSender:
         # The provider was removed from the configuration since routing: route again.
         return self.rt.choosers[self.channel.name].choose()
 
-    async def _send(self, provider_name: str, messages: list[ReachMessage], now: int, batch: BatchOutcome) -> None:
+    async def _send(
+        self, provider_name: str, messages: list[ReachMessage], now: int, batch: BatchOutcome
+    ) -> None:
         ready, failed = deliveries_for(messages, self.rt.rules.current.rulebook.templates)
         provider = self.rt.providers[self.channel.name][provider_name]
         started = time.perf_counter()
         outcomes = await provider.send_batch(ready) if ready else []
-        self.rt.metrics.send_latency.labels(self.channel.name, provider_name).observe(time.perf_counter() - started)
+        self.rt.metrics.send_latency.labels(self.channel.name, provider_name).observe(
+            time.perf_counter() - started
+        )
         done = self.rt.clock.now_ms()
         pairs = [(d.message, o) for d, o in zip(ready, outcomes, strict=True)] + failed
         for message, outcome in pairs:
             self._record(message, outcome, now, done, batch)
 
-    def _record(self, message: ReachMessage, outcome: Outcome, now: int, done: int, batch: BatchOutcome) -> None:
+    def _record(
+        self, message: ReachMessage, outcome: Outcome, now: int, done: int, batch: BatchOutcome
+    ) -> None:
         labels = (self.channel.name, message.provider)
         if outcome.kind is OutcomeKind.RETRY and message.attempt < self.rt.settings.max_attempts:
             batch.deferred.append(self._retry(message, outcome, done))
         elif outcome.kind is OutcomeKind.RETRY:
-            outcome = Outcome.permanent(outcome.code, f"gave up after {message.attempt} attempts: {outcome.detail}")
+            outcome = Outcome.permanent(
+                outcome.code, f"gave up after {message.attempt} attempts: {outcome.detail}"
+            )
         status = STATUS_OF[outcome.kind]
         if status in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN):
             # An unknown outcome may have reached the user: never send it blindly again.
             batch.done_ids.append(message.message_id)
         if status is DeliveryStatus.SENT:
             self.rt.metrics.messages_sent.labels(*labels).inc()
-            self.rt.metrics.end_to_end_latency.labels(self.channel.name).observe(max(0, done - message.event_ts) / 1000)
+            self.rt.metrics.end_to_end_latency.labels(self.channel.name).observe(
+                max(0, done - message.event_ts) / 1000
+            )
         else:
             self.rt.metrics.messages_failed.labels(*labels, outcome.kind.value).inc()
         batch.results.append(result_for(message, outcome, status, now, done))
@@ -120,7 +140,11 @@ class ChannelSender:
         if outcome.retry_after is not None:
             wait = max(wait, int(outcome.retry_after * 1000))
         chooser = self.rt.choosers[self.channel.name]
-        provider = chooser.choose(exclude={message.provider}).name if len(self.channel.providers) > 1 else message.provider
+        provider = (
+            chooser.choose(exclude={message.provider}).name
+            if len(self.channel.providers) > 1
+            else message.provider
+        )
         when = now + wait
         retry = message.replace(attempt=message.attempt + 1, not_before=when, provider=provider)
         return when, retry.to_bytes()
@@ -130,7 +154,9 @@ class ChannelSender:
         assert rt.sent is not None and rt.results is not None and rt.deferred is not None
         await rt.sent.mark(batch.done_ids)
         await rt.results.upsert(batch.results)
-        await self.produce(rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in batch.results])
+        await self.produce(
+            rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in batch.results]
+        )
         await rt.deferred.add(batch.deferred)
 
 
@@ -161,6 +187,6 @@ def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> 
     async def deliver(stream: Any) -> None:
         async for values in stream.take(settings.batch_size, within=settings.batch_within):
             messages = decode_messages(values, channel.name)
-            await run_step(f"channel.{channel.name}", lambda: sender.handle(messages))
+            await run_step(f"channel.{channel.name}", functools.partial(sender.handle, messages))
 
     return app.agent(topic, name=f"reach.channel.{channel.name}")(deliver)

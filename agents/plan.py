@@ -9,13 +9,14 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rules.engine import RuleEngine
+from rules.model import Template
+
 from channels.base import Delivery, Outcome, OutcomeKind, Rendered
 from channels.routing import WeightedChooser
 from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
-from rules.engine import RuleEngine
-from rules.model import Template
 
 # Which contact field a channel needs; channels not listed need none (inbox, pop-up).
 CHANNEL_ADDRESS = {"email": "email", "sms": "phone"}

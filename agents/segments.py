@@ -7,6 +7,7 @@ a user's profile on the worker that consumes that user's events.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import structlog
@@ -39,6 +40,6 @@ def register(app: Any, topic: Any, runtime: Runtime, profiles: Any) -> Any:
                     profiles[key] = profile.to_bytes()
             assert runtime.profiles is not None
             store = runtime.profiles
-            await run_step("segments", lambda: store.apply(parsed, runtime.clock.now_ms()))
+            await run_step("segments", functools.partial(store.apply, parsed, runtime.clock.now_ms()))
 
     return app.agent(topic, name="reach.segments")(segments)

@@ -6,6 +6,7 @@ stop the agent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,6 @@ def register(app: Any, topic: Any, runtime: Runtime, profiles: Any) -> Any:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
             runtime.metrics.events_consumed.inc(len(events))
             messages, dead = step.plan(events)
-            await run_step("trigger", lambda: step.send(messages, dead))
+            await run_step("trigger", functools.partial(step.send, messages, dead))
 
     return app.agent(topic, name="reach.trigger")(trigger)

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.schemas import EVENT_REQUEST_SCHEMA, InboxPage, InboxMessage
+from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
 from models.events import Event, EventError, event_from_dict
 from models.storage import CursorError, InboxStore, create_pool
 from reach.clock import Clock, SystemClock
@@ -77,8 +77,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"where": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         return ORJSONResponse(
-            {"error": "invalid_request", "message": "; ".join(f"{d['where']}: {d['message']}" for d in details),
-             "details": details},
+            {
+                "error": "invalid_request",
+                "message": "; ".join(f"{d['where']}: {d['message']}" for d in details),
+                "details": details,
+            },
             status_code=422,
         )
 
@@ -97,8 +100,16 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         "/v1/events",
         status_code=202,
         summary="Accept one behaviour event or a batch of up to 1000",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": EVENT_REQUEST_SCHEMA}}}},
-        responses={202: {"description": "Accepted: the events are on the events topic"}, 422: {"description": "Invalid events; none was accepted"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": EVENT_REQUEST_SCHEMA}},
+            }
+        },
+        responses={
+            202: {"description": "Accepted: the events are on the events topic"},
+            422: {"description": "Invalid events; none was accepted"},
+        },
     )
     async def post_events(request: Request) -> dict[str, int]:
         events = parse_events(await read_body(request))
@@ -111,7 +122,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         metrics.events_accepted.inc(len(events))
         return {"accepted": len(events)}
 
-    @app.get("/v1/users/{user_id}/inbox", response_model=InboxPage, summary="A user's site messages, newest first")
+    @app.get(
+        "/v1/users/{user_id}/inbox", response_model=InboxPage, summary="A user's site messages, newest first"
+    )
     async def get_inbox(
         user_id: str = USER_ID,
         limit: int = Query(20, ge=1, le=100),
@@ -129,7 +142,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             "next_cursor": next_cursor,
         }
 
-    @app.post("/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, summary="Mark a site message read")
+    @app.post(
+        "/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, summary="Mark a site message read"
+    )
     async def mark_read(
         user_id: str = USER_ID, message_id: str = Path(min_length=1, max_length=64)
     ) -> Response:

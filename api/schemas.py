@@ -43,7 +43,10 @@ EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["event_id", "user_id", "name", "ts"],
     "properties": {
-        "event_id": {**_ID, "description": "Unique per event; replays with the same id cause no second message"},
+        "event_id": {
+            **_ID,
+            "description": "Unique per event; replays with the same id cause no second message",
+        },
         "user_id": _ID,
         "name": {**_ID, "description": "What happened, e.g. signup, order_paid"},
         "ts": {

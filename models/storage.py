@@ -235,8 +235,13 @@ async def _insert_profiles(cur: Any, profiles: list[UserProfile], now_ms: int) -
     if not profiles:
         return
     rows = [
-        (p.user_id, orjson.dumps(list(p.segments)).decode(), orjson.dumps(dict(p.contact)).decode(),
-         p.timezone, now_ms)
+        (
+            p.user_id,
+            orjson.dumps(list(p.segments)).decode(),
+            orjson.dumps(dict(p.contact)).decode(),
+            p.timezone,
+            now_ms,
+        )
         for p in profiles
     ]
     marks = ",".join(["(%s,%s,%s,%s,%s)"] * len(rows))

@@ -1,12 +1,12 @@
 """The ``reach`` command line.
 
-    reach worker                      run the stream-processing worker
-    reach api                         run the HTTP API
-    reach rules validate PATH...      check rule files; non-zero exit on any error
-    reach events send [FILE]          produce events (JSON object, array or JSON lines; stdin by default)
-    reach profiles send [FILE]        produce user profiles (segments, contact) the same way
-    reach db migrate                  create the database and tables
-    reach topics create               create the Kafka topics
+reach worker                      run the stream-processing worker
+reach api                         run the HTTP API
+reach rules validate PATH...      check rule files; non-zero exit on any error
+reach events send [FILE]          produce events (JSON object, array or JSON lines; stdin by default)
+reach profiles send [FILE]        produce user profiles (segments, contact) the same way
+reach db migrate                  create the database and tables
+reach topics create               create the Kafka topics
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     for noun, runner in (("events", _events_send), ("profiles", _profiles_send)):
         group = sub.add_parser(noun, help=f"{noun} topic").add_subparsers(title=f"{noun} commands")
         send = group.add_parser("send", help=f"produce {noun} from a file or stdin")
-        send.add_argument("file", nargs="?", default="-", help="JSON object, array or JSON lines; - for stdin")
+        send.add_argument(
+            "file", nargs="?", default="-", help="JSON object, array or JSON lines; - for stdin"
+        )
         send.set_defaults(run=runner)
     db = sub.add_parser("db", help="database").add_subparsers(title="db commands")
     db.add_parser("migrate", help="create the database and tables").set_defaults(run=_db_migrate)

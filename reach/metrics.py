@@ -27,7 +27,10 @@ class WorkerMetrics:
             "reach_rule_matches", "Reach messages created by trigger rules", ["channel"], registry=registry
         )
         self.messages_sent = Counter(
-            "reach_messages_sent", "Messages accepted by a provider", ["channel", "provider"], registry=registry
+            "reach_messages_sent",
+            "Messages accepted by a provider",
+            ["channel", "provider"],
+            registry=registry,
         )
         self.messages_failed = Counter(
             "reach_messages_failed",

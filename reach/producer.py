@@ -17,7 +17,6 @@ class SyncProducer:
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",
             "linger.ms": 5,
-            "compression.type": "lz4",
             "enable.idempotence": True,
             "queue.buffering.max.messages": 1_000_000,
         }

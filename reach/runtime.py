@@ -8,6 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import CollectorRegistry
+from rules.reloader import RuleReloader
 
 from channels.base import Provider, ProviderContext
 from channels.config import ChannelsConfig
@@ -18,7 +19,6 @@ from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
-from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")
 

@@ -41,7 +41,9 @@ def run(settings: Settings) -> None:
         "worker.ready",
         events_topic=settings.events_topic,
         rules_dir=str(settings.rules_dir),
-        metrics=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None,
+        metrics=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
+        if settings.worker_metrics_port
+        else None,
     )
     worker = faust.Worker(topology.app, loop=loop, loglevel=settings.log_level, override_logging=False)
     worker.execute_from_commandline()

@@ -48,11 +48,12 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
         producer_linger=0.005,
         producer_max_batch_size=512 * 1024,
-        producer_compression_type="lz4",
         broker_commit_every=max(10_000, settings.batch_size * 4),
         broker_commit_interval=1.0,
         stream_wait_empty=False,
-        topic_disable_leader=True,
+        # A crashed worker's partitions move to the others after this long.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
 
 
@@ -66,8 +67,7 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
         "profiles",
         default=None,
         partitions=settings.partitions,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
         use_partitioner=True,
     )
     trigger.register(app, topics["events"], runtime, profiles)
@@ -95,7 +95,9 @@ def _register_housekeeping(app: faust.App, runtime: Runtime) -> None:
             highwater = consumer.highwater(tp)
             committed = consumer._committed_offset.get(tp) or 0
             if highwater is not None:
-                runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+                runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - committed)
+                )
 
 
 def _export_rule_counts(runtime: Runtime) -> None:

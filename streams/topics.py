@@ -4,6 +4,7 @@ profile table."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,10 +32,8 @@ async def ensure_topics(settings: Settings, channels: Iterable[str]) -> list[str
         wanted = [n for n in topic_names(settings, channels) if n not in existing]
         if wanted:
             new = [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in wanted]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
         return wanted
     finally:
         await admin.close()

@@ -117,7 +117,9 @@ def api(pipeline: Pipeline) -> Iterator[Api]:
     port = free_port()
     env = {**os.environ, **settings_env(pipeline.settings), "REACH_API_PORT": str(port)}
     log = open(pipeline.tmp / "api.log", "ab")  # noqa: SIM115 - owned by the subprocess
-    proc = subprocess.Popen([sys.executable, "-m", "reach.cli", "api"], env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reach.cli", "api"], env=env, stdout=log, stderr=log, cwd=REPO_ROOT
+    )
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

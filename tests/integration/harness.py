@@ -78,12 +78,16 @@ class WorkerProcess:
         self.log_path = log_path
         self.extra_env = dict(extra_env)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command = [sys.executable, "-m", "reach.cli", "worker"]
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reach.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            self.command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
         )
         wait_until(lambda: "worker.ready" in self.log() or self._died(), 60, "worker start")
@@ -123,14 +127,14 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-async def wait_until_async(condition: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
+async def wait_until_async(condition: Callable[[], Awaitable[T]], within: float, what: str) -> T:
+    deadline = time.monotonic() + within
     while True:
         value = await condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -143,8 +147,12 @@ class Db:
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         s = self.settings
         conn = pymysql.connect(
-            host=s.mysql_host, port=s.mysql_port, user=s.mysql_user,
-            password=s.mysql_password.get_secret_value(), database=s.mysql_database, autocommit=True,
+            host=s.mysql_host,
+            port=s.mysql_port,
+            user=s.mysql_user,
+            password=s.mysql_password.get_secret_value(),
+            database=s.mysql_database,
+            autocommit=True,
         )
         try:
             with conn.cursor() as cur:
@@ -156,8 +164,11 @@ class Db:
     def drop(self) -> None:
         s = self.settings
         conn = pymysql.connect(
-            host=s.mysql_host, port=s.mysql_port, user=s.mysql_user,
-            password=s.mysql_password.get_secret_value(), autocommit=True,
+            host=s.mysql_host,
+            port=s.mysql_port,
+            user=s.mysql_user,
+            password=s.mysql_password.get_secret_value(),
+            autocommit=True,
         )
         try:
             with conn.cursor() as cur:
@@ -168,8 +179,12 @@ class Db:
 
 def event(event_id: str, user_id: str, name: str, **properties: Any) -> dict[str, Any]:
     return {
-        "event_id": event_id, "user_id": user_id, "name": name,
-        "ts": int(time.time() * 1000), "properties": properties, "device": {"platform": "ios"},
+        "event_id": event_id,
+        "user_id": user_id,
+        "name": name,
+        "ts": int(time.time() * 1000),
+        "properties": properties,
+        "device": {"platform": "ios"},
     }
 
 
@@ -195,17 +210,23 @@ def read_topic_until(
     """Read ``topic`` from the beginning until ``done(records so far)``; fail after ``timeout``."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap, "group.id": unique_run_id(),
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": unique_run_id(),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     records: list[tuple[bytes | None, bytes]] = []
     try:
         deadline = time.monotonic() + timeout
         while not done(records):
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s reading {topic}; got {len(records)} records")
+                raise AssertionError(
+                    f"timed out after {timeout}s reading {topic}; got {len(records)} records"
+                )
             msg = consumer.poll(0.2)
             if msg is not None and not msg.error():
                 records.append((msg.key(), msg.value()))

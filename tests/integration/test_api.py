@@ -15,22 +15,45 @@ pytestmark = pytest.mark.integration
 
 
 def post_events(api: Api, body: object) -> httpx.Response:
-    return httpx.post(f"{api.base_url}/v1/events", content=orjson.dumps(body),
-                      headers={"content-type": "application/json"}, timeout=10)
+    return httpx.post(
+        f"{api.base_url}/v1/events",
+        content=orjson.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
 
 
 def test_posted_events_reach_the_events_topic_and_cause_messages(pipeline: Pipeline, api: Api) -> None:
     now = int(time.time() * 1000)
-    batch = [{"event_id": f"api-{n}", "user_id": "api-user-1", "name": "test_ping", "ts": now,
-              "properties": {"n": n}} for n in range(3)]
+    batch = [
+        {
+            "event_id": f"api-{n}",
+            "user_id": "api-user-1",
+            "name": "test_ping",
+            "ts": now,
+            "properties": {"n": n},
+        }
+        for n in range(3)
+    ]
     response = post_events(api, batch)
     assert response.status_code == 202 and response.json() == {"accepted": 3}
-    single = post_events(api, {"event_id": "api-9", "user_id": "api-user-1", "name": "test_ping",
-                               "ts": "2026-11-28T01:00:00+08:00", "properties": {"n": 9}})
+    single = post_events(
+        api,
+        {
+            "event_id": "api-9",
+            "user_id": "api-user-1",
+            "name": "test_ping",
+            "ts": "2026-11-28T01:00:00+08:00",
+            "properties": {"n": 9},
+        },
+    )
     assert single.status_code == 202
 
-    records = read_topic_until(pipeline.settings, pipeline.settings.events_topic,
-                               lambda recs: sum(k == b"api-user-1" for k, _ in recs) >= 4)
+    records = read_topic_until(
+        pipeline.settings,
+        pipeline.settings.events_topic,
+        lambda recs: sum(k == b"api-user-1" for k, _ in recs) >= 4,
+    )
     assert {orjson.loads(v)["event_id"] for k, v in records if k == b"api-user-1"} >= {"api-0", "api-9"}
 
     def all_four() -> dict | None:
@@ -42,22 +65,28 @@ def test_posted_events_reach_the_events_topic_and_cause_messages(pipeline: Pipel
 
 
 def test_invalid_events_get_a_422_naming_each_problem(api: Api) -> None:
-    response = post_events(api, [
-        {"event_id": "ok", "user_id": "u", "name": "signup", "ts": 1764291600000},
-        {"event_id": "bad", "name": "signup", "ts": 1764291600000},
-        {"event_id": "bad2", "user_id": "u", "name": "signup", "ts": "2026-11-28 01:00"},
-    ])
+    response = post_events(
+        api,
+        [
+            {"event_id": "ok", "user_id": "u", "name": "signup", "ts": 1764291600000},
+            {"event_id": "bad", "name": "signup", "ts": 1764291600000},
+            {"event_id": "bad2", "user_id": "u", "name": "signup", "ts": "2026-11-28 01:00"},
+        ],
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "invalid_events"
     assert [(d["index"], d["reason"]) for d in body["details"]] == [(1, "bad_user_id"), (2, "bad_ts")]
 
 
-@pytest.mark.parametrize(("body", "status", "error"), [
-    (b"{nope", 400, "invalid_json"),
-    (b"[]", 422, "no_events"),
-    (b"42", 422, "invalid_events"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"{nope", 400, "invalid_json"),
+        (b"[]", 422, "no_events"),
+        (b"42", 422, "invalid_events"),
+    ],
+)
 def test_unreadable_bodies_are_refused(api: Api, body: bytes, status: int, error: str) -> None:
     response = httpx.post(f"{api.base_url}/v1/events", content=body, timeout=5)
     assert response.status_code == status and response.json()["error"] == error
@@ -65,10 +94,27 @@ def test_unreadable_bodies_are_refused(api: Api, body: bytes, status: int, error
 
 def test_inbox_pages_newest_first_with_a_cursor(pipeline: Pipeline, api: Api) -> None:
     user, now = "pager-1", int(time.time() * 1000)
-    assert post_events(api, [{"event_id": f"pg-{n}", "user_id": user, "name": "test_ping", "ts": now,
-                              "properties": {"n": n}} for n in range(5)]).status_code == 202
-    wait_until(lambda: len(pipeline.db.query("SELECT 1 FROM inbox_messages WHERE user_id = %s", [user])) == 5,
-               30, "five messages")
+    assert (
+        post_events(
+            api,
+            [
+                {
+                    "event_id": f"pg-{n}",
+                    "user_id": user,
+                    "name": "test_ping",
+                    "ts": now,
+                    "properties": {"n": n},
+                }
+                for n in range(5)
+            ],
+        ).status_code
+        == 202
+    )
+    wait_until(
+        lambda: len(pipeline.db.query("SELECT 1 FROM inbox_messages WHERE user_id = %s", [user])) == 5,
+        30,
+        "five messages",
+    )
     seen, cursor = [], None
     while True:
         params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
@@ -96,4 +142,6 @@ def test_health_metrics_and_openapi(api: Api) -> None:
     metrics = httpx.get(f"{api.base_url}/metrics", timeout=5).text
     assert "reach_api_request_seconds_bucket" in metrics
     paths = httpx.get(f"{api.base_url}/openapi.json", timeout=5).json()["paths"]
-    assert {"/v1/events", "/v1/users/{user_id}/inbox", "/v1/users/{user_id}/inbox/{message_id}/read"} <= set(paths)
+    assert {"/v1/events", "/v1/users/{user_id}/inbox", "/v1/users/{user_id}/inbox/{message_id}/read"} <= set(
+        paths
+    )

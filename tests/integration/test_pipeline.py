@@ -16,10 +16,16 @@ pytestmark = pytest.mark.integration
 
 def add_profile(p: Pipeline, user_id: str, email: str | None, segments: list[str] | None = None) -> None:
     contact = {"email": email} if email else {}
-    produce_json(p.settings, p.settings.segments_topic,
-                 [{"user_id": user_id, "segments": segments or [], "contact": contact}])
-    wait_until(lambda: p.db.query("SELECT 1 FROM user_profiles WHERE user_id = %s", [user_id]), 30,
-               f"profile of {user_id} stored")
+    produce_json(
+        p.settings,
+        p.settings.segments_topic,
+        [{"user_id": user_id, "segments": segments or [], "contact": contact}],
+    )
+    wait_until(
+        lambda: p.db.query("SELECT 1 FROM user_profiles WHERE user_id = %s", [user_id]),
+        30,
+        f"profile of {user_id} stored",
+    )
 
 
 def inbox(api: Api, user_id: str, **params: object) -> dict:
@@ -31,21 +37,33 @@ def inbox(api: Api, user_id: str, **params: object) -> dict:
 def results(p: Pipeline, user_id: str) -> list[tuple]:
     return p.db.query(
         "SELECT channel, provider, status, attempt, error_code FROM delivery_results WHERE user_id = %s "
-        "ORDER BY channel", [user_id])
+        "ORDER BY channel",
+        [user_id],
+    )
 
 
 def ping(p: Pipeline, user_id: str, n: int) -> None:
     """A marker event; once its inbox message exists, everything the user sent before was handled."""
-    produce_json(p.settings, p.settings.events_topic, [event(f"{user_id}-ping-{n}", user_id, "test_ping", n=n)])
-    wait_until(lambda: p.db.query("SELECT 1 FROM inbox_messages WHERE user_id = %s AND title = %s",
-                                  [user_id, f"ping {n}"]), 30, f"ping {n} of {user_id}")
+    produce_json(
+        p.settings, p.settings.events_topic, [event(f"{user_id}-ping-{n}", user_id, "test_ping", n=n)]
+    )
+    wait_until(
+        lambda: p.db.query(
+            "SELECT 1 FROM inbox_messages WHERE user_id = %s AND title = %s", [user_id, f"ping {n}"]
+        ),
+        30,
+        f"ping {n} of {user_id}",
+    )
 
 
 def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api: Api) -> None:
     user = "ada-1"
     add_profile(pipeline, user, "ada@example.com")
-    produce_json(pipeline.settings, pipeline.settings.events_topic,
-                 [event("signup-ada-1", user, "signup", first_name="Ada")])
+    produce_json(
+        pipeline.settings,
+        pipeline.settings.events_topic,
+        [event("signup-ada-1", user, "signup", first_name="Ada")],
+    )
 
     page = wait_until(lambda: inbox(api, user)["items"] and inbox(api, user), 30, "the welcome inbox message")
     assert page["unread"] == 1
@@ -56,7 +74,9 @@ def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api
     assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert mail.message["List-Unsubscribe"].startswith("<https://reach.test/unsubscribe/")
 
-    rows = wait_until(lambda: len(results(pipeline, user)) == 2 and results(pipeline, user), 30, "two result rows")
+    rows = wait_until(
+        lambda: len(results(pipeline, user)) == 2 and results(pipeline, user), 30, "two result rows"
+    )
     assert [(r[0], r[2], r[3]) for r in rows] == [("email", "sent", 1), ("inbox", "sent", 1)]
 
     message_id = page["items"][0]["message_id"]
@@ -64,8 +84,11 @@ def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api
     assert read.status_code == 204
     assert inbox(api, user)["unread"] == 0
 
-    on_topic = read_topic_until(pipeline.settings, pipeline.settings.results_topic,
-                                lambda recs: any(orjson.loads(v)["message_id"] == message_id for _, v in recs))
+    on_topic = read_topic_until(
+        pipeline.settings,
+        pipeline.settings.results_topic,
+        lambda recs: any(orjson.loads(v)["message_id"] == message_id for _, v in recs),
+    )
     assert any(orjson.loads(v)["status"] == "sent" for _, v in on_topic)
 
 
@@ -83,8 +106,14 @@ def test_a_replayed_event_sends_nothing_twice(pipeline: Pipeline) -> None:
     ping(pipeline, user, 2)
 
     assert len(pipeline.smtp.messages_to("grace@example.com")) == 1
-    assert len(pipeline.db.query("SELECT 1 FROM inbox_messages WHERE user_id = %s AND template = 'welcome'",
-                                 [user])) == 1
+    assert (
+        len(
+            pipeline.db.query(
+                "SELECT 1 FROM inbox_messages WHERE user_id = %s AND template = 'welcome'", [user]
+            )
+        )
+        == 1
+    )
     assert [r[2] for r in results(pipeline, user) if r[0] == "email"] == ["sent"]
 
 
@@ -98,11 +127,17 @@ def test_a_user_without_email_gets_only_the_inbox_message(pipeline: Pipeline) ->
 
 def test_malformed_events_go_to_the_dead_letter_topic(pipeline: Pipeline) -> None:
     s = pipeline.settings
-    SyncProducer(s.kafka_bootstrap).send_many(s.events_topic, [
-        (b"dlq-user", b"{not json"),
-        (b"dlq-user", orjson.dumps({"event_id": "x1", "name": "signup", "ts": 1764291600000})),
-        (b"dlq-user", orjson.dumps({"event_id": "x2", "user_id": "dlq-user", "name": "signup", "ts": "yesterday"})),
-    ])
+    SyncProducer(s.kafka_bootstrap).send_many(
+        s.events_topic,
+        [
+            (b"dlq-user", b"{not json"),
+            (b"dlq-user", orjson.dumps({"event_id": "x1", "name": "signup", "ts": 1764291600000})),
+            (
+                b"dlq-user",
+                orjson.dumps({"event_id": "x2", "user_id": "dlq-user", "name": "signup", "ts": "yesterday"}),
+            ),
+        ],
+    )
     records = read_topic_until(s, s.dead_letter_topic, lambda recs: len(recs) >= 3)
     reasons = sorted(orjson.loads(v)["reason"] for _, v in records)
     assert reasons == ["bad_ts", "bad_user_id", "invalid_json"]

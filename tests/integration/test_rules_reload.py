@@ -42,9 +42,14 @@ def test_an_edited_rule_file_takes_effect_without_restart(pipeline: Pipeline) ->
     path.write_text(NEW_RULE)
     try:
         wait_until(lambda: loaded_triggers(pipeline) == before + 1, 30, "the new rule to load")
-        produce_json(pipeline.settings, pipeline.settings.events_topic,
-                     [event("anniv-1", "hopper-1", "anniversary", years=3)])
-        wait_until(lambda: "3 years with us" in inbox_titles(pipeline, "hopper-1"), 30, "the new rule's message")
+        produce_json(
+            pipeline.settings,
+            pipeline.settings.events_topic,
+            [event("anniv-1", "hopper-1", "anniversary", years=3)],
+        )
+        wait_until(
+            lambda: "3 years with us" in inbox_titles(pipeline, "hopper-1"), 30, "the new rule's message"
+        )
     finally:
         path.unlink()
         wait_until(lambda: loaded_triggers(pipeline) == before, 30, "the rule to unload")
@@ -53,14 +58,19 @@ def test_an_edited_rule_file_takes_effect_without_restart(pipeline: Pipeline) ->
 def test_a_bad_rule_file_is_refused_and_the_old_rules_keep_matching(pipeline: Pipeline) -> None:
     before = wait_until(lambda: max(0, loaded_triggers(pipeline)), 30, "the rule gauge")
     path = pipeline.settings.rules_dir / "broken.yaml"
-    path.write_text("triggers:\n  - id: broken\n    when: name == \n    template: welcome\n    channels: [inbox]\n")
+    path.write_text(
+        "triggers:\n  - id: broken\n    when: name == \n    template: welcome\n    channels: [inbox]\n"
+    )
     try:
         wait_until(lambda: "rules.reload_refused" in pipeline.worker.log(), 30, "the refusal in the log")
         refusal = next(line for line in pipeline.worker.log().splitlines() if "rules.reload_refused" in line)
         assert "broken.yaml" in refusal and "3" in refusal  # file and line of the bad entry
         assert loaded_triggers(pipeline) == before
-        produce_json(pipeline.settings, pipeline.settings.events_topic,
-                     [event("ping-old-rules", "lovelace-1", "test_ping", n=7)])
+        produce_json(
+            pipeline.settings,
+            pipeline.settings.events_topic,
+            [event("ping-old-rules", "lovelace-1", "test_ping", n=7)],
+        )
         wait_until(lambda: "ping 7" in inbox_titles(pipeline, "lovelace-1"), 30, "the old rules to match")
     finally:
         path.unlink()

@@ -53,7 +53,9 @@ async def test_result_upserts_are_idempotent_and_never_undo_delivered(db) -> Non
     assert rows == [("m1", "sent"), ("m2", "sent")]
     Db(settings).query("UPDATE delivery_results SET status = 'delivered' WHERE message_id = 'm1'")
     await store.upsert([result("m1", DeliveryStatus.SENT)])
-    assert Db(settings).query("SELECT status FROM delivery_results WHERE message_id = 'm1'") == [("delivered",)]
+    assert Db(settings).query("SELECT status FROM delivery_results WHERE message_id = 'm1'") == [
+        ("delivered",)
+    ]
 
 
 async def test_large_batches_go_in_multi_row_statements(db) -> None:
@@ -81,8 +83,9 @@ async def test_profiles_replace_segment_memberships(db) -> None:
     store = ProfileStore(pool)
     await store.apply([UserProfile("u1", ("a", "b"), {"email": "x@y.z"})], 1)
     await store.apply([UserProfile("u1", ("b", "c"))], 2)
-    assert Db(settings).query("SELECT segment FROM segment_members WHERE user_id = 'u1' ORDER BY segment") == [
-        ("b",), ("c",)]
+    assert Db(settings).query(
+        "SELECT segment FROM segment_members WHERE user_id = 'u1' ORDER BY segment"
+    ) == [("b",), ("c",)]
     await store.apply([UserProfile("u1", deleted=True)], 3)
     assert Db(settings).query("SELECT COUNT(*) FROM user_profiles") == [(0,)]
     assert Db(settings).query("SELECT COUNT(*) FROM segment_members") == [(0,)]

@@ -18,10 +18,14 @@ LIMIT, WINDOW_S, TOTAL = 5, 2, 30
 def test_throttle_limit_holds_across_a_worker_restart(tmp_path, smtp_server: SmtpTestServer) -> None:
     p = start_pipeline(tmp_path, smtp_server, inbox_limit=f"limit_per_window: {LIMIT}", window=WINDOW_S)
     try:
-        produce_json(p.settings, p.settings.events_topic,
-                     [event(f"thr-{i}", f"thr-user-{i % 7}", "test_ping", n=i) for i in range(TOTAL)])
+        produce_json(
+            p.settings,
+            p.settings.events_topic,
+            [event(f"thr-{i}", f"thr-user-{i % 7}", "test_ping", n=i) for i in range(TOTAL)],
+        )
         sent = lambda: p.db.query(  # noqa: E731
-            "SELECT attempted_at FROM delivery_results WHERE channel = 'inbox' AND status = 'sent'")
+            "SELECT attempted_at FROM delivery_results WHERE channel = 'inbox' AND status = 'sent'"
+        )
         wait_until(lambda: len(sent()) >= LIMIT, 60, "the first window's messages")
         p.worker.kill()  # a crash: nothing is flushed or committed on the way out
         p.worker.start()
