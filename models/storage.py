@@ -111,7 +111,8 @@ class InboxStore:
 
     async def page(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[InboxItem], str | None]:
         """Newest first. Returns the items and the cursor of the next page (None at the end)."""
-        where, args = "user_id = %s", [user_id]
+        where = "user_id = %s"
+        args: list[Any] = [user_id]
         if cursor:
             created_at, message_id = decode_cursor(cursor)
             where += " AND (created_at, message_id) < (%s, %s)"

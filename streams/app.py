@@ -93,7 +93,7 @@ def _register_housekeeping(app: faust.App, runtime: Runtime) -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp) or 0
+            committed = consumer._committed_offset.get(tp) or 0  # type: ignore[attr-defined]
             if highwater is not None:
                 runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - committed)
