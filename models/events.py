@@ -56,13 +56,17 @@ class Event:
         return dataclasses.asdict(self)
 
 
-def parse_event(raw: bytes | str) -> Event:
-    """Decode and validate one event; raise :class:`EventError` when malformed."""
+def load_json(raw: bytes | str) -> Any:
+    """Decode JSON; raise :class:`EventError` ``invalid_json`` when it is not."""
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise EventError("invalid_json", str(exc)) from None
-    return event_from_dict(data)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Decode and validate one event; raise :class:`EventError` when malformed."""
+    return event_from_dict(load_json(raw))
 
 
 def event_from_dict(data: Any) -> Event:

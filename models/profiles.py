@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from models.events import MAX_ID_LENGTH, EventError
+from models.events import MAX_ID_LENGTH, EventError, load_json
 
 CONTACT_FIELDS = ("email", "phone")
 
@@ -40,11 +40,7 @@ class UserProfile:
 
 def parse_profile(raw: bytes) -> UserProfile:
     """Decode and validate one profile record; raise ``EventError`` when malformed."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EventError("invalid_json", str(exc)) from None
-    return profile_from_dict(data)
+    return profile_from_dict(load_json(raw))
 
 
 def profile_from_dict(data: Any) -> UserProfile:

@@ -3,7 +3,6 @@ worker subprocess, waiting on conditions with a deadline, and database reads."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -12,9 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pymysql
@@ -22,8 +21,6 @@ import redis
 
 from reach.producer import SyncProducer
 from reach.settings import REPO_ROOT, Settings
-
-T = TypeVar("T")
 
 
 def unique_run_id() -> str:
@@ -127,31 +124,20 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-async def wait_until_async(condition: Callable[[], Awaitable[T]], within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 class Db:
     """Synchronous reads of a run's database, for assertions."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    def _run(self, sql: str, args: Any = None, *, database: str | None) -> list[tuple[Any, ...]]:
         s = self.settings
         conn = pymysql.connect(
             host=s.mysql_host,
             port=s.mysql_port,
             user=s.mysql_user,
             password=s.mysql_password.get_secret_value(),
-            database=s.mysql_database,
+            database=database,
             autocommit=True,
         )
         try:
@@ -161,20 +147,11 @@ class Db:
         finally:
             conn.close()
 
+    def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        return self._run(sql, args, database=self.settings.mysql_database)
+
     def drop(self) -> None:
-        s = self.settings
-        conn = pymysql.connect(
-            host=s.mysql_host,
-            port=s.mysql_port,
-            user=s.mysql_user,
-            password=s.mysql_password.get_secret_value(),
-            autocommit=True,
-        )
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{s.mysql_database}`")
-        finally:
-            conn.close()
+        self._run(f"DROP DATABASE IF EXISTS `{self.settings.mysql_database}`", database=None)
 
 
 def event(event_id: str, user_id: str, name: str, **properties: Any) -> dict[str, Any]:
