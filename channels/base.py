@@ -73,6 +73,14 @@ class Outcome:
     def permanent(cls, code: str, detail: str) -> Outcome:
         return cls(OutcomeKind.PERMANENT, code, detail)
 
+    @classmethod
+    def invalid_address(cls, code: str, detail: str) -> Outcome:
+        return cls(OutcomeKind.INVALID_ADDRESS, code, detail)
+
+    @classmethod
+    def unknown(cls, code: str, detail: str) -> Outcome:
+        return cls(OutcomeKind.UNKNOWN, code, detail)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProviderConfig:
@@ -99,6 +107,9 @@ class Provider(abc.ABC):
     type_name: ClassVar[str]
     #: option keys whose values are secrets: masked in listings and never logged
     secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: contact fields this provider sends to; a user is reachable through it when the
+    #: contact has any of them. Empty: the provider needs no address (inbox, pop-up, bots).
+    address_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config

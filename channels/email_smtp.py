@@ -42,6 +42,7 @@ import aiosmtplib
 import structlog
 
 from channels.base import Delivery, Outcome, OutcomeKind, Provider, ProviderConfig, ProviderContext
+from channels.options import OptionReader
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +102,7 @@ class SmtpOptions:
     @classmethod
     def parse(cls, options: Mapping[str, Any], provider: str = "smtp") -> SmtpOptions:
         """Validate raw options; raises ``ValueError`` naming the provider and the option."""
-        reader = _OptionReader(options, provider)
+        reader = OptionReader(options, provider)
         reader.reject_unknown(_OPTION_KEYS)
         security = reader.choice("security", Security, Security.NONE)
         parsed = cls(
@@ -122,7 +123,7 @@ class SmtpOptions:
         parsed._check(reader)
         return parsed
 
-    def _check(self, reader: _OptionReader) -> None:
+    def _check(self, reader: OptionReader) -> None:
         if not _ADDRESS.match(self.sender):
             raise reader.error("from_addr", "must contain an address like noreply@example.com")
         if self.password is not None and self.username is None:
@@ -464,7 +465,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_scrub(str(message))}"
 
 
-def _check_unsubscribe_url(template: str, reader: _OptionReader) -> None:
+def _check_unsubscribe_url(template: str, reader: OptionReader) -> None:
     if not template.startswith("https://"):
         raise reader.error("unsubscribe_url", "must be an https:// URL (RFC 8058)")
     try:
@@ -472,62 +473,3 @@ def _check_unsubscribe_url(template: str, reader: _OptionReader) -> None:
     except (KeyError, IndexError, ValueError) as exc:
         reason = f"may use only {{message_id}} and {{user_id}} ({exc!r})"
         raise reader.error("unsubscribe_url", reason) from exc
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _OptionReader:
-    """Typed access to raw options with errors that name the provider and the option."""
-
-    options: Mapping[str, Any]
-    provider: str
-
-    def error(self, key: str, reason: str) -> ValueError:
-        return ValueError(f"provider {self.provider!r}: option {key!r} {reason}")
-
-    def reject_unknown(self, allowed: frozenset[str]) -> None:
-        unknown = sorted(set(self.options) - allowed)
-        if unknown:
-            raise self.error(unknown[0], f"is unknown; known options: {', '.join(sorted(allowed))}")
-
-    def text(self, key: str, *, required: bool = False) -> str | None:
-        value = self.options.get(key)
-        if value is None or value == "":
-            if required:
-                raise self.error(key, "is required")
-            return None
-        if not isinstance(value, str):
-            raise self.error(key, "must be a string")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.options.get(key, default)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)  # values substituted from ${VARS} arrive as strings
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(key, f"must be an integer in {low}..{high}")
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self.options.get(key, default)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = -1.0
-        if isinstance(value, bool) or not number > 0:
-            raise self.error(key, "must be a number > 0")
-        return number
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.options.get(key, default)
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise self.error(key, "must be true or false")
-        return value
-
-    def choice(self, key: str, kind: type[Security], default: Security) -> Security:
-        value = self.options.get(key, default)
-        try:
-            return kind(value)
-        except ValueError:
-            raise self.error(key, f"must be one of {', '.join(member.value for member in kind)}") from None

@@ -19,7 +19,7 @@ import orjson
 
 from models.events import MAX_ID_LENGTH, EventError, load_json
 
-CONTACT_FIELDS = ("email", "phone")
+CONTACT_FIELDS = ("email", "phone", "fcm_token", "apns_token", "wechat_openid")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
