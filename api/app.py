@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api.errors import ApiError
 from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
 from models.events import Event, EventError, event_from_dict
 from models.storage import CursorError, InboxStore, create_pool
@@ -29,11 +30,6 @@ from reach.settings import Settings
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_BODY_BYTES = 5 * 1024 * 1024
 USER_ID = Path(min_length=1, max_length=128)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        self.status, self.code, self.message, self.details = status, code, message, details
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
