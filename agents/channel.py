@@ -16,13 +16,17 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 import structlog
 
 from agents.guard import run_step
 from agents.plan import STATUS_OF, backoff_ms, deliveries_for, result_for
 from agents.produce import produce_all
-from channels.base import Outcome, OutcomeKind
+from channels.base import Outcome, OutcomeKind, ProviderConfig
+from channels.breaker import CircuitBreaker, CircuitState
 from channels.config import ChannelConfig
+from channels.routing import NoProviderAvailableError
+from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
 from reach.runtime import Runtime
 
@@ -38,6 +42,12 @@ class BatchOutcome:
         self.results: list[DeliveryResult] = []
         self.deferred: list[tuple[int, bytes]] = []
         self.done_ids: list[str] = []
+        self.dead_letters: list[tuple[bytes | None, bytes]] = []
+        self.dead_addresses: list[DeadAddress] = []
+
+
+#: outcomes that say something about the provider (not about one message)
+PROVIDER_FAILURES = frozenset({OutcomeKind.RETRY, OutcomeKind.UNKNOWN})
 
 
 class ChannelSender:
@@ -47,11 +57,18 @@ class ChannelSender:
         self.produce = produce
         self.window_ms = int(channel.window_seconds * 1000)
         self.rng = random.Random()
+        s = runtime.settings
+        self.breakers = {
+            p.name: CircuitBreaker(s.breaker_failures, s.breaker_cooldown_ms) for p in channel.providers
+        }
+        for name in self.breakers:
+            runtime.metrics.circuit_state.labels(channel.name, name).set(CircuitState.CLOSED)
 
     async def handle(self, messages: Sequence[ReachMessage]) -> None:
         fresh = await self._not_yet_sent(messages)
         batch = BatchOutcome()
-        for provider_name, group in _by_provider(fresh).items():
+        now = self.rt.clock.now_ms()
+        for provider_name, group in self._route(fresh, now, batch).items():
             await self._send_group(provider_name, group, batch)
         await self._persist(batch)
 
@@ -64,11 +81,58 @@ class ChannelSender:
             self.rt.metrics.messages_deduplicated.labels(self.channel.name).inc(skipped)
         return [m for m in unique if m.message_id not in done]
 
+    # -- routing: configured providers, open breakers ------------------------
+    def _route(
+        self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
+    ) -> dict[str, list[ReachMessage]]:
+        """Group messages by the provider that sends them in this batch.
+
+        A message whose provider is no longer configured, or whose provider's
+        breaker is open, moves to another provider of the channel that can
+        address it; with none left it waits for the breaker's cool-down.
+        """
+        configured = {p.name for p in self.channel.providers}
+        allowed: dict[str, bool] = {}
+        unavailable = {name for name, b in self.breakers.items() if b.state(now) is not CircuitState.CLOSED}
+        groups: dict[str, list[ReachMessage]] = {}
+        for message in messages:
+            name = message.provider
+            reason = ""
+            if name not in configured:
+                reason = "unconfigured"
+            else:
+                if name not in allowed:
+                    allowed[name] = self.breakers[name].allows(now)
+                    self._show_state(name, now)
+                if not allowed[name]:
+                    reason = "circuit_open"
+            if reason:
+                target = self._alternative(message, unavailable | {name})
+                if target is None:
+                    when = self._reopens_at(name, now)
+                    batch.deferred.append((when, message.replace(not_before=when).to_bytes()))
+                    continue
+                self.rt.metrics.messages_rerouted.labels(self.channel.name, name, target, reason).inc()
+                name, message = target, message.replace(provider=target)
+            groups.setdefault(name, []).append(message)
+        return groups
+
+    def _alternative(self, message: ReachMessage, exclude: set[str]) -> str | None:
+        try:
+            return self.rt.choosers[self.channel.name].choose(exclude=exclude, contact=message.contact).name
+        except NoProviderAvailableError:
+            return None
+
+    def _reopens_at(self, name: str, now: int) -> int:
+        breaker = self.breakers.get(name)
+        return max(now + 1000, breaker.reopens_at() if breaker else 0)
+
+    def _show_state(self, name: str, now: int) -> None:
+        self.rt.metrics.circuit_state.labels(self.channel.name, name).set(self.breakers[name].state(now))
+
+    # -- throttle, then send ---------------------------------------------------
     async def _send_group(self, provider_name: str, group: list[ReachMessage], batch: BatchOutcome) -> None:
         provider_cfg = self._provider_config(provider_name)
-        group = [
-            m if m.provider == provider_cfg.name else m.replace(provider=provider_cfg.name) for m in group
-        ]
         now = self.rt.clock.now_ms()
         assert self.rt.throttle is not None
         grant = await self.rt.throttle.acquire(
@@ -88,29 +152,73 @@ class ChannelSender:
             ]
         if go:
             await self._send(provider_cfg.name, go, now, batch)
+        else:
+            self.breakers[provider_cfg.name].release()
 
-    def _provider_config(self, name: str) -> Any:
+    def _provider_config(self, name: str) -> ProviderConfig:
         for config in self.channel.providers:
             if config.name == name:
                 return config
-        # The provider was removed from the configuration since routing: route again.
-        return self.rt.choosers[self.channel.name].choose()
+        raise LookupError(f"provider {name!r} is not configured for channel {self.channel.name!r}")
 
     async def _send(
         self, provider_name: str, messages: list[ReachMessage], now: int, batch: BatchOutcome
     ) -> None:
-        ready, failed = deliveries_for(messages, self.rt.rules.current.rulebook.templates)
         provider = self.rt.providers[self.channel.name][provider_name]
+        sendable, dead = await self._skip_dead_addresses(
+            provider_name, provider.address_fields, messages, now
+        )
+        ready, failed = deliveries_for(sendable, self.rt.rules.current.rulebook.templates)
+        labels = (self.channel.name, provider_name)
+        self.rt.metrics.delivery_attempts.labels(*labels).inc(len(ready))
         started = time.perf_counter()
         outcomes = await provider.send_batch(ready) if ready else []
-        self.rt.metrics.send_latency.labels(self.channel.name, provider_name).observe(
-            time.perf_counter() - started
-        )
+        self.rt.metrics.send_latency.labels(*labels).observe(time.perf_counter() - started)
         done = self.rt.clock.now_ms()
-        pairs = [(d.message, o) for d, o in zip(ready, outcomes, strict=True)] + failed
+        pairs = [(d.message, o) for d, o in zip(ready, outcomes, strict=True)] + failed + dead
+        if ready:
+            succeeded = sum(o.kind is OutcomeKind.SENT for o in outcomes)
+            failures = sum(o.kind in PROVIDER_FAILURES for o in outcomes)
+            self.breakers[provider_name].record(succeeded, failures, done)
+        else:
+            self.breakers[provider_name].release()
+        self._show_state(provider_name, done)
         for message, outcome in pairs:
+            if outcome.kind is OutcomeKind.INVALID_ADDRESS:
+                self._bury_address(provider.address_fields, message, outcome, batch)
             self._record(message, outcome, now, done, batch)
 
+    async def _skip_dead_addresses(
+        self, provider_name: str, fields: Sequence[str], messages: list[ReachMessage], now: int
+    ) -> tuple[list[ReachMessage], list[tuple[ReachMessage, Outcome]]]:
+        if not fields:
+            return messages, []
+        keys: dict[str, str] = {}
+        for message in messages:
+            address = address_of(fields, message.contact)
+            if address is not None:
+                keys[message.message_id] = address_key(*address)
+        assert self.rt.dead_addresses is not None
+        dead_keys = await self.rt.dead_addresses.dead_among(list(keys.values()), now)
+        if not dead_keys:
+            return messages, []
+        outcome = Outcome.permanent("address_dead", "the address was reported invalid earlier; not sent")
+        skipped = [(m, outcome) for m in messages if keys.get(m.message_id) in dead_keys]
+        self.rt.metrics.addresses_dead.labels(self.channel.name, provider_name, "skipped").inc(len(skipped))
+        return [m for m in messages if keys.get(m.message_id) not in dead_keys], skipped
+
+    def _bury_address(
+        self, fields: Sequence[str], message: ReachMessage, outcome: Outcome, batch: BatchOutcome
+    ) -> None:
+        address = address_of(fields, message.contact)
+        if address is None:
+            return
+        batch.dead_addresses.append(
+            DeadAddress(address_key(*address), address[0], self.channel.name, message.provider, outcome.code)
+        )
+        self.rt.metrics.addresses_dead.labels(self.channel.name, message.provider, "recorded").inc()
+
+    # -- results, retries, dead letters ----------------------------------------
     def _record(
         self, message: ReachMessage, outcome: Outcome, now: int, done: int, batch: BatchOutcome
     ) -> None:
@@ -121,6 +229,8 @@ class ChannelSender:
             outcome = Outcome.permanent(
                 outcome.code, f"gave up after {message.attempt} attempts: {outcome.detail}"
             )
+            batch.dead_letters.append((message.user_id.encode(), dead_letter(message, outcome, done)))
+            self.rt.metrics.messages_dead_lettered.labels(*labels).inc()
         status = STATUS_OF[outcome.kind]
         if status in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN):
             # An unknown outcome may have reached the user: never send it blindly again.
@@ -131,20 +241,22 @@ class ChannelSender:
                 max(0, done - message.event_ts) / 1000
             )
         else:
-            self.rt.metrics.messages_failed.labels(*labels, outcome.kind.value).inc()
+            self.rt.metrics.messages_failed.labels(*labels, outcome.kind.value, outcome.code[:64]).inc()
         batch.results.append(result_for(message, outcome, status, now, done))
 
     def _retry(self, message: ReachMessage, outcome: Outcome, now: int) -> tuple[int, bytes]:
+        """The next attempt: after capped, jittered backoff (or the provider's Retry-After),
+        through another provider of the channel when one can take it (failover)."""
         s = self.rt.settings
         wait = backoff_ms(message.attempt, s.retry_base_ms, s.retry_cap_ms, self.rng)
         if outcome.retry_after is not None:
             wait = max(wait, int(outcome.retry_after * 1000))
-        chooser = self.rt.choosers[self.channel.name]
-        provider = (
-            chooser.choose(exclude={message.provider}).name
-            if len(self.channel.providers) > 1
-            else message.provider
-        )
+        paused = {name for name, b in self.breakers.items() if b.state(now) is CircuitState.OPEN}
+        provider = self._alternative(message, paused | {message.provider}) or message.provider
+        if provider != message.provider:
+            self.rt.metrics.messages_rerouted.labels(
+                self.channel.name, message.provider, provider, "failover"
+            ).inc()
         when = now + wait
         retry = message.replace(attempt=message.attempt + 1, not_before=when, provider=provider)
         return when, retry.to_bytes()
@@ -152,12 +264,22 @@ class ChannelSender:
     async def _persist(self, batch: BatchOutcome) -> None:
         rt = self.rt
         assert rt.sent is not None and rt.results is not None and rt.deferred is not None
+        assert rt.dead_addresses is not None
         await rt.sent.mark(batch.done_ids)
         await rt.results.upsert(batch.results)
+        await rt.dead_addresses.record(batch.dead_addresses, rt.clock.now_ms())
         await self.produce(
             rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in batch.results]
         )
+        await self.produce(rt.settings.delivery_dead_letter_topic, batch.dead_letters)
         await rt.deferred.add(batch.deferred)
+
+
+def dead_letter(message: ReachMessage, outcome: Outcome, now_ms: int) -> bytes:
+    """The delivery dead-letter record: the message as it was, and why it was given up."""
+    return orjson.dumps(
+        {"reason": outcome.code, "detail": outcome.detail, "failed_at": now_ms, "message": message.to_dict()}
+    )
 
 
 def _by_provider(messages: Sequence[ReachMessage]) -> dict[str, list[ReachMessage]]:

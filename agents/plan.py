@@ -6,20 +6,16 @@ Nothing here does I/O; the agents call these functions and do the sending.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-from rules.engine import RuleEngine
-from rules.model import Template
 
 from channels.base import Delivery, Outcome, OutcomeKind, Rendered
 from channels.routing import WeightedChooser
 from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
-
-# Which contact field a channel needs; channels not listed need none (inbox, pop-up).
-CHANNEL_ADDRESS = {"email": "email", "sms": "phone"}
+from rules.engine import RuleEngine
+from rules.model import Template
 
 
 def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
@@ -28,9 +24,9 @@ def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
     return fact
 
 
-def reachable_channels(channels: Sequence[str], profile: UserProfile | None) -> list[str]:
-    contact = profile.contact if profile else {}
-    return [c for c in channels if c not in CHANNEL_ADDRESS or contact.get(CHANNEL_ADDRESS[c])]
+def reachable_channels(choosers: Mapping[str, WeightedChooser], contact: Mapping[str, str]) -> list[str]:
+    """The channels with a provider that can address this contact (inbox and pop-ups need none)."""
+    return [name for name, chooser in choosers.items() if chooser.can_reach(contact)]
 
 
 def plan_event(
@@ -39,9 +35,17 @@ def plan_event(
     engine: RuleEngine,
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
+    unroutable: Callable[[str, str], None] | None = None,
 ) -> list[ReachMessage]:
-    """The messages an event causes: one per matching trigger and selected channel."""
+    """The messages an event causes: one per matching trigger and selected channel.
+
+    A selected channel with no provider that can address the user (SMS for a
+    user without a phone number) yields no message; ``unroutable(rule_id,
+    channel)`` is told, so the agent can count it.
+    """
     fact = trigger_fact(event, profile)
+    contact = dict(profile.contact) if profile else {}
+    reachable = reachable_channels(choosers, contact)
     messages = []
     for rule in engine.match_triggers(fact):
         selection_fact = {
@@ -51,10 +55,14 @@ def plan_event(
             "event": event.name,
             "platform": event.platform,
             "segments": fact["segments"],
-            "reachable": reachable_channels(list(choosers), profile),
+            "reachable": reachable,
         }
         dedup = rule.dedup_for(fact)
         for channel in engine.select_channels(rule.channels, selection_fact):
+            if channel not in reachable:
+                if unroutable is not None:
+                    unroutable(rule.id, channel)
+                continue
             messages.append(
                 ReachMessage(
                     message_id=message_id_for(rule.id, dedup, channel),
@@ -62,14 +70,14 @@ def plan_event(
                     rule_id=rule.id,
                     template=rule.template,
                     channel=channel,
-                    provider=choosers[channel].choose().name,
+                    provider=choosers[channel].choose(contact=contact).name,
                     priority=rule.priority,
                     event_id=event.event_id,
                     event_name=event.name,
                     event_ts=event.ts,
                     created_ts=now_ms,
                     variables=_variables(event),
-                    contact=dict(profile.contact) if profile else {},
+                    contact=contact,
                     platform=event.platform,
                 )
             )

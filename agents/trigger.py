@@ -57,8 +57,13 @@ class TriggerStep:
                 self.rt.metrics.events_dead_lettered.labels(exc.reason).inc()
                 dead.append((event.message.key, dead_letter(event.message, exc)))
                 continue
-            messages += plan_event(parsed, self._profile(parsed.user_id), engine, self.rt.choosers, now)
+            messages += plan_event(
+                parsed, self._profile(parsed.user_id), engine, self.rt.choosers, now, self._unroutable
+            )
         return messages, dead
+
+    def _unroutable(self, _rule_id: str, channel: str) -> None:
+        self.rt.metrics.messages_unroutable.labels(channel).inc()
 
     def _profile(self, user_id: str) -> UserProfile | None:
         raw = self.profiles.get(user_id.encode())

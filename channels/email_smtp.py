@@ -144,6 +144,7 @@ class SmtpProvider(Provider):
 
     type_name: ClassVar[str] = "smtp"
     secret_options: ClassVar[frozenset[str]] = frozenset({"password"})
+    address_fields: ClassVar[tuple[str, ...]] = ("email",)
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)

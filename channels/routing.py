@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from channels.base import ProviderConfig
 
@@ -30,7 +30,12 @@ class WeightedChooser:
     fine for one agent loop.
     """
 
-    def __init__(self, providers: Sequence[ProviderConfig], rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        providers: Sequence[ProviderConfig],
+        rng: random.Random | None = None,
+        address_fields: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         if not providers:
             raise ValueError("a channel needs at least one provider")
         for provider in providers:
@@ -41,19 +46,39 @@ class WeightedChooser:
         # Precomputed for the common case (nothing excluded): choices() then only bisects.
         self._cumulative = tuple(itertools.accumulate(p.weight for p in self._providers))
         self._rng = rng if rng is not None else random.Random()
+        # provider name -> the contact fields it sends to; absent or empty: needs no address
+        self._fields = {name: tuple(fields) for name, fields in (address_fields or {}).items() if fields}
+
+    def reaches(self, provider: str, contact: Mapping[str, str]) -> bool:
+        """Whether ``provider`` can address a user with this contact."""
+        fields = self._fields.get(provider)
+        return not fields or any(contact.get(field) for field in fields)
+
+    def can_reach(self, contact: Mapping[str, str]) -> bool:
+        """Whether any provider of the channel can address a user with this contact."""
+        return any(self.reaches(p.name, contact) for p in self._providers)
 
     @property
     def providers(self) -> tuple[ProviderConfig, ...]:
         return self._providers
 
-    def choose(self, exclude: Collection[str] = ()) -> ProviderConfig:
+    def choose(
+        self, exclude: Collection[str] = (), contact: Mapping[str, str] | None = None
+    ) -> ProviderConfig:
         """A provider whose name is not in ``exclude``, drawn by weight.
 
-        Raises :class:`NoProviderAvailableError` when every provider is excluded.
+        With ``contact``, only providers that can address it are candidates (a
+        push channel with FCM and APNs sends each user through the provider
+        their device token belongs to). Raises :class:`NoProviderAvailableError`
+        when no candidate is left.
         """
-        if not exclude:
+        if not exclude and (contact is None or not self._fields):
             return self._rng.choices(self._providers, cum_weights=self._cumulative)[0]
-        candidates = [p for p in self._providers if p.name not in exclude]
+        candidates = [
+            p
+            for p in self._providers
+            if p.name not in exclude and (contact is None or self.reaches(p.name, contact))
+        ]
         if not candidates:
             raise NoProviderAvailableError(exclude)
         return self._rng.choices(candidates, weights=[p.weight for p in candidates])[0]

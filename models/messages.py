@@ -46,7 +46,10 @@ class ReachMessage:
     not_before: int = 0  # ms since epoch; 0 = send now
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ReachMessage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -41,9 +42,13 @@ async def create_pool(settings: Settings, *, database: bool = True, maxsize: int
     )
 
 
+_COMMENT = re.compile(r"(^|\s)--(\s.*)?$")
+
+
 def schema_statements() -> list[str]:
     text = resources.files("models").joinpath("schema.sql").read_text()
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    # Drop "-- comments" (whole-line and trailing) so a ';' inside one cannot split a statement.
+    lines = [_COMMENT.sub("", line) for line in text.splitlines()]
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
@@ -62,9 +67,37 @@ async def migrate(settings: Settings) -> None:
                 await cur.execute(f"USE `{settings.mysql_database}`")
                 for statement in schema_statements():
                     await cur.execute(statement)
+                await _upgrade(cur, settings.mysql_database)
     finally:
         pool.close()
         await pool.wait_closed()
+
+
+# Columns and indexes added after a table's first release. ``CREATE TABLE IF NOT
+# EXISTS`` leaves an existing table as it is, so each is added here when missing.
+# Checked through information_schema because MySQL has no ``ADD COLUMN IF NOT EXISTS``.
+UPGRADES: tuple[tuple[str, str, str, str], ...] = (
+    # (table, "column" | "index", name, ALTER TABLE clause)
+    ("delivery_results", "column", "receipt_at", "ADD COLUMN receipt_at BIGINT NULL"),
+    (
+        "delivery_results",
+        "index",
+        "idx_results_provider_msg",
+        "ADD INDEX idx_results_provider_msg (provider_message_id)",
+    ),
+)
+
+
+async def _upgrade(cur: Any, database: str) -> None:
+    for table, kind, name, clause in UPGRADES:
+        catalog, column = ("COLUMNS", "COLUMN_NAME") if kind == "column" else ("STATISTICS", "INDEX_NAME")
+        await cur.execute(
+            f"SELECT 1 FROM information_schema.{catalog} "
+            f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND {column} = %s LIMIT 1",
+            [database, table, name],
+        )
+        if await cur.fetchone() is None:
+            await cur.execute(f"ALTER TABLE `{table}` {clause}")
 
 
 async def execute_rows(pool: Any, head: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -172,11 +205,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 RESULT_COLUMNS = [f.name for f in dataclasses.fields(DeliveryResult)]
-# The first attempt row never moves backwards: a replayed "sent" must not undo a receipt's "delivered".
+# A result row never moves backwards: a replayed "sent" must not undo a receipt's
+# "delivered" or "failed" (a receipt sets ``receipt_at``, which is not written here).
 # MySQL applies the assignments left to right, so ``status`` is assigned last:
 # every other column still sees the stored status.
 RESULT_UPDATE = ", ".join(
-    f"{col} = IF(status = 'delivered', {col}, VALUES({col}))"
+    f"{col} = IF(status = 'delivered' OR receipt_at IS NOT NULL, {col}, VALUES({col}))"
     for col in [c for c in RESULT_COLUMNS if c not in ("message_id", "attempt", "status")] + ["status"]
 )
 

@@ -34,8 +34,44 @@ class WorkerMetrics:
         )
         self.messages_failed = Counter(
             "reach_messages_failed",
-            "Delivery attempts that did not succeed, by outcome",
-            ["channel", "provider", "outcome"],
+            "Delivery attempts that did not succeed, by outcome and the provider's error code",
+            ["channel", "provider", "outcome", "code"],
+            registry=registry,
+        )
+        self.delivery_attempts = Counter(
+            "reach_delivery_attempts",
+            "Messages handed to a provider (each retry counts again)",
+            ["channel", "provider"],
+            registry=registry,
+        )
+        self.messages_unroutable = Counter(
+            "reach_messages_unroutable",
+            "Messages a rule chose a channel for that no provider of it can address",
+            ["channel"],
+            registry=registry,
+        )
+        self.messages_rerouted = Counter(
+            "reach_messages_rerouted",
+            "Messages moved to another provider of their channel, by reason",
+            ["channel", "from_provider", "to_provider", "reason"],
+            registry=registry,
+        )
+        self.messages_dead_lettered = Counter(
+            "reach_messages_dead_lettered",
+            "Messages that exhausted their retry budget, written to the delivery dead-letter topic",
+            ["channel", "provider"],
+            registry=registry,
+        )
+        self.addresses_dead = Counter(
+            "reach_addresses_dead",
+            "Addresses or device tokens recorded as unusable, and messages skipped because of one",
+            ["channel", "provider", "event"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "reach_provider_circuit_state",
+            "Circuit breaker per provider: 0 closed (sending), 1 half-open (probing), 2 open (paused)",
+            ["channel", "provider"],
             registry=registry,
         )
         self.messages_throttled = Counter(
@@ -52,7 +88,7 @@ class WorkerMetrics:
         )
         self.send_latency = Histogram(
             "reach_send_batch_seconds",
-            "Time a provider took to send one batch",
+            "Time a provider took to send one batch (its requests run concurrently)",
             ["channel", "provider"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -92,4 +128,20 @@ class ApiMetrics:
         )
         self.events_accepted = Counter(
             "reach_api_events_accepted", "Events accepted by POST /v1/events", registry=registry
+        )
+        # status: delivered | failed (the receipt made the message final; each message at most
+        # once, so delivered / (delivered + failed) is the success rate), stale (the message was
+        # already final), progress (a non-final provider status), unmatched (no send result for
+        # it yet), duplicate (the same receipt again). platform is "" unless a result row matched.
+        self.receipts = Counter(
+            "reach_receipts",
+            "Provider delivery receipts accepted, by what they did",
+            ["channel", "provider", "platform", "status"],
+            registry=registry,
+        )
+        self.receipts_rejected = Counter(
+            "reach_receipts_rejected",
+            "Receipt callbacks refused, by reason (bad_signature, bad_token, not_configured, bad_body)",
+            ["provider", "reason"],
+            registry=registry,
         )

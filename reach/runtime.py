@@ -8,17 +8,18 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import CollectorRegistry
-from rules.reloader import RuleReloader
 
 from channels.base import Provider, ProviderContext
-from channels.config import ChannelsConfig
+from channels.config import ChannelConfig, ChannelsConfig
 from channels.registry import provider_class
 from channels.routing import WeightedChooser
+from models.addresses import DeadAddressStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
+from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")
 
@@ -41,6 +42,7 @@ class Runtime:
     throttle: WindowThrottle | None = None
     sent: SentMarkers | None = None
     deferred: DeferredQueue | None = None
+    dead_addresses: DeadAddressStore | None = None
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
@@ -48,9 +50,7 @@ class Runtime:
         registry = CollectorRegistry()
         rules = RuleReloader(settings.rules_dir, known_channels=list(channels.channels))
         runtime = cls(settings, channels, rules, registry, WorkerMetrics(registry), clock or SystemClock())
-        runtime.choosers = {
-            name: WeightedChooser(channel.providers) for name, channel in channels.channels.items()
-        }
+        runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         return runtime
 
     async def start(self) -> None:
@@ -63,6 +63,7 @@ class Runtime:
         self.throttle = WindowThrottle(self.redis, s.redis_prefix)
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
+        self.dead_addresses = DeadAddressStore(self.mysql_pool, s.dead_address_ttl * 1000)
         await self._start_providers()
 
     async def _start_providers(self) -> None:
@@ -84,3 +85,9 @@ class Runtime:
         if self.mysql_pool is not None:
             self.mysql_pool.close()
             await self.mysql_pool.wait_closed()
+
+
+def chooser_for(channel: ChannelConfig) -> WeightedChooser:
+    """The channel's weighted chooser, aware of which contact field each provider sends to."""
+    fields = {p.name: provider_class(p.type).address_fields for p in channel.providers}
+    return WeightedChooser(channel.providers, address_fields=fields)

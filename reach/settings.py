@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1)  # delivery attempts per message before it fails for good
     retry_base_ms: int = Field(1000, ge=1)  # first retry backoff; doubles per attempt, with jitter
     retry_cap_ms: int = Field(300_000, ge=1)  # longest retry backoff
+    breaker_failures: int = Field(5, ge=1)  # provider-side failures that open a provider's breaker
+    breaker_cooldown_ms: int = Field(30_000, ge=1)  # how long an open breaker pauses a provider
+    dead_address_ttl: int = Field(30 * 24 * 3600, ge=60)  # seconds a dead address/token is skipped
     worker_metrics_port: int = 9464  # 0 disables the worker's /metrics endpoint
 
     # HTTP API
@@ -68,6 +71,11 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return self.topic("events.dlq")
+
+    @property
+    def delivery_dead_letter_topic(self) -> str:
+        """Messages that used up their retry budget, with the last error."""
+        return self.topic("deliveries.dlq")
 
     @property
     def segments_topic(self) -> str:

@@ -19,6 +19,7 @@ def topic_names(settings: Settings, channels: Iterable[str]) -> list[str]:
         settings.segments_topic,
         settings.dead_letter_topic,
         settings.results_topic,
+        settings.delivery_dead_letter_topic,
     ]
     return names + [settings.outbox_topic(channel) for channel in channels]
 

@@ -80,3 +80,21 @@ def test_rejects_non_positive_weights(weight: int) -> None:
 def test_rejects_an_empty_channel() -> None:
     with pytest.raises(ValueError, match="at least one provider"):
         WeightedChooser([])
+
+
+def test_contact_limits_the_candidates_to_providers_that_can_address_it() -> None:
+    fields = {"fcm": ("fcm_token",), "apns": ("apns_token",)}
+    chooser = WeightedChooser(providers(fcm=50, apns=50), random.Random(3), address_fields=fields)
+    assert {chooser.choose(contact={"apns_token": "t"}).name for _ in range(200)} == {"apns"}
+    assert {chooser.choose(contact={"fcm_token": "t"}).name for _ in range(200)} == {"fcm"}
+    assert chooser.can_reach({"fcm_token": "t"}) and not chooser.can_reach({"email": "a@b.c"})
+    with pytest.raises(NoProviderAvailableError):
+        chooser.choose(contact={})
+    with pytest.raises(NoProviderAvailableError):
+        chooser.choose(exclude={"fcm"}, contact={"fcm_token": "t"})
+
+
+def test_providers_without_address_fields_reach_everyone() -> None:
+    chooser = WeightedChooser(providers(hook=1), random.Random(4), address_fields={"hook": ()})
+    assert chooser.choose(contact={}).name == "hook"
+    assert chooser.can_reach({})
