@@ -51,7 +51,67 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   event_ts             BIGINT       NOT NULL,
   attempted_at         BIGINT       NOT NULL,
   completed_at         BIGINT       NOT NULL,
+  receipt_at           BIGINT       NULL,      -- ms; when a provider receipt made the row final
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
-  KEY idx_results_user (user_id, completed_at)
+  KEY idx_results_user (user_id, completed_at),
+  KEY idx_results_provider_msg (provider_message_id)
+);
+
+-- Delivery receipts (provider status callbacks), one row per distinct receipt.
+-- The key makes a callback that arrives twice a no-op: INSERT IGNORE keeps the
+-- first. claim is a random id per request, used to learn which rows a
+-- multi-row INSERT IGNORE actually inserted. outcome says what the receipt did:
+-- applied (moved its result row), stale (the row was already final),
+-- unmatched (no result row yet: retried by the rematch job), progress (a
+-- non-final status such as queued or sent: nothing to apply).
+CREATE TABLE IF NOT EXISTS receipts (
+  provider             VARCHAR(64)  NOT NULL,
+  receipt_hash         CHAR(32)     NOT NULL,
+  claim                CHAR(16)     NOT NULL,
+  provider_message_id  VARCHAR(256) NOT NULL DEFAULT '',
+  message_id           VARCHAR(64)  NOT NULL DEFAULT '',
+  status               VARCHAR(16)  NOT NULL,
+  provider_status      VARCHAR(32)  NOT NULL DEFAULT '',
+  error_code           VARCHAR(64)  NOT NULL DEFAULT '',
+  error                VARCHAR(512) NOT NULL DEFAULT '',
+  received_at          BIGINT       NOT NULL,
+  outcome              VARCHAR(16)  NOT NULL,
+  PRIMARY KEY (provider, receipt_hash),
+  KEY idx_receipts_outcome (outcome, received_at)
+);
+
+-- Pop-ups: shown over the app while show_from <= now < show_until, until
+-- dismissed; a show_once pop-up only by the first read that returns it
+-- (shown_at). The user index serves "the user's unexpired pop-ups".
+CREATE TABLE IF NOT EXISTS popups (
+  message_id    CHAR(24)     NOT NULL,
+  user_id       VARCHAR(128) NOT NULL,
+  rule_id       VARCHAR(128) NOT NULL,
+  template      VARCHAR(128) NOT NULL,
+  title         VARCHAR(512) NOT NULL,
+  body          TEXT         NOT NULL,
+  priority      TINYINT      NOT NULL,
+  show_from     BIGINT       NOT NULL,
+  show_until    BIGINT       NOT NULL,
+  show_once     TINYINT      NOT NULL,   -- 1: returned by one read only
+  created_at    BIGINT       NOT NULL,
+  shown_at      BIGINT       NULL,
+  dismissed_at  BIGINT       NULL,
+  PRIMARY KEY (message_id),
+  KEY idx_popups_user_until (user_id, show_until)
+);
+
+-- Addresses and device tokens a provider declared dead (bad number, unregistered
+-- token, unsubscribed WeChat user). Keyed by a hash of "field:value", so the
+-- table holds no contact data; a row stops counting at expires_at.
+CREATE TABLE IF NOT EXISTS dead_addresses (
+  address_key  CHAR(64)     NOT NULL,
+  field        VARCHAR(32)  NOT NULL,
+  channel      VARCHAR(32)  NOT NULL,
+  provider     VARCHAR(64)  NOT NULL,
+  code         VARCHAR(64)  NOT NULL DEFAULT '',
+  recorded_at  BIGINT       NOT NULL,
+  expires_at   BIGINT       NOT NULL,
+  PRIMARY KEY (address_key)
 );
