@@ -7,6 +7,7 @@ reach events send [FILE]          produce events (JSON object, array or JSON lin
 reach profiles send [FILE]        produce user profiles (segments, contact) the same way
 reach db migrate                  create the database and tables
 reach topics create               create the Kafka topics
+reach channels [--json]           list channels and providers, secrets masked
 """
 
 from __future__ import annotations
@@ -56,7 +57,43 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("migrate", help="create the database and tables").set_defaults(run=_db_migrate)
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(title="topics commands")
     topics.add_parser("create", help="create the topics").set_defaults(run=_topics_create)
+    channels = sub.add_parser(
+        "channels", help="list the configured channels and providers (secrets masked) and the known types"
+    )
+    channels.add_argument("--json", action="store_true", help="print JSON instead of text")
+    channels.set_defaults(run=_channels)
     return parser
+
+
+def _channels(settings: Settings, args: argparse.Namespace) -> int:
+    from channels.config import ChannelsConfigError, load_channels, masked
+    from channels.registry import known_types, provider_class
+
+    try:
+        config = load_channels(settings.channels_file, os.environ)
+    except ChannelsConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    listing = masked(config)
+    for channel in listing["channels"].values():
+        for entry in channel["providers"]:
+            entry["address_fields"] = list(provider_class(entry["type"]).address_fields)
+    listing["source"] = str(settings.channels_file)
+    listing["provider_types"] = list(known_types())
+    if args.json:
+        sys.stdout.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(f"channels file: {listing['source']}")
+    for name, channel in listing["channels"].items():
+        limit = channel.get("limit_per_window")
+        print(f"\n{name}  window {channel['window_seconds']} s, limit {limit if limit else 'none'}")
+        for entry in channel["providers"]:
+            fields = ", ".join(entry["address_fields"]) or "no address"
+            print(f"  - {entry['name']}  type {entry['type']}  weight {entry['weight']}  sends to: {fields}")
+            for key, value in sorted(entry.get("options", {}).items()):
+                print(f"      {key}: {value}")
+    print(f"\nprovider types: {', '.join(listing['provider_types'])}")
+    return 0
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
