@@ -1,0 +1,86 @@
+"""plan_event: which messages an event makes, and through which provider."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from agents.plan import plan_event, reachable_channels
+from channels.base import ProviderConfig
+from channels.routing import WeightedChooser
+from models.events import Event, event_from_dict
+from models.profiles import UserProfile
+from rules.engine import RuleEngine
+from rules.loader import load_rulebook
+
+TS = 1_790_000_000_000
+
+RULES = """
+triggers:
+  - id: order-shipped
+    when: name == "order_shipped"
+    template: shipped
+    channels: [sms, push, inbox]
+    dedup_key: "{event_id}"
+templates:
+  shipped:
+    title: "Shipped"
+    text: "Order {{ properties.order }} is on its way"
+"""
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> RuleEngine:
+    directory = tmp_path_factory.mktemp("rules")
+    (directory / "rules.yaml").write_text(RULES)
+    return RuleEngine.build(load_rulebook(directory, known_channels=["sms", "push", "inbox"]))
+
+
+def choosers(seed: int = 7) -> dict[str, WeightedChooser]:
+    rng = random.Random(seed)
+    sms = [ProviderConfig("aliyun", "aliyun_sms", 70), ProviderConfig("tencent", "tencent_sms", 30)]
+    push = [ProviderConfig("fcm", "fcm"), ProviderConfig("apns", "apns")]
+    return {
+        "sms": WeightedChooser(sms, rng, {"aliyun": ("phone",), "tencent": ("phone",)}),
+        "push": WeightedChooser(push, rng, {"fcm": ("fcm_token",), "apns": ("apns_token",)}),
+        "inbox": WeightedChooser([ProviderConfig("mariadb", "inbox")], rng),
+    }
+
+
+def shipped(n: int, user: str = "u-1") -> Event:
+    return event_from_dict(
+        {"event_id": f"e-{n}", "user_id": user, "name": "order_shipped", "ts": TS, "properties": {"order": n}}
+    )
+
+
+def test_only_channels_that_can_address_the_user_get_a_message(engine: RuleEngine) -> None:
+    profile = UserProfile("u-1", contact={"apns_token": "tok"})
+    unroutable: list[tuple[str, str]] = []
+    messages = plan_event(
+        shipped(1), profile, engine, choosers(), 1000, lambda r, c: unroutable.append((r, c))
+    )
+    assert [(m.channel, m.provider) for m in messages] == [("push", "apns"), ("inbox", "mariadb")]
+    assert unroutable == [("order-shipped", "sms")]
+    assert messages[0].contact == {"apns_token": "tok"}
+
+
+def test_reachable_channels_follow_the_contact() -> None:
+    assert reachable_channels(choosers(), {}) == ["inbox"]
+    assert reachable_channels(choosers(), {"phone": "+1", "fcm_token": "t"}) == ["sms", "push", "inbox"]
+
+
+def test_sms_split_follows_the_weights_over_many_events(engine: RuleEngine) -> None:
+    profile = UserProfile("u-1", contact={"phone": "+8613800000000"})
+    routing = choosers(seed=11)
+    draws = 4000
+    counts = Counter(
+        m.provider
+        for n in range(draws)
+        for m in plan_event(shipped(n), profile, engine, routing, 1000)
+        if m.channel == "sms"
+    )
+    # 5 standard deviations of a binomial(4000, 0.7): about 145
+    assert abs(counts["aliyun"] - 0.7 * draws) <= 5 * (draws * 0.7 * 0.3) ** 0.5, counts
+    assert counts["aliyun"] + counts["tencent"] == draws
