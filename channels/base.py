@@ -99,6 +99,7 @@ class ProviderContext:
 
     mysql_pool: Any = None  # aiomysql pool, for providers that store (inbox)
     redis: Any = None  # redis.asyncio client, for shared caches (tokens)
+    redis_prefix: str = "reach:"  # the deployment's key prefix (REACH_REDIS_PREFIX)
 
 
 class Provider(abc.ABC):

@@ -19,8 +19,13 @@ from channels.base import Provider
 
 PROVIDERS: Mapping[str, str] = MappingProxyType(
     {
+        "dingtalk_bot": "channels.bot_dingtalk:DingtalkBotProvider",
+        "feishu_bot": "channels.bot_feishu:FeishuBotProvider",
         "inbox": "channels.inbox:InboxProvider",
+        "popup": "channels.popup:PopupProvider",
         "smtp": "channels.email_smtp:SmtpProvider",
+        "webhook": "channels.webhook:WebhookProvider",
+        "wechat_template": "channels.wechat:WechatTemplateProvider",
     }
 )
 

@@ -67,7 +67,9 @@ class Runtime:
         await self._start_providers()
 
     async def _start_providers(self) -> None:
-        context = ProviderContext(mysql_pool=self.mysql_pool, redis=self.redis)
+        context = ProviderContext(
+            mysql_pool=self.mysql_pool, redis=self.redis, redis_prefix=self.settings.redis_prefix
+        )
         for channel in self.channels.channels.values():
             started = self.providers.setdefault(channel.name, {})
             for config in channel.providers:

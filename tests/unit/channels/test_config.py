@@ -10,6 +10,7 @@ import pytest
 from channels.base import ProviderConfig
 from channels.config import ChannelConfig, ChannelsConfigError, load_channels, masked, parse_channels
 from channels.email_smtp import SmtpOptions
+from channels.registry import known_types
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -141,7 +142,7 @@ def test_malformed_variable_reference(tmp_path: Path) -> None:
 def test_unknown_provider_type_lists_the_known_ones(tmp_path: Path) -> None:
     error = load_error(tmp_path, one_channel().replace("type: smtp", "type: smtpp"))
     assert "channel 'email', provider 'smtp-primary'" in str(error)
-    assert "unknown provider type 'smtpp'; known types: inbox, smtp" in str(error)
+    assert f"unknown provider type 'smtpp'; known types: {', '.join(known_types())}" in str(error)
     assert error.line == 5
 
 
@@ -275,7 +276,7 @@ def test_masked_keeps_the_shape_and_does_not_touch_the_config() -> None:
 
 def test_shipped_default_file_loads_with_an_empty_environment() -> None:
     config = load_channels(REPO / "deploy" / "config" / "channels.yaml", {})
-    assert set(config.channels) == {"inbox", "email"}
+    assert set(config.channels) == {"inbox", "popup", "email"}
     for provider in config.channels["email"].providers:
         options = SmtpOptions.parse(provider.options, provider.name)
         assert (options.host, options.port, options.username) == ("127.0.0.1", 2525, None)
