@@ -19,11 +19,14 @@ from channels.base import Provider
 
 PROVIDERS: Mapping[str, str] = MappingProxyType(
     {
+        "aliyun_sms": "channels.sms_aliyun:AliyunSmsProvider",
         "dingtalk_bot": "channels.bot_dingtalk:DingtalkBotProvider",
         "feishu_bot": "channels.bot_feishu:FeishuBotProvider",
         "inbox": "channels.inbox:InboxProvider",
         "popup": "channels.popup:PopupProvider",
         "smtp": "channels.email_smtp:SmtpProvider",
+        "tencent_sms": "channels.sms_tencent:TencentSmsProvider",
+        "twilio_sms": "channels.sms_twilio:TwilioSmsProvider",
         "webhook": "channels.webhook:WebhookProvider",
         "wechat_template": "channels.wechat:WechatTemplateProvider",
     }
