@@ -20,7 +20,9 @@ from channels.base import Provider
 PROVIDERS: Mapping[str, str] = MappingProxyType(
     {
         "aliyun_sms": "channels.sms_aliyun:AliyunSmsProvider",
+        "apns": "channels.push_apns:ApnsProvider",
         "dingtalk_bot": "channels.bot_dingtalk:DingtalkBotProvider",
+        "fcm": "channels.push_fcm:FcmProvider",
         "feishu_bot": "channels.bot_feishu:FeishuBotProvider",
         "inbox": "channels.inbox:InboxProvider",
         "popup": "channels.popup:PopupProvider",
