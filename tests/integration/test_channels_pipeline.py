@@ -36,12 +36,15 @@ from tests.integration.harness import (
 )
 from tests.support.http_provider import Reply
 from tests.support.providers.aliyun_sms import AliyunSmsServer
+from tests.support.providers.apns import ApnsServer, device_token
 from tests.support.providers.dingtalk import DingtalkServer
+from tests.support.providers.fcm import FcmServer
 from tests.support.providers.feishu import FeishuServer
 from tests.support.providers.tencent_sms import TencentSmsServer
 from tests.support.providers.twilio import TwilioServer
 from tests.support.providers.webhook import WebhookServer
 from tests.support.providers.wechat import WechatServer
+from tests.support.tls import self_signed_cert
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +58,7 @@ triggers:
   - {id: t-wechat, when: 'name == "t_wechat"', template: note, channels: [wechat], dedup_key: "{event_id}"}
   - {id: t-bot, when: 'name == "t_bot"', template: note, channels: [bots], dedup_key: "{event_id}"}
   - {id: t-sms, when: 'name == "t_sms"', template: note, channels: [sms], dedup_key: "{event_id}"}
+  - {id: t-push, when: 'name == "t_push"', template: note, channels: [push], dedup_key: "{event_id}"}
 templates:
   note:
     title: "Note {{ properties.n }}"
@@ -73,6 +77,8 @@ class Servers:
     aliyun: AliyunSmsServer
     tencent: TencentSmsServer
     twilio: TwilioServer
+    fcm: FcmServer
+    apns: ApnsServer
 
     def all(self) -> list[Any]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
@@ -118,6 +124,10 @@ def channels_yaml(servers: Servers) -> str:
             provider("tencent", "tencent_sms", servers.tencent.provider_options()),
             provider("twilio", "twilio_sms", servers.twilio.provider_options()),
         ],
+        "push": [
+            provider("fcm", "fcm", servers.fcm.provider_options()),
+            provider("apns", "apns", servers.apns.provider_options()),
+        ],
     }
     document = {
         "channels": {name: {"window_seconds": 1, "providers": entries} for name, entries in channels.items()}
@@ -137,6 +147,8 @@ def servers() -> Iterator[Servers]:
         aliyun=AliyunSmsServer(templates={"SMS_100001": ("user_id",)}).start(),
         tencent=TencentSmsServer(templates={"1400001": ("user_id",)}).start(),
         twilio=TwilioServer().start(),
+        fcm=FcmServer().start(),
+        apns=ApnsServer(self_signed_cert()).start(),
     )
     yield running
     for server in running.all():
@@ -305,3 +317,56 @@ def test_a_message_out_of_retries_goes_to_the_dead_letter_topic(pp: ProviderPipe
         (3, "failed"),
     ]
     assert len(pp.servers.solo.requests) == MAX_ATTEMPTS
+
+
+def test_push_goes_through_the_provider_of_each_users_device(pp: ProviderPipeline) -> None:
+    users = {f"android-{n}": {"fcm_token": f"fcm-token-{n}"} for n in range(5)}
+    users |= {f"iphone-{n}": {"apns_token": device_token(n)} for n in range(5)}
+    add_profiles(pp, users)
+    produce_json(
+        pp.settings,
+        pp.settings.events_topic,
+        [event(f"push-{user}", user, "t_push", n=n) for n, user in enumerate(users)],
+    )
+    pp.servers.fcm.delivered.wait_for(5)
+    pp.servers.apns.delivered.wait_for(5)
+    rows = wait_until(lambda: (r := pp.results("t-push")) and len(r) >= 10 and r, 30, "push results")
+    users_by_provider = {
+        provider: {
+            u
+            for (u,) in pp.db.query(
+                "SELECT user_id FROM delivery_results WHERE rule_id = 't-push' AND provider = %s", [provider]
+            )
+        }
+        for provider in ("fcm", "apns")
+    }
+    assert users_by_provider == {
+        "fcm": {u for u in users if u.startswith("android")},
+        "apns": {u for u in users if u.startswith("iphone")},
+    }
+    assert {status for _, _, _, status, _ in rows} == {"sent"}
+
+
+def test_an_unregistered_token_is_recorded_and_not_tried_again(pp: ProviderPipeline) -> None:
+    pp.servers.fcm.fail_token("fcm-dead-token", 404, "UNREGISTERED")
+    add_profiles(pp, {"dead-device": {"fcm_token": "fcm-dead-token"}})
+    tried = lambda: [r for r in pp.servers.fcm.requests if b"fcm-dead-token" in r.body]  # noqa: E731
+    produce_json(pp.settings, pp.settings.events_topic, [event("dead-1", "dead-device", "t_push", n=1)])
+    wait_until(tried, 30, "the first push to the dead token")
+    produce_json(pp.settings, pp.settings.events_topic, [event("dead-2", "dead-device", "t_push", n=2)])
+    rows = wait_until(
+        lambda: (
+            (
+                r := pp.db.query(
+                    "SELECT status, error_code FROM delivery_results"
+                    " WHERE user_id = 'dead-device' ORDER BY completed_at"
+                )
+            )
+            and len(r) == 2
+            and r
+        ),
+        30,
+        "both results",
+    )
+    assert rows == [("failed", "UNREGISTERED"), ("failed", "address_dead")]
+    assert len(tried()) == 1
