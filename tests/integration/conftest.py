@@ -21,6 +21,8 @@ from tests.integration.harness import Db, WorkerProcess, clear_redis, make_setti
 from tests.support.smtp_server import SmtpTestServer
 
 SMTP_USER, SMTP_PASSWORD = "reach", "s3cret-smtp"
+# Receipt secrets of the "receipts" channel's providers (tests/integration/test_receipts.py).
+RECEIPT_TWILIO_TOKEN, RECEIPT_TOKEN, RECEIPT_WEBHOOK_SECRET = "tw-token", "receipt-token", "hook-secret"
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +36,11 @@ channels:
     providers:
       - name: mariadb
         type: inbox
+  popup:
+    window_seconds: {window}
+    providers:
+      - name: mariadb
+        type: popup
   email:
     window_seconds: {window}
     {email_limit}
@@ -48,6 +55,32 @@ channels:
           password: "${{REACH_SMTP_PASSWORD}}"
           from_addr: "Reach <noreply@reach.test>"
           unsubscribe_url: "https://reach.test/unsubscribe/{{message_id}}"
+  receipts:  # no rule sends here: these entries exist for the API's receipt endpoints
+    window_seconds: {window}
+    providers:
+      - name: twilio-receipts
+        type: twilio_sms
+        options: {{account_sid: AC0, auth_token: {RECEIPT_TWILIO_TOKEN}, from_number: "+15550000000"}}
+      - name: aliyun-receipts
+        type: aliyun_sms
+        options:
+          access_key_id: i
+          access_key_secret: s
+          sign_name: R
+          template_code: T
+          receipt_token: {RECEIPT_TOKEN}
+      - name: tencent-receipts
+        type: tencent_sms
+        options:
+          secret_id: i
+          secret_key: k
+          sdk_app_id: "1"
+          sign_name: R
+          template_id: "1"
+          receipt_token: {RECEIPT_TOKEN}
+      - name: webhook-receipts
+        type: webhook
+        options: {{base_url: "http://127.0.0.1:9", secret: {RECEIPT_WEBHOOK_SECRET}}}
 """
 
 
