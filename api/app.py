@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api import popups, receipts
 from api.errors import ApiError
 from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
 from models.events import Event, EventError, event_from_dict
@@ -47,9 +48,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         )
         await producer.start()
         state["producer"] = producer
+        await state["receipts"].open(state["pool"])
         try:
             yield
         finally:
+            await state["receipts"].close()
             await producer.stop()
             state["pool"].close()
             await state["pool"].wait_closed()
@@ -147,6 +150,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         if not await state["inbox"].mark_read(user_id, message_id, clock.now_ms()):
             raise ApiError(404, "not_found", f"user {user_id!r} has no message {message_id!r}")
         return Response(status_code=204)
+
+    popups.register(app, state, clock)
+    receipts.register(app, state, settings, clock, metrics)
 
     @app.get("/healthz", summary="Liveness and database reachability")
     async def healthz() -> dict[str, str]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from models.delivery_stats import DeliveryCounts, GroupKey
+from models.popups import PopupItem
 from models.storage import InboxItem
 
 
@@ -66,3 +68,65 @@ EVENT_SCHEMA: dict[str, Any] = {
 EVENT_REQUEST_SCHEMA: dict[str, Any] = {
     "oneOf": [EVENT_SCHEMA, {"type": "array", "items": EVENT_SCHEMA, "minItems": 1, "maxItems": 1000}]
 }
+
+
+class PopupMessage(BaseModel):
+    message_id: str
+    title: str
+    body: str
+    priority: int
+    show_from: int  # ms since epoch
+    show_until: int  # ms since epoch, exclusive
+
+    @classmethod
+    def from_item(cls, item: PopupItem) -> PopupMessage:
+        return cls(
+            message_id=item.message_id,
+            title=item.title,
+            body=item.body,
+            priority=item.priority,
+            show_from=item.show_from,
+            show_until=item.show_until,
+        )
+
+
+class PopupList(BaseModel):
+    items: list[PopupMessage]
+
+
+class DeliveryStatsTotals(BaseModel):
+    """Counts of messages by the state of their latest attempt, and the rates derived from them."""
+
+    messages: int
+    sent: int  # accepted by the provider, no receipt (yet)
+    delivered: int  # a receipt confirmed delivery
+    failed: int  # failed for good: refused on send, out of retries, or a failure receipt
+    unknown: int  # the send's outcome was lost
+    pending: int  # another attempt is scheduled
+    success_rate: float | None  # delivered / (delivered + failed); null when both are 0
+    accepted_rate: float | None  # (sent + delivered) / messages; null when messages is 0
+
+
+class DeliveryStatsGroup(DeliveryStatsTotals):
+    channel: str
+    provider: str
+    platform: str  # device platform of the triggering event, "" when unknown
+
+
+class DeliveryStats(BaseModel):
+    from_ms: int  # inclusive, epoch ms
+    to_ms: int  # exclusive, epoch ms
+    groups: list[DeliveryStatsGroup]  # sorted by channel, provider, platform
+    total: DeliveryStatsTotals
+
+    @classmethod
+    def build(cls, from_ms: int, to_ms: int, groups: dict[GroupKey, DeliveryCounts]) -> DeliveryStats:
+        return cls(
+            from_ms=from_ms,
+            to_ms=to_ms,
+            groups=[
+                DeliveryStatsGroup(channel=k.channel, provider=k.provider, platform=k.platform, **c.as_dict())
+                for k, c in groups.items()
+            ],
+            total=DeliveryStatsTotals(**DeliveryCounts.total(groups.values()).as_dict()),
+        )

@@ -59,12 +59,12 @@ CREATE TABLE IF NOT EXISTS delivery_results (
 );
 
 -- Delivery receipts (provider status callbacks), one row per distinct receipt.
--- The key makes a callback that arrives twice a no-op: INSERT IGNORE keeps the
+-- The key makes a callback that arrives twice a no-op: the insert keeps the
 -- first. claim is a random id per request, used to learn which rows a
--- multi-row INSERT IGNORE actually inserted. outcome says what the receipt did:
--- applied (moved its result row), stale (the row was already final),
--- unmatched (no result row yet: retried by the rematch job), progress (a
--- non-final status such as queued or sent: nothing to apply).
+-- multi-row insert actually inserted. outcome says what the receipt did:
+-- applied (moved its result row), stale (the row was already final), or
+-- unmatched (no result row yet: retried by the rematch job). Non-final
+-- statuses (queued, sent) change nothing and are not stored.
 CREATE TABLE IF NOT EXISTS receipts (
   provider             VARCHAR(64)  NOT NULL,
   receipt_hash         CHAR(32)     NOT NULL,
@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS receipts (
   provider_status      VARCHAR(32)  NOT NULL DEFAULT '',
   error_code           VARCHAR(64)  NOT NULL DEFAULT '',
   error                VARCHAR(512) NOT NULL DEFAULT '',
+  reported_at          BIGINT       NOT NULL DEFAULT 0,   -- ms, the sender's time, 0 = not given
   received_at          BIGINT       NOT NULL,
   outcome              VARCHAR(16)  NOT NULL,
   PRIMARY KEY (provider, receipt_hash),

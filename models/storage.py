@@ -85,6 +85,7 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "idx_results_provider_msg",
         "ADD INDEX idx_results_provider_msg (provider_message_id)",
     ),
+    ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
 )
 
 
