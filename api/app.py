@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api import popups, receipts
@@ -62,7 +62,6 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         version="0.1.0",
         description="CRM user reach: behaviour events in, messages out.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
 
     @app.exception_handler(ApiError)
@@ -70,12 +69,12 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         body: dict[str, Any] = {"error": exc.code, "message": exc.message}
         if exc.details is not None:
             body["details"] = exc.details
-        return ORJSONResponse(body, status_code=exc.status)
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"where": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        return ORJSONResponse(
+        return JSONResponse(
             {
                 "error": "invalid_request",
                 "message": "; ".join(f"{d['where']}: {d['message']}" for d in details),
