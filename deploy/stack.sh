@@ -43,6 +43,8 @@ install_debian() {
   local missing=()
   command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # openssl makes the self-signed certificates of the TLS test servers (SMTP, APNs).
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
