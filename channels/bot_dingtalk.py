@@ -96,7 +96,7 @@ class DingtalkOptions:
         )
 
 
-class DingtalkBotProvider(HttpProvider):
+class DingtalkBotProvider(HttpProvider[DingtalkOptions]):
     """Posts each delivery to the group behind one custom-bot webhook; see the module docstring."""
 
     type_name: ClassVar[str] = "dingtalk_bot"
@@ -108,16 +108,9 @@ class DingtalkBotProvider(HttpProvider):
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
         self.clock: Callable[[], float] = time.time  # signs the timestamp; tests replace it
-        self._options: DingtalkOptions | None = None
 
-    @property
-    def options(self) -> DingtalkOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
-
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = DingtalkOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> DingtalkOptions:
+        return DingtalkOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options

@@ -89,7 +89,7 @@ class FeishuOptions:
         )
 
 
-class FeishuBotProvider(HttpProvider):
+class FeishuBotProvider(HttpProvider[FeishuOptions]):
     """Posts each delivery to the group behind one custom-bot webhook; see the module docstring."""
 
     type_name: ClassVar[str] = "feishu_bot"
@@ -101,16 +101,9 @@ class FeishuBotProvider(HttpProvider):
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
         self.clock: Callable[[], float] = time.time  # signs the timestamp; tests replace it
-        self._options: FeishuOptions | None = None
 
-    @property
-    def options(self) -> FeishuOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
-
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = FeishuOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> FeishuOptions:
+        return FeishuOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options

@@ -32,14 +32,16 @@ import dataclasses
 import email.utils
 import ssl
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 
 from channels.base import Delivery, Outcome, Provider, ProviderConfig, ProviderContext
 from channels.options import OptionReader
 
+Options = TypeVar("Options")
+_UNSET: Any = object()
 COMMON_OPTIONS = frozenset({"base_url", "timeout", "concurrency", "tls_verify", "tls_ca_file"})
 _MAX_DETAIL = 300
 
@@ -71,9 +73,10 @@ class HttpOptions:
         return context
 
 
-class HttpProvider(Provider):
+class HttpProvider(Provider, Generic[Options]):
     """Base of HTTP providers. Subclasses set the class attributes and implement
-    :meth:`parse_options` and :meth:`send_one`.
+    :meth:`parse_options` (returning their own options object, then ``self.options``)
+    and :meth:`send_one`.
     """
 
     #: the provider's public endpoint; option ``base_url`` overrides it
@@ -89,7 +92,15 @@ class HttpProvider(Provider):
         super().__init__(config, context)
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._options: Options = _UNSET
         self.http: HttpOptions | None = None
+
+    @property
+    def options(self) -> Options:
+        """This provider's own options, as :meth:`parse_options` returned them."""
+        if self._options is _UNSET:
+            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
+        return self._options
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -101,7 +112,7 @@ class HttpProvider(Provider):
         reader = OptionReader(self.config.options, self.name)
         reader.reject_unknown(COMMON_OPTIONS | self.option_keys)
         self.http = HttpOptions.parse(reader, self.default_base_url)
-        self.parse_options(reader)
+        self._options = self.parse_options(reader)
         self._slots = asyncio.Semaphore(self.http.concurrency)
         self._client = httpx.AsyncClient(
             base_url=self.http.base_url,
@@ -116,8 +127,8 @@ class HttpProvider(Provider):
         await self.start()
 
     @abc.abstractmethod
-    def parse_options(self, reader: OptionReader) -> None:
-        """Validate and keep this provider's own options; raise ``reader.error(...)``."""
+    def parse_options(self, reader: OptionReader) -> Options:
+        """Validate this provider's own options and return them; raise ``reader.error(...)``."""
 
     async def start(self) -> None:
         """Called at the end of ``setup``, with the client ready (prefetch tokens and the like)."""
@@ -159,6 +170,39 @@ class HttpProvider(Provider):
     @abc.abstractmethod
     async def send_one(self, delivery: Delivery) -> Outcome:
         """Send one delivery and classify the provider's answer; transport errors may propagate."""
+
+
+class Prepared(Protocol):
+    """A delivery ready for a batch request; ``index`` is its place in the batch."""
+
+    @property
+    def index(self) -> int: ...
+
+
+P = TypeVar("P", bound=Prepared)
+
+
+async def send_chunked(
+    deliveries: Sequence[Delivery],
+    prepare: Callable[[int, Delivery], P | Outcome],
+    chunk: Callable[[list[P]], list[list[P]]],
+    send_chunk: Callable[[list[P]], Awaitable[list[Outcome]]],
+) -> list[Outcome]:
+    """``send_batch`` for providers with batch endpoints: prepare each delivery (or fail
+    it at once), cut the rest into requests, send them concurrently, and return one
+    outcome per delivery in the original order."""
+    outcomes: dict[int, Outcome] = {}
+    ready: list[P] = []
+    for index, delivery in enumerate(deliveries):
+        prepared = prepare(index, delivery)
+        if isinstance(prepared, Outcome):
+            outcomes[index] = prepared
+        else:
+            ready.append(prepared)
+    chunks = chunk(ready)
+    for part, results in zip(chunks, await asyncio.gather(*map(send_chunk, chunks)), strict=True):
+        outcomes.update((item.index, outcome) for item, outcome in zip(part, results, strict=True))
+    return [outcomes[index] for index in range(len(deliveries))]
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -217,5 +261,6 @@ __all__ = [
     "json_body",
     "redact",
     "retry_after_seconds",
+    "send_chunked",
     "status_outcome",
 ]

@@ -178,7 +178,7 @@ class ProviderToken:
             self._value = None
 
 
-class ApnsProvider(HttpProvider):
+class ApnsProvider(HttpProvider[ApnsOptions]):
     """Sends each delivery to its contact's ``apns_token`` as an alert notification.
 
     Options: ``team_id``, ``key_id``, ``private_key`` (the .p8 PEM text; secret)
@@ -202,15 +202,8 @@ class ApnsProvider(HttpProvider):
         super().__init__(config, context)
         #: wall-clock seconds; JWT ``iat`` and apns-expiration. Tests replace it before ``setup``.
         self.clock: Callable[[], float] = time.time
-        self._options: ApnsOptions | None = None
         self._token: ProviderToken | None = None
         self._logged: dict[str, float] = {}
-
-    @property
-    def options(self) -> ApnsOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
 
     @property
     def provider_token(self) -> ProviderToken:
@@ -218,9 +211,10 @@ class ApnsProvider(HttpProvider):
             raise RuntimeError(f"provider {self.name!r}: setup() was not called")
         return self._token
 
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = ApnsOptions.parse(reader)
-        self._token = ProviderToken(self._options, lambda: self.clock())
+    def parse_options(self, reader: OptionReader) -> ApnsOptions:
+        options = ApnsOptions.parse(reader)
+        self._token = ProviderToken(options, lambda: self.clock())
+        return options
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         device = contact_field(delivery, "apns_token")

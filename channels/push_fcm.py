@@ -295,7 +295,7 @@ def _oauth_reason(response: httpx.Response, assertion: str) -> str:
 # --- the provider ------------------------------------------------------------------------------
 
 
-class FcmProvider(HttpProvider):
+class FcmProvider(HttpProvider[FcmOptions]):
     """Sends each delivery to its contact's ``fcm_token`` through FCM HTTP v1.
 
     Options: ``service_account_file`` (path of the JSON key) or
@@ -318,15 +318,8 @@ class FcmProvider(HttpProvider):
         super().__init__(config, context)
         #: wall-clock seconds; JWT times and token expiry. Tests replace it before ``setup``.
         self.clock: Callable[[], float] = time.time
-        self._options: FcmOptions | None = None
         self._tokens: TokenSource | None = None
         self._logged: dict[str, float] = {}
-
-    @property
-    def options(self) -> FcmOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
 
     @property
     def tokens(self) -> TokenSource:
@@ -334,8 +327,8 @@ class FcmProvider(HttpProvider):
             raise RuntimeError(f"provider {self.name!r}: setup() was not called")
         return self._tokens
 
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = FcmOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> FcmOptions:
+        return FcmOptions.parse(reader)
 
     async def start(self) -> None:
         self._tokens = TokenSource(self.client, self.options, self.clock, self.name)

@@ -73,7 +73,15 @@ import httpx
 import structlog
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
-from channels.http import HttpProvider, contact_field, json_body, redact, retry_after_seconds, status_outcome
+from channels.http import (
+    HttpProvider,
+    contact_field,
+    json_body,
+    redact,
+    retry_after_seconds,
+    send_chunked,
+    status_outcome,
+)
 from channels.options import OptionReader
 
 log = structlog.get_logger(__name__)
@@ -211,7 +219,7 @@ class _Sms:
     params: str  # TemplateParam JSON, "" when the message has no scalar variables
 
 
-class AliyunSmsProvider(HttpProvider):
+class AliyunSmsProvider(HttpProvider[AliyunOptions]):
     """Aliyun Dysmsapi SendSms / SendBatchSms; see the module docstring for outcomes."""
 
     type_name: ClassVar[str] = "aliyun_sms"
@@ -222,33 +230,18 @@ class AliyunSmsProvider(HttpProvider):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        self._options: AliyunOptions | None = None
         #: seconds since the epoch, for Timestamp; tests skew it to provoke InvalidTimeStamp
         self.clock: Callable[[], float] = time.time
 
-    @property
-    def options(self) -> AliyunOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
-
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = AliyunOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> AliyunOptions:
+        return AliyunOptions.parse(reader)
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """One outcome per delivery, in order; never raises for a single message."""
-        outcomes: dict[int, Outcome] = {}
-        ready: list[_Sms] = []
-        for index, delivery in enumerate(deliveries):
-            prepared = self._prepare(index, delivery)
-            if isinstance(prepared, Outcome):
-                outcomes[index] = prepared
-            else:
-                ready.append(prepared)
-        chunks = _chunks(ready, self.options.batch_size)
-        for chunk, results in zip(chunks, await asyncio.gather(*map(self._send_chunk, chunks)), strict=True):
-            outcomes.update((sms.index, outcome) for sms, outcome in zip(chunk, results, strict=True))
-        return [outcomes[index] for index in range(len(deliveries))]
+        size = self.options.batch_size
+        return await send_chunked(
+            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk
+        )
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         [outcome] = await self.send_batch([delivery])

@@ -75,7 +75,15 @@ import httpx
 import structlog
 
 from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext
-from channels.http import HttpProvider, contact_field, json_body, redact, retry_after_seconds, status_outcome
+from channels.http import (
+    HttpProvider,
+    contact_field,
+    json_body,
+    redact,
+    retry_after_seconds,
+    send_chunked,
+    status_outcome,
+)
 from channels.options import OptionReader
 
 log = structlog.get_logger(__name__)
@@ -276,7 +284,7 @@ class _Sms:
     params: tuple[str, ...]  # TemplateParamSet values
 
 
-class TencentSmsProvider(HttpProvider):
+class TencentSmsProvider(HttpProvider[TencentOptions]):
     """Tencent Cloud SMS ``SendSms``; see the module docstring for outcomes."""
 
     type_name: ClassVar[str] = "tencent_sms"
@@ -287,33 +295,18 @@ class TencentSmsProvider(HttpProvider):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        self._options: TencentOptions | None = None
         #: seconds since the epoch, for X-TC-Timestamp; tests skew it
         self.clock: Callable[[], float] = time.time
 
-    @property
-    def options(self) -> TencentOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
-
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = TencentOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> TencentOptions:
+        return TencentOptions.parse(reader)
 
     async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """One outcome per delivery, in order; never raises for a single message."""
-        outcomes: dict[int, Outcome] = {}
-        ready: list[_Sms] = []
-        for index, delivery in enumerate(deliveries):
-            prepared = self._prepare(index, delivery)
-            if isinstance(prepared, Outcome):
-                outcomes[index] = prepared
-            else:
-                ready.append(prepared)
-        chunks = _chunks(ready, self.options.batch_size)
-        for chunk, results in zip(chunks, await asyncio.gather(*map(self._send_chunk, chunks)), strict=True):
-            outcomes.update((sms.index, outcome) for sms, outcome in zip(chunk, results, strict=True))
-        return [outcomes[index] for index in range(len(deliveries))]
+        size = self.options.batch_size
+        return await send_chunked(
+            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk
+        )
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         [outcome] = await self.send_batch([delivery])

@@ -119,7 +119,7 @@ def _check_callback(reader: OptionReader, template: str) -> None:
         raise reader.error("status_callback_url", f"may use only {{message_id}} ({exc!r})") from exc
 
 
-class TwilioSmsProvider(HttpProvider):
+class TwilioSmsProvider(HttpProvider[TwilioOptions]):
     """Twilio Messages API, one request per delivery; see the module docstring for outcomes."""
 
     type_name: ClassVar[str] = "twilio_sms"
@@ -130,16 +130,9 @@ class TwilioSmsProvider(HttpProvider):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        self._options: TwilioOptions | None = None
 
-    @property
-    def options(self) -> TwilioOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
-
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = TwilioOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> TwilioOptions:
+        return TwilioOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         phone = contact_field(delivery, "phone")

@@ -92,7 +92,7 @@ class WebhookOptions:
         )
 
 
-class WebhookProvider(HttpProvider):
+class WebhookProvider(HttpProvider[WebhookOptions]):
     """Posts each delivery, signed, to one receiver; see the module docstring."""
 
     type_name: ClassVar[str] = "webhook"
@@ -106,20 +106,13 @@ class WebhookProvider(HttpProvider):
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
         self.clock: Callable[[], float] = time.time  # the signed timestamp; tests replace it
-        self._options: WebhookOptions | None = None
-
-    @property
-    def options(self) -> WebhookOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
 
     async def setup(self) -> None:
         OptionReader(self.config.options, self.name).required("base_url")  # "is required", not "not a URL"
         await super().setup()
 
-    def parse_options(self, reader: OptionReader) -> None:
-        self._options = WebhookOptions.parse(reader)
+    def parse_options(self, reader: OptionReader) -> WebhookOptions:
+        return WebhookOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options

@@ -160,7 +160,7 @@ class WechatOptions:
         return f"{self.redis_prefix}wechat:token-lock:{self.app_id}"
 
 
-class WechatTemplateProvider(HttpProvider):
+class WechatTemplateProvider(HttpProvider[WechatOptions]):
     """Sends template messages to followers of one official account; see the module docstring.
 
     Needs ``context.redis`` (a ``redis.asyncio`` client): ``setup`` raises
@@ -176,14 +176,7 @@ class WechatTemplateProvider(HttpProvider):
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
         self.clock: Callable[[], float] = time.time  # wall clock, for the quota reset; tests replace it
-        self._options: WechatOptions | None = None
         self._token: SharedToken | None = None
-
-    @property
-    def options(self) -> WechatOptions:
-        if self._options is None:
-            raise RuntimeError(f"provider {self.name!r}: setup() was not called")
-        return self._options
 
     @property
     def token(self) -> SharedToken:
@@ -191,12 +184,13 @@ class WechatTemplateProvider(HttpProvider):
             raise RuntimeError(f"provider {self.name!r}: setup() was not called")
         return self._token
 
-    def parse_options(self, reader: OptionReader) -> None:
+    def parse_options(self, reader: OptionReader) -> WechatOptions:
         if self.context.redis is None:
             raise ValueError(f"provider {self.name!r}: WeChat needs Redis (context.redis) to share its token")
-        self._options = WechatOptions.parse(reader, self.context.redis_prefix)
+        options = WechatOptions.parse(reader, self.context.redis_prefix)
         wait = reader.number("timeout", 10.0) + 1  # a fetch takes at most the HTTP timeout
-        self._token = SharedToken(self.context.redis, self._options.token_key, self._options.lock_key, wait)
+        self._token = SharedToken(self.context.redis, options.token_key, options.lock_key, wait)
+        return options
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         prepared = self._prepare(delivery)

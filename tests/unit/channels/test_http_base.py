@@ -22,7 +22,7 @@ class EchoServer(ProviderServer):
         return Reply(200, json={"id": request.json()["id"]})
 
 
-class EchoProvider(HttpProvider):
+class EchoProvider(HttpProvider[None]):
     type_name = "echo"
     default_base_url = "https://echo.invalid"
     idempotent: ClassVar[bool] = False
