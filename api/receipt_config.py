@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from channels.config import ChannelsConfigError
+from channels.config import ChannelsConfigError, VariableError, expand_variables
 
 #: provider type -> the option holding the secret its callbacks are checked with
 SECRET_OPTION: Mapping[str, str] = MappingProxyType(
@@ -44,7 +43,6 @@ SECRET_OPTION: Mapping[str, str] = MappingProxyType(
     }
 )
 URL_OPTION = "receipt_url"
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,18 +112,7 @@ def _option(options: dict[str, Any], key: str, env: Mapping[str, str], source: s
 
 def expand(text: str, env: Mapping[str, str], source: str, where: str) -> str:
     """``${NAME}``, ``${NAME:-default}`` and ``$$`` as in :mod:`channels.config`."""
-
-    def replace(match: re.Match[str]) -> str:
-        token, variable, default = match.group(0, 1, 2)
-        if token == "$$":
-            return "$"
-        if variable is None:
-            raise ChannelsConfigError(source, f"{where}: malformed variable reference: use ${{NAME}} or $$")
-        value = env.get(variable)
-        if default is not None and not value:
-            return default
-        if value is None:
-            raise ChannelsConfigError(source, f"{where}: environment variable {variable} is not set")
-        return value
-
-    return _VARIABLE.sub(replace, text)
+    try:
+        return expand_variables(text, env)
+    except VariableError as exc:
+        raise ChannelsConfigError(source, f"{where}: {exc}") from None

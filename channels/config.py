@@ -93,6 +93,32 @@ def parse_channels(text: str, env: Mapping[str, str], source: str = "<string>") 
     return document.build(_load_yaml(text, source))
 
 
+class VariableError(ValueError):
+    """A ``${VAR}`` reference that cannot be expanded."""
+
+
+def expand_variables(text: str, env: Mapping[str, str]) -> str:
+    """``${NAME}`` from ``env``, ``${NAME:-default}`` when unset or empty, ``$$`` for ``$``.
+
+    Raises :class:`VariableError` for an unset variable or a malformed reference.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        token, variable, default = match.group(0, 1, 2)
+        if token == "$$":
+            return "$"
+        if variable is None:
+            raise VariableError("malformed variable reference: use ${NAME} or $$ for '$'")
+        value = env.get(variable)
+        if default is not None and not value:
+            return default
+        if value is None:
+            raise VariableError(f"environment variable {variable} is not set")
+        return value
+
+    return _VARIABLE.sub(replace, text)
+
+
 def masked(config: ChannelsConfig) -> dict[str, Any]:
     """A plain-data copy of ``config`` for listings, with every secret option as ``"****"``.
 
@@ -236,20 +262,10 @@ class _Document:
         return value
 
     def expand(self, text: str, node: Any, where: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            token, variable, default = match.group(0, 1, 2)
-            if token == "$$":
-                return "$"
-            if variable is None:
-                raise self.fail(node, where, "malformed variable reference: use ${NAME} or $$ for '$'")
-            value = self.env.get(variable)
-            if default is not None and not value:
-                return default
-            if value is None:
-                raise self.fail(node, where, f"environment variable {variable} is not set")
-            return value
-
-        return _VARIABLE.sub(replace, text)
+        try:
+            return expand_variables(text, self.env)
+        except VariableError as exc:
+            raise self.fail(node, where, str(exc)) from None
 
 
 def _is_int(value: Any) -> bool:
