@@ -127,6 +127,11 @@ start_mariadb() {
       >"$dir/server.out" 2>&1 &
     wait_port "$mysql_port" mariadb 60 "$dir/error.log"
   fi
+  # A reused server (another checkout's, or a system one) may have the user already.
+  if mariadb --protocol=tcp -h127.0.0.1 -P"$mysql_port" -u"$mysql_user" -p"$mysql_password" \
+    -e 'SELECT 1' >/dev/null 2>&1; then
+    return 0
+  fi
   mysql_root <<SQL
 CREATE USER IF NOT EXISTS '$mysql_user'@'127.0.0.1' IDENTIFIED BY '$mysql_password';
 CREATE USER IF NOT EXISTS '$mysql_user'@'localhost' IDENTIFIED BY '$mysql_password';
