@@ -1,11 +1,18 @@
 """Per-channel agent: throttle, deduplicate, send, record.
 
 One agent per configured channel consumes ``<prefix>outbox.<channel>``. For
-each batch it skips message ids already sent, takes what the tumbling
+each batch it skips message ids already done, takes what the tumbling
 window allows per provider, defers the rest to the next window, sends,
 records one delivery result per attempt (MariaDB and the results topic) and
 schedules retries. The batch is finished, and its offsets may be committed,
 only once all of that is durable.
+
+Sending and recording are two steps, each retried on its own while MariaDB,
+Redis or Kafka is unavailable: a failure while recording never sends a
+message again. A crash between the two replays the batch; messages marked
+done are skipped, and a message a non-idempotent provider was sending when
+the worker died is recorded as ``unknown`` (``interrupted``) rather than
+sent a second time.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from channels.config import ChannelConfig
 from channels.routing import NoProviderAvailableError
 from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
+from models.redis_state import MarkerState
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -41,7 +49,9 @@ class BatchOutcome:
     def __init__(self) -> None:
         self.results: list[DeliveryResult] = []
         self.deferred: list[tuple[int, bytes]] = []
-        self.done_ids: list[str] = []
+        self.done_ids: list[str] = []  # final: never send again
+        self.released_ids: list[str] = []  # claimed for sending, failed before reaching anyone
+        self.handled: set[str] = set()  # decided in this batch; a repeated send step skips them
         self.dead_letters: list[tuple[bytes | None, bytes]] = []
         self.dead_addresses: list[DeadAddress] = []
 
@@ -65,21 +75,48 @@ class ChannelSender:
             runtime.metrics.circuit_state.labels(channel.name, name).set(CircuitState.CLOSED)
 
     async def handle(self, messages: Sequence[ReachMessage]) -> None:
-        fresh = await self._not_yet_sent(messages)
+        """Send a batch and record what happened (both steps in one, for tests and tools)."""
         batch = BatchOutcome()
-        now = self.rt.clock.now_ms()
-        for provider_name, group in self._route(fresh, now, batch).items():
-            await self._send_group(provider_name, group, batch)
-        await self._persist(batch)
+        await self.send(messages, batch)
+        await self.persist(batch)
 
-    async def _not_yet_sent(self, messages: Sequence[ReachMessage]) -> list[ReachMessage]:
+    async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
+        """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
+        same ``batch`` after a failure: messages already decided are not sent twice."""
+        pending = [m for m in messages if m.message_id not in batch.handled]
+        now = self.rt.clock.now_ms()
+        fresh = await self._not_yet_sent(pending, now, batch)
+        try:
+            for provider_name, group in self._route(fresh, now, batch).items():
+                await self._send_group(provider_name, group, batch)
+        finally:
+            for breaker in self.breakers.values():
+                breaker.release()  # a probe interrupted by an error must not stay in flight
+
+    async def _not_yet_sent(
+        self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
+    ) -> list[ReachMessage]:
         unique = list({m.message_id: m for m in messages}.values())
         assert self.rt.sent is not None
-        done = await self.rt.sent.already_sent([m.message_id for m in unique])
-        skipped = len(messages) - len(unique) + len(done)
+        states = await self.rt.sent.states([m.message_id for m in unique])
+        fresh, interrupted = [], []
+        for message in unique:
+            state = states.get(message.message_id)
+            if state is None or (state is MarkerState.SENDING and self._idempotent(message.provider)):
+                fresh.append(message)
+            elif state is MarkerState.SENDING:
+                interrupted.append(message)
+        skipped = len(messages) - len(fresh) - len(interrupted)
         if skipped:
             self.rt.metrics.messages_deduplicated.labels(self.channel.name).inc(skipped)
-        return [m for m in unique if m.message_id not in done]
+        outcome = Outcome.unknown("interrupted", "the worker stopped while sending it; not sent again")
+        for message in interrupted:
+            self._record(message, outcome, now, now, batch)
+        return fresh
+
+    def _idempotent(self, provider_name: str) -> bool:
+        provider = self.rt.providers[self.channel.name].get(provider_name)
+        return provider is not None and provider.idempotent
 
     # -- routing: configured providers, open breakers ------------------------
     def _route(
@@ -111,6 +148,7 @@ class ChannelSender:
                 if target is None:
                     when = self._reopens_at(name, now)
                     batch.deferred.append((when, message.replace(not_before=when).to_bytes()))
+                    batch.handled.add(message.message_id)
                     continue
                 self.rt.metrics.messages_rerouted.labels(self.channel.name, name, target, reason).inc()
                 name, message = target, message.replace(provider=target)
@@ -150,6 +188,7 @@ class ChannelSender:
             batch.deferred += [
                 (grant.window_end, m.replace(not_before=grant.window_end).to_bytes()) for m in wait
             ]
+            batch.handled.update(m.message_id for m in wait)
         if go:
             await self._send(provider_cfg.name, go, now, batch)
         else:
@@ -171,6 +210,9 @@ class ChannelSender:
         ready, failed = deliveries_for(sendable, self.rt.rules.current.rulebook.templates)
         labels = (self.channel.name, provider_name)
         self.rt.metrics.delivery_attempts.labels(*labels).inc(len(ready))
+        if ready and not provider.idempotent:
+            assert self.rt.sent is not None
+            await self.rt.sent.claim([d.message.message_id for d in ready])
         started = time.perf_counter()
         outcomes = await provider.send_batch(ready) if ready else []
         self.rt.metrics.send_latency.labels(*labels).observe(time.perf_counter() - started)
@@ -223,8 +265,10 @@ class ChannelSender:
         self, message: ReachMessage, outcome: Outcome, now: int, done: int, batch: BatchOutcome
     ) -> None:
         labels = (self.channel.name, message.provider)
+        batch.handled.add(message.message_id)
         if outcome.kind is OutcomeKind.RETRY and message.attempt < self.rt.settings.max_attempts:
             batch.deferred.append(self._retry(message, outcome, done))
+            batch.released_ids.append(message.message_id)
         elif outcome.kind is OutcomeKind.RETRY:
             outcome = Outcome.permanent(
                 outcome.code, f"gave up after {message.attempt} attempts: {outcome.detail}"
@@ -232,8 +276,9 @@ class ChannelSender:
             batch.dead_letters.append((message.user_id.encode(), dead_letter(message, outcome, done)))
             self.rt.metrics.messages_dead_lettered.labels(*labels).inc()
         status = STATUS_OF[outcome.kind]
-        if status in (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN):
-            # An unknown outcome may have reached the user: never send it blindly again.
+        if status is not DeliveryStatus.RETRYING:
+            # Final, whatever it is: an unknown outcome may have reached the user, and a
+            # failure would fail again. A replayed batch must not send it a second time.
             batch.done_ids.append(message.message_id)
         if status is DeliveryStatus.SENT:
             self.rt.metrics.messages_sent.labels(*labels).inc()
@@ -261,11 +306,13 @@ class ChannelSender:
         retry = message.replace(attempt=message.attempt + 1, not_before=when, provider=provider)
         return when, retry.to_bytes()
 
-    async def _persist(self, batch: BatchOutcome) -> None:
+    async def persist(self, batch: BatchOutcome) -> None:
+        """Make the batch's outcomes durable; every write is idempotent, so it may be repeated."""
         rt = self.rt
         assert rt.sent is not None and rt.results is not None and rt.deferred is not None
         assert rt.dead_addresses is not None
         await rt.sent.mark(batch.done_ids)
+        await rt.sent.release(batch.released_ids)
         await rt.results.upsert(batch.results)
         await rt.dead_addresses.record(batch.dead_addresses, rt.clock.now_ms())
         await self.produce(
@@ -309,6 +356,8 @@ def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> 
     async def deliver(stream: Any) -> None:
         async for values in stream.take(settings.batch_size, within=settings.batch_within):
             messages = decode_messages(values, channel.name)
-            await run_step(f"channel.{channel.name}", functools.partial(sender.handle, messages))
+            batch = BatchOutcome()
+            await run_step(f"channel.{channel.name}.send", functools.partial(sender.send, messages, batch))
+            await run_step(f"channel.{channel.name}.record", functools.partial(sender.persist, batch))
 
     return app.agent(topic, name=f"reach.channel.{channel.name}")(deliver)

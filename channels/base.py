@@ -111,6 +111,9 @@ class Provider(abc.ABC):
     #: contact fields this provider sends to; a user is reachable through it when the
     #: contact has any of them. Empty: the provider needs no address (inbox, pop-up, bots).
     address_fields: ClassVar[tuple[str, ...]] = ()
+    #: sending the same message twice reaches the user once (the provider deduplicates by
+    #: message id, or stores by it): an interrupted or unanswered send may simply be repeated
+    idempotent: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config

@@ -83,8 +83,6 @@ class HttpProvider(Provider, Generic[Options]):
     default_base_url: ClassVar[str]
     #: option keys this provider accepts besides :data:`COMMON_OPTIONS`
     option_keys: ClassVar[frozenset[str]] = frozenset()
-    #: the provider deduplicates retries of one message, so an unknown outcome may be retried
-    idempotent: ClassVar[bool] = False
     #: speak HTTP/2 (APNs requires it)
     http2: ClassVar[bool] = False
 

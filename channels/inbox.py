@@ -14,6 +14,7 @@ class InboxProvider(Provider):
     """Stores each message in ``inbox_messages``; a replayed message id is a no-op."""
 
     type_name = "inbox"
+    idempotent = True  # stored by message id: a repeat is a no-op
 
     async def setup(self) -> None:
         if self.context.mysql_pool is None:

@@ -93,6 +93,7 @@ class PopupProvider(Provider):
     """Stores each message in ``popups``; the API serves them. Needs the MySQL pool."""
 
     type_name: ClassVar[str] = "popup"
+    idempotent: ClassVar[bool] = True  # stored by message id: a repeat is a no-op
 
     async def setup(self) -> None:
         self.options = PopupOptions.parse(self.config.options, self.name)

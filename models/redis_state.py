@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +75,18 @@ def _limit(limit: int | None) -> int:
     return -1 if limit is None else limit
 
 
+class MarkerState(enum.Enum):
+    DONE = b"1"  # the message reached a final outcome (sent, failed, unknown)
+    SENDING = b"s"  # handed to a provider; a crash may have interrupted it
+
+
 class SentMarkers:
+    """Per message id: done, or being sent right now. Read before sending a batch.
+
+    A replayed batch skips DONE messages. A message left in SENDING was being
+    sent when its worker died: whether the provider got it is unknown.
+    """
+
     def __init__(self, redis: Any, prefix: str, ttl_seconds: int) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -83,18 +95,35 @@ class SentMarkers:
     def _key(self, message_id: str) -> str:
         return f"{self.prefix}sent:{message_id}"
 
-    async def already_sent(self, message_ids: Sequence[str]) -> set[str]:
+    async def states(self, message_ids: Sequence[str]) -> dict[str, MarkerState]:
+        """The marked ids among ``message_ids``, with their state."""
         if not message_ids:
-            return set()
+            return {}
         values = await self.redis.mget([self._key(m) for m in message_ids])
-        return {m for m, v in zip(message_ids, values, strict=True) if v is not None}
+        return {m: MarkerState(v) for m, v in zip(message_ids, values, strict=True) if v is not None}
+
+    async def already_sent(self, message_ids: Sequence[str]) -> set[str]:
+        states = await self.states(message_ids)
+        return {m for m, state in states.items() if state is MarkerState.DONE}
 
     async def mark(self, message_ids: Sequence[str]) -> None:
+        await self._set(message_ids, MarkerState.DONE)
+
+    async def claim(self, message_ids: Sequence[str]) -> None:
+        """Mark ids as being sent, just before the provider is called."""
+        await self._set(message_ids, MarkerState.SENDING)
+
+    async def release(self, message_ids: Sequence[str]) -> None:
+        """Forget ids whose attempt failed before reaching anyone (they will be retried)."""
+        if message_ids:
+            await self.redis.delete(*[self._key(m) for m in message_ids])
+
+    async def _set(self, message_ids: Sequence[str], state: MarkerState) -> None:
         if not message_ids:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for message_id in message_ids:
-                pipe.set(self._key(message_id), b"1", ex=self.ttl)
+                pipe.set(self._key(message_id), state.value, ex=self.ttl)
             await pipe.execute()
 
 

@@ -370,3 +370,29 @@ def test_an_unregistered_token_is_recorded_and_not_tried_again(pp: ProviderPipel
     )
     assert rows == [("failed", "UNREGISTERED"), ("failed", "address_dead")]
     assert len(tried()) == 1
+
+
+def test_a_send_interrupted_by_a_crash_is_recorded_unknown_not_repeated(pp: ProviderPipeline) -> None:
+    """A worker that died between calling a provider and recording the outcome leaves the
+    message marked as being sent; the replay records it as unknown instead of sending again."""
+    import redis
+
+    from models.messages import message_id_for
+
+    users = {"crash-user": {"phone": "+8613900000042"}}
+    add_profiles(pp, users)
+    message_id = message_id_for("t-sms", "t-sms:crash-1", "sms")
+    client = redis.Redis.from_url(pp.settings.redis_url.get_secret_value())
+    client.set(f"{pp.settings.redis_prefix}sent:{message_id}", b"s", ex=600)
+    sent_before = sum(len(s.sent) for s in (pp.servers.aliyun, pp.servers.tencent, pp.servers.twilio))
+    produce_json(pp.settings, pp.settings.events_topic, [event("crash-1", "crash-user", "t_sms", n=1)])
+    rows = wait_until(
+        lambda: pp.db.query(
+            "SELECT status, error_code FROM delivery_results WHERE message_id = %s", [message_id]
+        ),
+        30,
+        "the interrupted message's result",
+    )
+    assert rows == [("unknown", "interrupted")]
+    assert sum(len(s.sent) for s in (pp.servers.aliyun, pp.servers.tencent, pp.servers.twilio)) == sent_before
+    assert client.get(f"{pp.settings.redis_prefix}sent:{message_id}") == b"1"

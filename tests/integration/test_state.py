@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from models.messages import DeliveryResult, DeliveryStatus
 from models.profiles import UserProfile
-from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
+from models.redis_state import DeferredQueue, MarkerState, SentMarkers, WindowThrottle
 from models.storage import InboxItem, InboxStore, ProfileStore, ResultStore, create_pool, migrate
 from reach.settings import Settings
 from tests.integration.harness import Db, unique_run_id
@@ -120,3 +120,14 @@ async def test_sent_markers_and_deferred_queue(redis_client) -> None:
     assert await queue.due(250, 10) == [b"x", b"z"]
     await queue.remove([b"x"])
     assert await queue.pending() == 2
+
+
+async def test_sent_markers_track_sending_then_done_or_released(redis_client) -> None:
+    client, prefix = redis_client
+    markers = SentMarkers(client, prefix, ttl_seconds=60)
+    await markers.claim(["a", "b", "c"])
+    await markers.mark(["a"])
+    await markers.release(["b"])
+    assert await markers.states(["a", "b", "c", "d"]) == {"a": MarkerState.DONE, "c": MarkerState.SENDING}
+    assert await markers.already_sent(["a", "b", "c"]) == {"a"}
+    assert 0 < await client.ttl(f"{prefix}sent:c") <= 60
