@@ -147,7 +147,7 @@ def _signed_url(public_url: str | None, request_url: str) -> str:
     request's query string, else the request's own URL."""
     if not public_url:
         return request_url
-    query = urllib.parse.urlsplit(request_url).query
+    query = request_url.partition("?")[2]  # not urlsplit: it refuses a malformed Host
     return f"{public_url}?{query}" if query else public_url
 
 
@@ -160,8 +160,13 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, Sequence[st
 
 
 def _with_and_without_port(url: str) -> list[str]:
-    """Twilio signs the URL as configured: with or without the default port, so try both."""
-    parts = urllib.parse.urlsplit(url)
+    """Twilio signs the URL as configured: with or without the default port, so try both.
+    A URL whose host or port does not parse (the Host header is the client's) is tried as is."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return [url]
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -169,7 +174,7 @@ def _with_and_without_port(url: str) -> list[str]:
     userinfo = parts.netloc.rpartition("@")[0]
     prefix = f"{userinfo}@" if userinfo else ""
     bare = parts._replace(netloc=f"{prefix}{host}").geturl()
-    ported = parts._replace(netloc=f"{prefix}{host}:{parts.port or default}").geturl()
+    ported = parts._replace(netloc=f"{prefix}{host}:{port or default}").geturl()
     return [url, bare, ported]
 
 

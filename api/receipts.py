@@ -41,6 +41,7 @@ REMATCH_INTERVAL_S = 30.0  # how often unmatched receipts are retried
 REMATCH_WINDOW_MS = 3600 * 1000  # how long after arrival an unmatched receipt is retried
 DAY_MS = 24 * 3600 * 1000
 MAX_RANGE_MS = 31 * DAY_MS
+MAX_MS_DIGITS = 15  # longer digit strings are out of range anyway (and int() refuses > 4300)
 PROVIDER_NAME = Path(min_length=1, max_length=64)
 _SPACED_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
 
@@ -135,8 +136,8 @@ def register(
         if endpoint is None:
             metrics.receipts_rejected.labels("", "unknown_provider").inc()
             raise ApiError(404, "unknown_provider", f"no receipt-capable provider is named {provider_name!r}")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await read_limited(request, MAX_BODY_BYTES)
+        if body is None:
             metrics.receipts_rejected.labels(endpoint.name, "too_large").inc()
             raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
         callback = Callback(str(request.url), request.headers, request.query_params, body, clock.now_ms())
@@ -166,6 +167,21 @@ def register(
         return DeliveryStats.build(from_ms, to_ms, groups)
 
 
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes: from its
+    Content-Length, else while streaming it, so an oversized body is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared[:20]) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def time_range(from_: str | None, to: str | None, now_ms: int) -> tuple[int, int]:
     """``[from, to)`` in epoch ms; raises ApiError 400 for a bad or too long range."""
     to_ms = parse_time("to", to) if to is not None else now_ms
@@ -188,7 +204,8 @@ def parse_time(name: str, value: str) -> int:
 
 def _epoch_ms(name: str, value: str) -> int:
     text = value.strip()
-    if text.isdigit():
+    # ASCII only: str.isdigit() also accepts characters such as "²" that int() refuses.
+    if text.isascii() and text.isdigit() and len(text) <= MAX_MS_DIGITS:
         return int(text)
     # An unencoded "+08:00" in a query string arrives as " 08:00".
     text = _SPACED_OFFSET.sub(r"+\1", text)

@@ -15,12 +15,17 @@ never overwrites a row a receipt has made final (``receipt_at`` is set).
 Receipts are deduplicated in the ``receipts`` table by (provider, digest):
 the same callback delivered twice is stored, applied and counted once. A
 final receipt whose message has no result row yet (the provider called back
-before the worker wrote its send result) is stored as *unmatched*, and
-:meth:`ReceiptStore.rematch` applies it once the row appears.
+before the worker wrote its send result), or whose latest attempt is
+``retrying`` (the row of the attempt it is about is still to come), is stored
+as *unmatched*, and :meth:`ReceiptStore.rematch` applies it once the row appears.
+
+Result rows are moved in key order and a transaction the database rolled back
+for a deadlock or a write conflict is run again (``MAX_TRANSACTION_TRIES``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -29,10 +34,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pymysql
 
 MAX_ERROR_LENGTH = 500
 MIN_PHONE_DIGITS = 7  # a shorter common suffix could belong to two different numbers
 MOVABLE = ("sent", "unknown")  # the result-row states a receipt may move forward from
+# A later attempt is on its way: its row, the one the receipt is about, may not be written yet.
+WAITING = "retrying"
+# Deadlock (MySQL/MariaDB/TiDB) and TiDB's optimistic write conflict: the transaction was
+# rolled back and may simply be run again.
+RETRYABLE_ERRORS = frozenset({1213, 9007})
+MAX_TRANSACTION_TRIES = 3
 
 
 class ReceiptStatus(enum.StrEnum):
@@ -46,8 +58,8 @@ class Outcome(enum.StrEnum):
 
     DELIVERED = "delivered"  # moved its message to delivered
     FAILED = "failed"  # moved its message to failed
-    STALE = "stale"  # its message was already final (or retrying): nothing changed
-    UNMATCHED = "unmatched"  # no result row for it (yet); rematch may apply it later
+    STALE = "stale"  # its message was already final: nothing changed
+    UNMATCHED = "unmatched"  # no usable result row for it (yet); rematch may apply it later
     PROGRESS = "progress"  # a non-final status: not stored, nothing to apply
     DUPLICATE = "duplicate"  # the same receipt was received before: ignored
 
@@ -113,10 +125,24 @@ class ReceiptStore:
         """Deduplicate, store and apply one callback's receipts in one transaction.
 
         Returns one result per receipt, in order. A crash before the commit
-        stores nothing, so the provider's retry is applied as new.
+        stores nothing, so the provider's retry is applied as new. A transaction
+        rolled back for a deadlock or a write conflict is run again, up to
+        ``MAX_TRANSACTION_TRIES`` times in all; then the error is raised.
         """
         firsts = _first_of_each(receipts)
         final = [receipts[i] for i in firsts.values() if receipts[i].status is not ReceiptStatus.PROGRESS]
+        for tries in range(1, MAX_TRANSACTION_TRIES + 1):
+            try:
+                applied = await self._record_once(provider, final, now_ms)
+                break
+            except pymysql.err.OperationalError as exc:
+                # The database rolled the whole transaction back: nothing was stored, run it again.
+                if exc.args[0] not in RETRYABLE_ERRORS or tries == MAX_TRANSACTION_TRIES:
+                    raise
+        by_digest = {result.receipt.digest(): result for result in applied}
+        return [_result_for(index, receipt, firsts, by_digest) for index, receipt in enumerate(receipts)]
+
+    async def _record_once(self, provider: str, final: list[Receipt], now_ms: int) -> list[ReceiptResult]:
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             await conn.begin()
             try:
@@ -125,10 +151,10 @@ class ReceiptStore:
                 await _set_outcomes(cur, provider, [(r.receipt.digest(), r.outcome) for r in applied])
                 await conn.commit()
             except BaseException:
-                await conn.rollback()
+                with contextlib.suppress(Exception):  # a lost connection must not hide the cause
+                    await conn.rollback()
                 raise
-        by_digest = {result.receipt.digest(): result for result in applied}
-        return [_result_for(index, receipt, firsts, by_digest) for index, receipt in enumerate(receipts)]
+        return applied
 
     async def rematch(self, now_ms: int, window_ms: int, limit: int = 500) -> list[tuple[str, ReceiptResult]]:
         """Apply unmatched receipts received in the last ``window_ms`` whose result row now exists.
@@ -142,7 +168,8 @@ class ReceiptStore:
             async with self.pool.acquire() as conn, conn.cursor() as cur:
                 rows = await _find_rows(cur, provider, [item.receipt for item in items])
                 for item, row in zip(items, rows, strict=True):
-                    result = None if row is None else await _rematch_one(conn, cur, item, row)
+                    usable = _usable(row)
+                    result = None if usable is None else await _rematch_one(conn, cur, item, usable)
                     if result is not None:
                         done.append((provider, result))
         return done
@@ -243,14 +270,27 @@ def _receipt_row(provider: str, claim: str, receipt: Receipt, now_ms: int) -> tu
 
 
 async def _apply(cur: Any, provider: str, receipts: list[Receipt], now_ms: int) -> list[ReceiptResult]:
-    results = []
-    for receipt, row in zip(receipts, await _find_rows(cur, provider, receipts), strict=True):
-        if row is None:
-            results.append(ReceiptResult(receipt, Outcome.UNMATCHED))
-        else:
-            moved = await _move(cur, row, receipt, receipt.reported_at or now_ms)
-            results.append(_moved(receipt, row, moved))
+    found = [
+        (r, _usable(row)) for r, row in zip(receipts, await _find_rows(cur, provider, receipts), strict=True)
+    ]
+    results = [ReceiptResult(receipt, Outcome.UNMATCHED) for receipt, row in found if row is None]
+    # Row-key order: two callbacks moving the same messages lock their rows in the same order
+    # instead of deadlocking on each other.
+    for receipt, row in sorted(((r, w) for r, w in found if w is not None), key=_row_key):
+        moved = await _move(cur, row, receipt, receipt.reported_at or now_ms)
+        results.append(_moved(receipt, row, moved))
     return results
+
+
+def _usable(row: _Row | None) -> _Row | None:
+    """The row a receipt can be applied to now; None (unmatched, rematched later) while the
+    message's latest attempt is ``retrying``: the receipt is most likely about the next attempt,
+    whose row the worker has not written yet."""
+    return None if row is None or row.status == WAITING else row
+
+
+def _row_key(found: tuple[Receipt, _Row]) -> tuple[str, int]:
+    return found[1].message_id, found[1].attempt
 
 
 async def _move(cur: Any, row: _Row, receipt: Receipt, at_ms: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pymysql
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,8 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.receipt_config import load_endpoints
 from api.receipts import ReceiptService
+from models import receipts as receipts_model
 from models.messages import DeliveryResult, DeliveryStatus
-from models.receipts import ReceiptStore
+from models.receipts import Receipt, ReceiptStatus, ReceiptStore
 from models.storage import ResultStore, create_pool, migrate
 from reach.clock import SystemClock
 from reach.metrics import ApiMetrics
@@ -311,6 +314,21 @@ async def test_twilio_behind_a_proxy_is_checked_against_receipt_url(
     assert row(db, mid)[0] == "delivered"
 
 
+async def test_twilio_callback_with_an_unparsable_host_is_a_json_403(client: httpx.AsyncClient) -> None:
+    """The Host header is the client's: a port that does not parse must not become a 500."""
+    for host in ("reach.test:abc", "[::1"):
+        response = await client.post(
+            "/v1/receipts/twilio-main",
+            content=urllib.parse.urlencode(twilio_status("SM1", "delivered")),
+            headers={
+                "host": host,
+                "content-type": "application/x-www-form-urlencoded",
+                "x-twilio-signature": "AAAA",
+            },
+        )
+        assert response.status_code == 403 and response.json()["error"] == "bad_signature"
+
+
 async def test_twilio_signed_but_malformed_callback_is_a_400(client: httpx.AsyncClient) -> None:
     response = await twilio_post(client, {"AccountSid": "AC0000", "MessageStatus": "delivered"})
     assert response.status_code == 400
@@ -517,6 +535,107 @@ async def test_the_api_rematch_loop_applies_and_counts_late_matches(
     assert registry.get_sample_value("reach_receipts_total", labels) == 1
 
 
+async def test_a_receipt_for_a_message_being_retried_waits_for_the_next_attempt(
+    client: httpx.AsyncClient, db: Db, settings: Settings
+) -> None:
+    """The receiver reports attempt 2 before the worker wrote attempt 2's row: the latest row
+    is still attempt 1's "retrying". The receipt must wait (unmatched), not be dropped as stale."""
+    mid = new_id()
+    seed(db, mid, provider="crm-hook", channel="hooks", status="retrying")
+    response = await webhook_post(client, {"message_id": mid, "status": "delivered"})
+    assert response.status_code == 200 and response.json()["unmatched"] == 1
+    assert row(db, mid)[0] == "retrying"
+    seed(db, mid, provider="crm-hook", channel="hooks", attempt=2)
+    pool = await create_pool(settings)
+    try:
+        done = await ReceiptStore(pool).rematch(int(time.time() * 1000), 3_600_000)
+    finally:
+        pool.close()
+        await pool.wait_closed()
+    assert [(p, r.outcome.value) for p, r in done if r.receipt.message_id == mid] == [
+        ("crm-hook", "delivered")
+    ]
+    assert row(db, mid, attempt=2)[0] == "delivered" and row(db, mid)[0] == "retrying"
+
+
+async def test_concurrent_callbacks_over_the_same_messages_move_each_once(
+    db: Db, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches reporting the same messages in different orders, as two API processes take
+    them: every callback is answered without a deadlock (the lock order alone prevents
+    them; retries are off here) and each message moves exactly once."""
+    monkeypatch.setattr(receipts_model, "MAX_TRANSACTION_TRIES", 1)
+    mids = [new_id() for _ in range(20)]
+    for mid in mids:
+        seed(db, mid, provider="crm-hook", channel="hooks")
+
+    def batch(n: int) -> list[Receipt]:
+        status = ReceiptStatus.DELIVERED if n % 2 else ReceiptStatus.FAILED
+        return [Receipt(status, f"word-{n}", message_id=mid) for mid in mids]  # digest order differs
+
+    pool = await create_pool(settings, maxsize=12)
+    try:
+        store = ReceiptStore(pool)
+        results = await asyncio.gather(*[store.record("crm-hook", batch(n), 1) for n in range(12)])
+    finally:
+        pool.close()
+        await pool.wait_closed()
+    moved = [r for rs in results for r in rs if r.outcome.value in ("delivered", "failed")]
+    assert sorted(r.receipt.message_id for r in moved) == sorted(mids)
+    assert all(row(db, mid)[0] in ("delivered", "failed") for mid in mids)
+
+
+class _Deadlocking:
+    """A pool whose connections fail the first ``UPDATE delivery_results`` with a deadlock,
+    as the database does when it picks this transaction as the victim."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.failed = pool, 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as conn:
+            yield _DeadlockingConnection(conn, self)
+
+
+class _DeadlockingConnection:
+    def __init__(self, conn: Any, owner: _Deadlocking) -> None:
+        self.conn, self.owner = conn, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    @contextlib.asynccontextmanager
+    async def cursor(self) -> AsyncIterator[Any]:
+        async with self.conn.cursor() as cur:
+            real = cur.execute
+
+            async def execute(sql: str, args: Any = None) -> Any:
+                if sql.startswith("UPDATE delivery_results") and not self.owner.failed:
+                    self.owner.failed += 1
+                    raise pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+                return await real(sql, args)
+
+            cur.execute = execute
+            yield cur
+
+
+async def test_a_transaction_rolled_back_for_a_deadlock_is_run_again(db: Db, settings: Settings) -> None:
+    mid = new_id()
+    seed(db, mid, provider="crm-hook", channel="hooks")
+    pool = await create_pool(settings)
+    try:
+        flaky = _Deadlocking(pool)
+        receipt = Receipt(ReceiptStatus.FAILED, "failed", message_id=mid, error_code="bounced")
+        [result] = await ReceiptStore(flaky).record("crm-hook", [receipt], 1)
+    finally:
+        pool.close()
+        await pool.wait_closed()
+    assert flaky.failed == 1 and result.outcome.value == "failed"
+    assert row(db, mid)[:2] == ("failed", "bounced")
+    assert db.query("SELECT outcome FROM receipts WHERE message_id = %s", [mid]) == [("applied",)]
+
+
 # --- the generic signed webhook callback ------------------------------------------------------
 
 
@@ -559,6 +678,32 @@ async def test_webhook_bad_signature_or_stale_timestamp_is_refused(client: httpx
     assert row(db, mid)[0] == "sent"
     malformed = await webhook_post(client, {"message_id": mid, "status": "read"})
     assert malformed.status_code == 400 and "'delivered' or 'failed'" in malformed.json()["message"]
+
+
+async def test_an_oversized_body_is_refused_without_reading_it_all(client: httpx.AsyncClient) -> None:
+    chunk, chunks = b"[" + b" " * (64 * 1024 - 1), 64  # 4 MiB, four times the limit
+    read = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(chunks):
+            read += 1
+            yield chunk
+
+    streamed = await client.post(f"/v1/receipts/tencent-main?token={TENCENT_TOKEN}", content=body())
+    assert streamed.status_code == 413 and streamed.json()["error"] == "too_large"
+    assert read <= 17  # stopped just past 1 MiB
+    read = 0
+    declared = await client.post(
+        f"/v1/receipts/tencent-main?token={TENCENT_TOKEN}",
+        content=body(),
+        headers={"content-length": str(len(chunk) * chunks)},
+    )
+    assert declared.status_code == 413 and read <= 1  # refused on its Content-Length
+    rejected = await metric(
+        client, "reach_receipts_rejected_total", provider="tencent-main", reason="too_large"
+    )
+    assert rejected == 2
 
 
 async def test_unknown_provider_name_is_a_404(client: httpx.AsyncClient) -> None:
@@ -675,6 +820,8 @@ async def test_stats_with_nothing_in_range_have_null_rates(client: httpx.AsyncCl
         ({"from": "yesterday"}, "bad_time"),
         ({"from": "1700000000"}, "bad_time"),  # seconds, not milliseconds
         ({"from": "2030-03-17T10:00:00"}, "bad_time"),  # no offset
+        ({"from": "\u00b2"}, "bad_time"),  # a digit to str.isdigit(), not to int()
+        ({"from": "1" * 5000}, "bad_time"),  # beyond int()'s digit limit
     ],
 )
 async def test_stats_reject_a_bad_range_with_a_json_error(
