@@ -13,14 +13,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
+import pymysql
+import redis.exceptions
+import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import popups, receipts
 from api.errors import ApiError
+from api.receipts import read_limited
 from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
 from models.events import Event, EventError, event_from_dict
 from models.storage import CursorError, InboxStore, create_pool
@@ -28,7 +34,20 @@ from reach.clock import Clock, SystemClock
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
 
+log = structlog.get_logger("reach.api")
+
 MAX_EVENTS_PER_REQUEST = 1000
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+#: errors that mean MariaDB, Redis or Kafka is down or overloaded: 503, the client retries
+UNAVAILABLE = (
+    pymysql.err.OperationalError,
+    pymysql.err.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    KafkaError,
+    ConnectionError,
+    TimeoutError,
+)
 MAX_BODY_BYTES = 5 * 1024 * 1024
 USER_ID = Path(min_length=1, max_length=128)
 
@@ -82,6 +101,22 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             },
             status_code=422,
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, UNAVAILABLE):
+            log.warning("api.dependency_unavailable", path=request.url.path, error=type(exc).__name__)
+            message = f"a dependency is unavailable ({type(exc).__name__}); retry later"
+            return JSONResponse({"error": "unavailable", "message": message}, status_code=503)
+        log.exception("api.unexpected_error", path=request.url.path)
+        return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -170,8 +205,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
 
 async def read_body(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
+    body = await read_limited(request, MAX_BODY_BYTES)
+    if body is None:
         raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
     try:
         return orjson.loads(body)

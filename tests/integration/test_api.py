@@ -137,6 +137,21 @@ def test_inbox_errors(api: Api) -> None:
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
+def test_framework_errors_are_json_too(api: Api) -> None:
+    wrong_method = httpx.delete(f"{api.base_url}/v1/events", timeout=5)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"] == "method_not_allowed"
+    unknown = httpx.get(f"{api.base_url}/v1/nothing-here", timeout=5)
+    assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
+    too_large = httpx.post(
+        f"{api.base_url}/v1/events",
+        content=b"[" + b" " * (6 * 1024 * 1024) + b"]",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert too_large.status_code == 413 and too_large.json()["error"] == "too_large"
+
+
 def test_health_metrics_and_openapi(api: Api) -> None:
     assert httpx.get(f"{api.base_url}/healthz", timeout=5).json() == {"status": "ok"}
     metrics = httpx.get(f"{api.base_url}/metrics", timeout=5).text
