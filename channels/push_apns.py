@@ -19,8 +19,11 @@ token not hex (never sent: it goes in the   INVALID_ADDRESS ``BadDeviceToken``
 URL path)
 payload over 4096 bytes (never sent)        PERMANENT ``PayloadTooLarge``
 200                                         SENT, provider_message_id = ``apns-id``
-400 ``BadDeviceToken``, 410                 INVALID_ADDRESS: drop the token (BadDeviceToken
-``Unregistered`` / ``ExpiredToken``         also means a sandbox token sent to production)
+410 ``Unregistered`` / ``ExpiredToken``     INVALID_ADDRESS: drop the token
+400 ``BadDeviceToken``                      PERMANENT, not INVALID_ADDRESS: Apple says it
+                                            for a bad token and for a token of the other
+                                            environment alike, so a wrong ``base_url`` would
+                                            condemn every good token (many at once: check it)
 ``DeviceTokenNotForTopic``,                 PERMANENT (Apple: never retry)
 ``PayloadTooLarge``, other 400s
 403 ``InvalidProviderToken``,               PERMANENT, logged: the key, key id, team id or
@@ -31,8 +34,10 @@ payload over 4096 bytes (never sent)        PERMANENT ``PayloadTooLarge``
 429 ``TooManyProviderTokenUpdates``         RETRY after ``Retry-After``, else 60 s; the
                                             token is kept (a new one would be one more
                                             update), logged: several processes share a key
-429 ``TooManyRequests``, 500, 503,          RETRY after ``Retry-After`` when given, else
-``IdleTimeout``                             the agent's backoff
+429 ``TooManyRequests`` (too many requests  RETRY after ``Retry-After``, else 300 s: a
+to this one device token)                   quick retry would hit the same device's limit
+500, 503, ``IdleTimeout``                   RETRY after ``Retry-After`` when given, else
+                                            the agent's backoff
 transport failures                          as in :mod:`channels.http` (UNKNOWN once the
                                             request went out: APNs does not deduplicate)
 ==========================================  ============================================
@@ -69,6 +74,7 @@ TOKEN_REUSE_SECONDS = 50 * 60  # Apple: renew at most every 20 min, at least eve
 MAX_PAYLOAD = 4096  # bytes, for alert notifications
 MAX_TTL = 30 * 86_400
 TOKEN_UPDATE_RETRY_SECONDS = 60.0
+DEVICE_RATE_RETRY_SECONDS = 300.0  # TooManyRequests is per device token: let its limit lift
 CONFIG_LOG_INTERVAL = 60.0  # one log event per config error reason per minute
 #: namespace of the apns-id UUIDs: uuid5(namespace, message_id)
 APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:reach:apns-id")
@@ -76,8 +82,9 @@ APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:reach:apns-id")
 _APPLE_ID = re.compile(r"^[A-Z0-9]{10}$")  # team ids and key ids
 _DEVICE_TOKEN = re.compile(r"^[0-9A-Fa-f]{16,400}$")
 
-#: reasons after which the token is dead
-_DEAD_TOKEN = frozenset({"BadDeviceToken", "Unregistered", "ExpiredToken"})
+#: reasons after which the token is dead. Not BadDeviceToken: Apple also answers it for a token of
+#: the other environment, so a wrong base_url would bury every user's good token.
+_DEAD_TOKEN = frozenset({"Unregistered", "ExpiredToken"})
 #: reasons that no message can get past: the provider's configuration is wrong
 _CONFIG = frozenset(
     {
@@ -87,9 +94,7 @@ _CONFIG = frozenset(
     }
 )  # fmt: skip
 #: reasons worth another attempt later, whatever their status
-_TEMPORARY = frozenset(
-    {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown", "IdleTimeout"}
-)
+_TEMPORARY = frozenset({"InternalServerError", "ServiceUnavailable", "Shutdown", "IdleTimeout"})
 
 
 def apns_id(message_id: str) -> str:
@@ -278,6 +283,9 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
             return Outcome.invalid_address(reason, detail)
         if reason == "TooManyProviderTokenUpdates":
             retry_after = retry_after_seconds(response.headers) or TOKEN_UPDATE_RETRY_SECONDS
+            return Outcome.retry(reason, detail, retry_after)
+        if reason == "TooManyRequests":
+            retry_after = retry_after_seconds(response.headers) or DEVICE_RATE_RETRY_SECONDS
             return Outcome.retry(reason, detail, retry_after)
         if reason in _TEMPORARY:
             return Outcome.retry(reason, detail, retry_after_seconds(response.headers))

@@ -10,7 +10,8 @@ rendered text is not sent. Phone numbers are sent without a leading ``+``
 mainland and requires for other countries).
 
 Deliveries of one batch that share a template go out in ``SendBatchSms`` calls
-of up to ``batch_size`` numbers (Aliyun's limit is 100); a lone delivery goes
+of up to ``batch_size`` numbers (Aliyun's limit is 100), a number at most once
+per call (reports of a batch are matched by BizId plus number); a lone delivery goes
 out with ``SendSms`` and ``OutId`` = the reach message id. Aliyun answers a
 batch with one code: when that code is about a single message (a bad number,
 a per-number cap, bad parameters) nothing of the batch was sent, and the batch
@@ -387,11 +388,23 @@ def _json(value: Any) -> str:
 
 
 def _chunks(items: Sequence[_Sms], size: int) -> list[list[_Sms]]:
-    """Deliveries grouped by template code (first-seen order), each group cut into ``size``."""
-    groups: dict[str, list[_Sms]] = {}
+    """Calls: one template code, at most ``size`` numbers, no number twice.
+
+    A ``SendBatchSms`` gives all its numbers one BizId, and delivery reports of a batch
+    are told apart by BizId plus number only, so two messages to one number must never
+    share a call: the second goes in the next call of its template.
+    """
+    chunks: list[list[_Sms]] = []
+    open_chunks: dict[str, tuple[list[_Sms], set[str]]] = {}
     for sms in items:
-        groups.setdefault(sms.template_code, []).append(sms)
-    return [group[start : start + size] for group in groups.values() for start in range(0, len(group), size)]
+        current = open_chunks.get(sms.template_code)
+        if current is None or len(current[0]) >= size or sms.phone in current[1]:
+            current = ([], set())
+            open_chunks[sms.template_code] = current
+            chunks.append(current[0])
+        current[0].append(sms)
+        current[1].add(sms.phone)
+    return chunks
 
 
 __all__ = [

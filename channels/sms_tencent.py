@@ -17,7 +17,8 @@ request of up to ``batch_size`` numbers (Tencent's limit is 200); Tencent
 answers with one ``SendStatusSet`` entry per number, matched back by number.
 A request for a single number carries ``SessionContext`` = the reach message
 id. When Tencent refuses a multi-number request as a whole with a code that is
-about one number, nothing was sent and each number is resent on its own.
+about one number, nothing was sent and each number is resent on its own (not
+for the app-wide daily caps or marketing hours, which every number would meet).
 
 Requests are signed with TC3-HMAC-SHA256: a canonical request over method,
 ``/``, the ``content-type``, ``host`` and ``x-tc-action`` headers and the
@@ -42,7 +43,10 @@ scalar                                                     ``missing_variable``
 hours                                                      thirty-second cap)
 ``FailedOperation.InsufficientBalanceInSmsPackage``,       RETRY after ``limit_retry_after``
 ``UnauthorizedOperation.SerivceSuspendDueToArrears``       and a log event
-``RequestLimitExceeded*``, ``InternalError*``, HTTP 5xx    RETRY (``Retry-After`` if given)
+``InternalError.Timeout``, ``InternalError.SendAndRecv``   UNKNOWN: Tencent timed out passing
+``Fail``                                                   it on, it may have been sent
+``RequestLimitExceeded*``, other ``InternalError*``,       RETRY (``Retry-After`` if given)
+HTTP 5xx
 ``AuthFailure.*``, app id, IP allow-list, unapproved       PERMANENT, detail starts with
 sign name or template, ...                                 ``configuration:``, and a log
                                                            event
@@ -137,12 +141,21 @@ _CONFIG = frozenset(
 )  # fmt: skip
 #: internal errors that a retry will not cure
 _NOT_TRANSIENT = frozenset(
-    {"InternalError.JsonParseFail", "InternalError.RestApiInterfaceNotExist", "InternalError.SigFieldMissing"}
+    {
+        "InternalError.JsonParseFail", "InternalError.RestApiInterfaceNotExist",
+        "InternalError.SigFieldMissing", "InternalError.SigVerificationFail",
+    }
+)  # fmt: skip
+#: Tencent timed out handing the SMS on: it may have gone out, and Tencent does not dedupe
+_AMBIGUOUS = frozenset({"InternalError.Timeout", "InternalError.SendAndRecvFail"})
+#: caps of the whole app or the hour of day: every number of the request would get the same
+_APP_WIDE = frozenset(
+    {"LimitExceeded.AppDailyLimit", "LimitExceeded.DailyLimit", "FailedOperation.MarketingSendTimeConstraint"}
 )
 #: request-wide answers that are really about one of its numbers: resend one by one
 _PER_NUMBER = (
     _INVALID_ADDRESS
-    | frozenset(_DEFERRED)
+    | (frozenset(_DEFERRED) - _APP_WIDE)
     | frozenset(
         {
             "UnsupportedOperation.ContainDomesticAndInternationalPhoneNumber",
@@ -417,6 +430,8 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
                 "sms_provider_misconfigured", provider=self.name, provider_type=self.type_name, code=code
             )
             return Outcome.permanent(code, f"configuration: {detail}")
+        if code in _AMBIGUOUS:
+            return Outcome.unknown(code, detail)
         if _transient(code) or response.status_code >= 500:
             return Outcome.retry(code, detail, retry_after_seconds(response.headers))
         return Outcome.permanent(code, detail)

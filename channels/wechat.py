@@ -31,9 +31,11 @@ no ``wechat_openid`` in the contact        PERMANENT ``no_address``
 no WeChat template for the reach template  PERMANENT ``no_template``
 a ``data``/``url`` field names a variable  PERMANENT ``missing_variable``
 the message does not have
-43004 / 43101 (user does not follow the    INVALID_ADDRESS, code = errcode: the
-account / refused the message)             openid is recorded as not reachable
+43004 (user does not follow the account)   INVALID_ADDRESS, code = errcode: the
+                                           openid is recorded as not reachable
 40003 (invalid openid)                     INVALID_ADDRESS ``40003``
+43101 (user refused this template's        PERMANENT ``43101``: the refusal is per
+messages)                                  template, so the openid stays usable
 40001 / 40014 / 42001 (token invalid or    token refreshed once, message sent
 expired)                                   once more; a second refusal is
                                            RETRY with the errcode
@@ -88,8 +90,9 @@ TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 NOT_REACHABLE = {
     40003: "invalid openid",
     43004: "user does not follow the official account",
-    43101: "user has not subscribed to (or refused) the message",
 }
+#: the user refused messages of this template (拒收); other templates still reach them
+TEMPLATE_REFUSED = 43101
 #: errcodes of the token fetch that mean our credentials or IP whitelist are wrong
 CREDENTIAL_ERRORS = frozenset({40001, 40002, 40013, 40125, 40164, 40243, 41002, 41004, 89503})
 QUOTA = 45009
@@ -385,6 +388,8 @@ def _send_error(errcode: int, detail: str, now: float) -> Outcome:
     code = str(errcode)
     if errcode in NOT_REACHABLE:
         return Outcome.invalid_address(code, f"{NOT_REACHABLE[errcode]} ({detail})")
+    if errcode == TEMPLATE_REFUSED:
+        return Outcome.permanent(code, f"user refused this template's messages ({detail})")
     if errcode in TOKEN_REJECTED:
         return Outcome.retry(code, f"access token refused ({detail})")
     if errcode == QUOTA:

@@ -172,7 +172,7 @@ async def test_too_many_token_updates_keeps_the_token_and_retries_later(tls_cert
 @pytest.mark.parametrize(
     ("reason", "kind"),
     [
-        ("BadDeviceToken", OutcomeKind.INVALID_ADDRESS),
+        ("BadDeviceToken", OutcomeKind.PERMANENT),
         ("Unregistered", OutcomeKind.INVALID_ADDRESS),
         ("ExpiredToken", OutcomeKind.INVALID_ADDRESS),
         ("DeviceTokenNotForTopic", OutcomeKind.PERMANENT),
@@ -197,6 +197,23 @@ async def test_apple_reasons_are_classified(server: ApnsServer, reason: str, kin
     assert (failed.kind, failed.code) == (kind, reason)
     assert other.kind is OutcomeKind.SENT
     assert len(server.provider_tokens) == 1
+
+
+async def test_a_token_of_the_other_environment_is_not_recorded_dead(server: ApnsServer) -> None:
+    # Apple answers BadDeviceToken for a sandbox token sent to production too: with base_url
+    # on the wrong environment every token is refused so, and none of them may be buried.
+    for n in range(3):
+        server.fail_token(device_token(n), "BadDeviceToken")
+    async with apns(server) as provider:
+        outcomes = await provider.send_batch([push(n) for n in range(3)])
+    assert {(o.kind, o.code) for o in outcomes} == {(OutcomeKind.PERMANENT, "BadDeviceToken")}
+
+
+async def test_too_many_requests_to_one_device_waits_for_its_limit(server: ApnsServer) -> None:
+    server.fail_token(device_token(1), "TooManyRequests")
+    async with apns(server) as provider:
+        [busy] = await provider.send_batch([push(1)])
+    assert (busy.kind, busy.code, busy.retry_after) == (OutcomeKind.RETRY, "TooManyRequests", 300)
 
 
 async def test_410_and_retry_after_are_read(server: ApnsServer) -> None:

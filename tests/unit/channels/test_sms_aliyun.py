@@ -144,6 +144,18 @@ async def test_batches_are_cut_at_the_batch_size_and_split_by_template(server: A
     assert [s.template_code for s in server.sent].count("SMS_200002") == 2
 
 
+async def test_one_number_twice_goes_in_two_calls(server: AliyunSmsServer) -> None:
+    # A batch's reports carry its BizId and the number only: two messages to one number in one
+    # SendBatchSms could not be told apart (and their reports would look like one repeated).
+    again = sms(3, contact={"phone": "+8613800000001"})
+    outcomes = await send(server, [sms(1), sms(2), again])
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT] * 3
+    assert len(server.requests) == 2
+    reports = {(s.biz_id, s.phone) for s in server.sent}
+    assert len(reports) == 3  # every message can be matched by (BizId, number)
+    assert outcomes[0].provider_message_id != outcomes[2].provider_message_id
+
+
 async def test_a_hundred_and_fifty_deliveries_take_two_calls(server: AliyunSmsServer) -> None:
     deliveries = [sms(n, contact={"phone": f"+861390000{n:04d}"}) for n in range(150)]
     outcomes = await send(server, deliveries)

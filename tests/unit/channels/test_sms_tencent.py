@@ -154,7 +154,9 @@ async def test_per_number_statuses_are_matched_in_order(server: TencentSmsServer
         ("LimitExceeded.PhoneNumberThirtySecondLimit", OutcomeKind.RETRY, 60),
         ("LimitExceeded.DeliveryFrequencyLimit", OutcomeKind.RETRY, 3600),
         ("FailedOperation.InsufficientBalanceInSmsPackage", OutcomeKind.RETRY, 3600),
-        ("InternalError.Timeout", OutcomeKind.RETRY, None),
+        ("InternalError.Timeout", OutcomeKind.UNKNOWN, None),
+        ("InternalError.SendAndRecvFail", OutcomeKind.UNKNOWN, None),
+        ("InternalError.OtherError", OutcomeKind.RETRY, None),
         ("FailedOperation.ContainSensitiveWord", OutcomeKind.PERMANENT, None),
         ("FailedOperation.TemplateIncorrectOrUnapproved", OutcomeKind.PERMANENT, None),
     ],
@@ -187,6 +189,37 @@ async def test_request_errors_apply_to_every_number(
     outcomes = await send(server, [sms(n) for n in range(1, 4)])
     assert [(o.kind, o.code) for o in outcomes] == [(kind, code)] * 3
     assert len(server.requests) == 1 and server.sent == []
+
+
+@pytest.mark.parametrize("code", ["InternalError.Timeout", "InternalError.SendAndRecvFail"])
+async def test_a_send_tencent_timed_out_on_is_unknown_not_resent(server: TencentSmsServer, code: str) -> None:
+    # Tencent timed out passing the message on: it may be on the phone already, and a resend of
+    # a non-deduplicating API could send it twice.
+    server.fail_next(code)
+    outcomes = await send(server, [sms(n) for n in range(1, 3)])
+    assert [(o.kind, o.code) for o in outcomes] == [(OutcomeKind.UNKNOWN, code)] * 2
+    assert len(server.requests) == 1
+
+
+async def test_a_signature_verification_failure_is_not_retried(server: TencentSmsServer) -> None:
+    server.fail_next("InternalError.SigVerificationFail")
+    [outcome] = await send(server, [sms(1)])
+    assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "InternalError.SigVerificationFail")
+
+
+APP_WIDE_CAPS = [
+    "LimitExceeded.AppDailyLimit",
+    "LimitExceeded.DailyLimit",
+    "FailedOperation.MarketingSendTimeConstraint",
+]
+
+
+@pytest.mark.parametrize("code", APP_WIDE_CAPS)
+async def test_an_app_wide_cap_is_not_resent_number_by_number(server: TencentSmsServer, code: str) -> None:
+    server.fail_next(code)
+    outcomes = await send(server, [sms(n) for n in range(1, 4)])
+    assert [(o.kind, o.code, o.retry_after) for o in outcomes] == [(OutcomeKind.RETRY, code, 3600)] * 3
+    assert len(server.requests) == 1  # not one more request per number, each refused the same way
 
 
 async def test_a_request_refused_for_mixed_numbers_is_resent_per_number(server: TencentSmsServer) -> None:

@@ -189,7 +189,7 @@ def test_cache_ttl_keeps_a_margin() -> None:
 @pytest.mark.parametrize(
     ("code", "kind"),
     [
-        (43101, OutcomeKind.INVALID_ADDRESS),
+        (43101, OutcomeKind.PERMANENT),
         (43004, OutcomeKind.INVALID_ADDRESS),
         (40003, OutcomeKind.INVALID_ADDRESS),
         (45009, OutcomeKind.RETRY),
@@ -209,14 +209,25 @@ async def test_errcodes_are_classified(
         assert outcome.retry_after == 64060  # 17:46:40 to midnight in Beijing, plus a minute
 
 
-async def test_not_subscribed_stops_only_that_user(
+async def test_not_following_stops_only_that_user(
     provider: WechatTemplateProvider, server: WechatServer
 ) -> None:
-    server.fail_openid("o-gone", 43101)
+    server.fail_openid("o-gone", 43004)
     gone, fine = await send(provider, wechat(1, openid="o-gone"), wechat(2))
-    assert (gone.kind, gone.code) == (OutcomeKind.INVALID_ADDRESS, "43101")
-    assert "not subscribed" in gone.detail
+    assert (gone.kind, gone.code) == (OutcomeKind.INVALID_ADDRESS, "43004")
+    assert "does not follow" in gone.detail
     assert fine.kind is OutcomeKind.SENT
+
+
+async def test_a_refused_template_does_not_bury_the_openid(
+    provider: WechatTemplateProvider, server: WechatServer
+) -> None:
+    # 43101: the user refused this template's messages (拒收), which WeChat applies per template;
+    # an INVALID_ADDRESS would record the openid dead and stop every other template too.
+    server.fail_openid("o-refuses", 43101)
+    [refused] = await send(provider, wechat(1, openid="o-refuses"))
+    assert (refused.kind, refused.code) == (OutcomeKind.PERMANENT, "43101")
+    assert "refused this template" in refused.detail
 
 
 async def test_unknown_template_id_is_permanent(
