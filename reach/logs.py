@@ -29,3 +29,8 @@ def configure(level: str = "INFO", json: bool = False) -> None:
     # The Kafka clients are chatty at INFO; their warnings still show.
     for name in ("aiokafka", "kafka", "faust", "mode"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # The HTTP clients log every request URL, and providers carry secrets in URLs (WeChat's
+    # appsecret and access_token, DingTalk's access_token, Feishu's hook token, APNs device
+    # tokens): never below WARNING, whatever the level.
+    for name in ("httpx", "httpcore", "hpack", "h2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -56,7 +56,13 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         self.mysql_pool = await create_pool(s)
-        self.redis = aioredis.from_url(s.redis_url.get_secret_value())
+        # Timeouts turn a hung Redis into an error the agents retry, instead of a stall.
+        self.redis = aioredis.from_url(
+            s.redis_url.get_secret_value(),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
         await self.redis.ping()
         self.results = ResultStore(self.mysql_pool)
         self.profiles = ProfileStore(self.mysql_pool)
