@@ -63,11 +63,15 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
         "events": app.topic(settings.events_topic),
         "segments": app.topic(settings.segments_topic),
     }
+    # key_type/value_type bytes make faust read the changelog back raw on recovery; with
+    # only a raw Schema it writes raw but recovers with its JSON default and stalls.
     profiles = app.Table(
         "profiles",
         default=None,
         partitions=settings.partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
         use_partitioner=True,
     )
     trigger.register(app, topics["events"], runtime, profiles)
