@@ -29,7 +29,7 @@ import structlog
 from agents.guard import run_step
 from agents.plan import STATUS_OF, backoff_ms, deliveries_for, result_for
 from agents.produce import produce_all
-from channels.base import Outcome, OutcomeKind, ProviderConfig
+from channels.base import Outcome, OutcomeKind
 from channels.breaker import CircuitBreaker, CircuitState
 from channels.config import ChannelConfig
 from channels.routing import NoProviderAvailableError
@@ -67,18 +67,13 @@ class ChannelSender:
         self.produce = produce
         self.window_ms = int(channel.window_seconds * 1000)
         self.rng = random.Random()
+        self.configs = {p.name: p for p in channel.providers}
         s = runtime.settings
         self.breakers = {
             p.name: CircuitBreaker(s.breaker_failures, s.breaker_cooldown_ms) for p in channel.providers
         }
         for name in self.breakers:
             runtime.metrics.circuit_state.labels(channel.name, name).set(CircuitState.CLOSED)
-
-    async def handle(self, messages: Sequence[ReachMessage]) -> None:
-        """Send a batch and record what happened (both steps in one, for tests and tools)."""
-        batch = BatchOutcome()
-        await self.send(messages, batch)
-        await self.persist(batch)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -90,8 +85,10 @@ class ChannelSender:
             for provider_name, group in self._route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
         finally:
+            # A probe slot is freed here whatever happened to its batch (throttled, nothing
+            # sendable, an error); record() has already judged the ones that sent.
             for breaker in self.breakers.values():
-                breaker.release()  # a probe interrupted by an error must not stay in flight
+                breaker.release()
 
     async def _not_yet_sent(
         self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
@@ -128,14 +125,13 @@ class ChannelSender:
         breaker is open, moves to another provider of the channel that can
         address it; with none left it waits for the breaker's cool-down.
         """
-        configured = {p.name for p in self.channel.providers}
         allowed: dict[str, bool] = {}
         unavailable = {name for name, b in self.breakers.items() if b.state(now) is not CircuitState.CLOSED}
         groups: dict[str, list[ReachMessage]] = {}
         for message in messages:
             name = message.provider
             reason = ""
-            if name not in configured:
+            if name not in self.configs:
                 reason = "unconfigured"
             else:
                 if name not in allowed:
@@ -170,7 +166,7 @@ class ChannelSender:
 
     # -- throttle, then send ---------------------------------------------------
     async def _send_group(self, provider_name: str, group: list[ReachMessage], batch: BatchOutcome) -> None:
-        provider_cfg = self._provider_config(provider_name)
+        provider_cfg = self.configs[provider_name]
         now = self.rt.clock.now_ms()
         assert self.rt.throttle is not None
         grant = await self.rt.throttle.acquire(
@@ -191,14 +187,6 @@ class ChannelSender:
             batch.handled.update(m.message_id for m in wait)
         if go:
             await self._send(provider_cfg.name, go, now, batch)
-        else:
-            self.breakers[provider_cfg.name].release()
-
-    def _provider_config(self, name: str) -> ProviderConfig:
-        for config in self.channel.providers:
-            if config.name == name:
-                return config
-        raise LookupError(f"provider {name!r} is not configured for channel {self.channel.name!r}")
 
     async def _send(
         self, provider_name: str, messages: list[ReachMessage], now: int, batch: BatchOutcome
@@ -222,8 +210,6 @@ class ChannelSender:
             succeeded = sum(o.kind is OutcomeKind.SENT for o in outcomes)
             failures = sum(o.kind in PROVIDER_FAILURES for o in outcomes)
             self.breakers[provider_name].record(succeeded, failures, done)
-        else:
-            self.breakers[provider_name].release()
         self._show_state(provider_name, done)
         for message, outcome in pairs:
             if outcome.kind is OutcomeKind.INVALID_ADDRESS:
@@ -327,13 +313,6 @@ def dead_letter(message: ReachMessage, outcome: Outcome, now_ms: int) -> bytes:
     return orjson.dumps(
         {"reason": outcome.code, "detail": outcome.detail, "failed_at": now_ms, "message": message.to_dict()}
     )
-
-
-def _by_provider(messages: Sequence[ReachMessage]) -> dict[str, list[ReachMessage]]:
-    groups: dict[str, list[ReachMessage]] = {}
-    for message in messages:
-        groups.setdefault(message.provider, []).append(message)
-    return groups
 
 
 def decode_messages(values: Sequence[bytes], channel: str) -> list[ReachMessage]:
