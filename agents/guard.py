@@ -14,22 +14,12 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
-import pymysql
-import redis.exceptions
 import structlog
-from aiokafka.errors import KafkaError
+
+from reach.errors import DEPENDENCY_ERRORS
 
 log = structlog.get_logger("reach.agents")
 
-TRANSIENT = (
-    pymysql.err.OperationalError,
-    pymysql.err.InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    KafkaError,
-    ConnectionError,
-    asyncio.TimeoutError,
-)
 EXIT_BUG = 70  # EX_SOFTWARE
 
 
@@ -46,7 +36,7 @@ async def run_step(
         try:
             await step()
             return
-        except TRANSIENT as exc:
+        except DEPENDENCY_ERRORS as exc:
             log.warning("agent.step_retry", step=name, error=f"{type(exc).__name__}: {exc}", delay=delay)
             await asyncio.sleep(delay)  # backpressure: the partition waits for its dependency
             delay = min(max_delay, delay * 2)

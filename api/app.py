@@ -13,11 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-import pymysql
-import redis.exceptions
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +28,7 @@ from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
 from models.events import Event, EventError, event_from_dict
 from models.storage import CursorError, InboxStore, create_pool
 from reach.clock import Clock, SystemClock
+from reach.errors import DEPENDENCY_ERRORS
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
 
@@ -38,16 +36,6 @@ log = structlog.get_logger("reach.api")
 
 MAX_EVENTS_PER_REQUEST = 1000
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
-#: errors that mean MariaDB, Redis or Kafka is down or overloaded: 503, the client retries
-UNAVAILABLE = (
-    pymysql.err.OperationalError,
-    pymysql.err.InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    KafkaError,
-    ConnectionError,
-    TimeoutError,
-)
 MAX_BODY_BYTES = 5 * 1024 * 1024
 USER_ID = Path(min_length=1, max_length=128)
 
@@ -111,7 +99,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, UNAVAILABLE):
+        if isinstance(exc, DEPENDENCY_ERRORS):
             log.warning("api.dependency_unavailable", path=request.url.path, error=type(exc).__name__)
             message = f"a dependency is unavailable ({type(exc).__name__}); retry later"
             return JSONResponse({"error": "unavailable", "message": message}, status_code=503)
