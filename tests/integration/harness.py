@@ -21,6 +21,7 @@ import redis
 
 from reach.producer import SyncProducer
 from reach.settings import REPO_ROOT, Settings
+from tests.support.waiting import wait_until
 
 
 def unique_run_id() -> str:
@@ -110,18 +111,6 @@ class WorkerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Db:

@@ -23,7 +23,6 @@ import json
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,6 +30,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from tests.support.tls import SelfSignedCert
+from tests.support.waiting import wait_for_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,13 +143,12 @@ class ProviderServer:
 
     def wait_for_accepted(self, count: int, timeout: float = 30.0) -> list[Recorded]:
         """Block until ``count`` requests were accepted; returns them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def snapshot() -> list[Recorded]:
             with self._lock:
-                if len(self.accepted) >= count:
-                    return list(self.accepted)
-            time.sleep(0.05)
-        raise AssertionError(f"{type(self).__name__}: {len(self.accepted)} accepted, wanted {count}")
+                return list(self.accepted)
+
+        return wait_for_count(snapshot, count, timeout, f"{count} requests accepted by {type(self).__name__}")
 
     def start(self) -> ProviderServer:
         ready = threading.Event()

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl
 
 from tests.support.http_provider import ProviderServer, Recorded, Refused, Reply
 from tests.support.tls import SelfSignedCert
+from tests.support.waiting import wait_for_count
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 _COMMON = ("AccessKeyId", "Action", "SignatureMethod", "SignatureNonce", "SignatureVersion", "Timestamp")
@@ -153,13 +154,11 @@ class AliyunSmsServer(ProviderServer):
             self._next.append((code, status))
 
     def wait_for_sent(self, count: int, timeout: float = 30.0) -> list[SentSms]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def snapshot() -> list[SentSms]:
             with self._state:
-                if len(self.sent) >= count:
-                    return list(self.sent)
-            time.sleep(0.05)
-        raise AssertionError(f"AliyunSmsServer: {len(self.sent)} messages sent, wanted {count}")
+                return list(self.sent)
+
+        return wait_for_count(snapshot, count, timeout, f"{count} messages sent by {type(self).__name__}")
 
     # -- the API -------------------------------------------------------------------------------
 

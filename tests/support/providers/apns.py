@@ -53,6 +53,7 @@ from hypercorn.config import Config
 from tests.support.http_provider import Fault, FaultKind, Recorded, Refused, Reply
 from tests.support.providers.delivered import DeliveredLog
 from tests.support.tls import SelfSignedCert
+from tests.support.waiting import wait_for_count
 
 #: Apple's status for each reason
 REASON_STATUS = {
@@ -200,13 +201,12 @@ class ApnsServer:
 
     def wait_for_accepted(self, count: int, timeout: float = 30.0) -> list[ApnsRequest]:
         """Block until ``count`` requests were accepted; returns them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def snapshot() -> list[ApnsRequest]:
             with self._lock:
-                if len(self.accepted) >= count:
-                    return list(self.accepted)
-            time.sleep(0.05)
-        raise AssertionError(f"ApnsServer: {len(self.accepted)} accepted, wanted {count}")
+                return list(self.accepted)
+
+        return wait_for_count(snapshot, count, timeout, f"{count} requests accepted by {type(self).__name__}")
 
     def start(self) -> ApnsServer:
         ready = threading.Event()

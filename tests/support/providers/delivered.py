@@ -8,8 +8,9 @@ have shown to someone.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
+
+from tests.support.waiting import wait_for_count
 
 
 class DeliveredLog:
@@ -35,9 +36,4 @@ class DeliveredLog:
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Any]:
         """Block until ``count`` items were delivered; returns them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self) >= count:
-                return self.items()
-            time.sleep(0.05)
-        raise AssertionError(f"{len(self)} delivered, wanted {count}")
+        return wait_for_count(self.items, count, timeout, f"{count} items delivered")

@@ -38,6 +38,7 @@ from typing import Any
 
 from tests.support.http_provider import ProviderServer, Recorded, Refused, Reply
 from tests.support.tls import SelfSignedCert
+from tests.support.waiting import wait_for_count
 
 _AUTHORIZATION = re.compile(
     r"^TC3-HMAC-SHA256 Credential=(?P<id>[^/,\s]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<service>[a-z]+)"
@@ -174,13 +175,11 @@ class TencentSmsServer(ProviderServer):
             self._next.append(code)
 
     def wait_for_sent(self, count: int, timeout: float = 30.0) -> list[SentSms]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def snapshot() -> list[SentSms]:
             with self._state:
-                if len(self.sent) >= count:
-                    return list(self.sent)
-            time.sleep(0.05)
-        raise AssertionError(f"TencentSmsServer: {len(self.sent)} messages sent, wanted {count}")
+                return list(self.sent)
+
+        return wait_for_count(snapshot, count, timeout, f"{count} messages sent by {type(self).__name__}")
 
     # -- the API -------------------------------------------------------------------------------
 

@@ -24,13 +24,13 @@ import email.utils
 import hmac
 import re
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from tests.support.http_provider import ProviderServer, Recorded, Refused, Reply
 from tests.support.tls import SelfSignedCert
+from tests.support.waiting import wait_for_count
 
 _PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -122,13 +122,11 @@ class TwilioServer(ProviderServer):
             self._failing[phone] = int(code)
 
     def wait_for_sent(self, count: int, timeout: float = 30.0) -> list[SentMessage]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def snapshot() -> list[SentMessage]:
             with self._state:
-                if len(self.sent) >= count:
-                    return list(self.sent)
-            time.sleep(0.05)
-        raise AssertionError(f"TwilioServer: {len(self.sent)} messages sent, wanted {count}")
+                return list(self.sent)
+
+        return wait_for_count(snapshot, count, timeout, f"{count} messages sent by {type(self).__name__}")
 
     # -- the API -------------------------------------------------------------------------------
 
