@@ -81,4 +81,6 @@ class WeightedChooser:
         ]
         if not candidates:
             raise NoProviderAvailableError(exclude)
+        if len(candidates) == len(self._providers):  # the usual case: every provider can take it
+            return self._rng.choices(self._providers, cum_weights=self._cumulative)[0]
         return self._rng.choices(candidates, weights=[p.weight for p in candidates])[0]
