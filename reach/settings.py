@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     topic_prefix: str = "reach."  # topics are <prefix>events, <prefix>outbox.<channel>, ...
     app_id: str = "reach"  # faust app id: consumer group and changelog topic names
     partitions: int = Field(4, ge=1)  # events, segments and outbox topics (co-partitioned)
+    kafka_request_timeout: float = Field(5.0, gt=0)  # seconds a produce waits for acks before it fails
+    kafka_connect_timeout: float = Field(10.0, gt=0)  # seconds to reach the broker at start-up
+    kafka_max_message_bytes: int = Field(1_000_000, ge=1024)  # record size limit of reach's topics
 
     # MariaDB / TiDB
     mysql_host: str = "127.0.0.1"
@@ -34,6 +37,11 @@ class Settings(BaseSettings):
     # Redis
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_prefix: str = "reach:"  # every key this deployment writes starts with it
+
+    # Input limits: bigger or deeper input is refused with a reason, never parsed whole
+    event_max_depth: int = Field(32, ge=2)  # nesting of objects and arrays in one event
+    rules_max_file_bytes: int = Field(1 << 20, ge=1024)  # one rule file
+    rules_max_total_bytes: int = Field(16 << 20, ge=1024)  # all rule files together
 
     # Rules and channels
     rules_dir: Path = REPO_ROOT / "rules" / "examples"
@@ -52,7 +60,8 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(5, ge=1)  # provider-side failures that open a provider's breaker
     breaker_cooldown_ms: int = Field(30_000, ge=1)  # how long an open breaker pauses a provider
     dead_address_ttl: int = Field(30 * 24 * 3600, ge=60)  # seconds a dead address/token is skipped
-    worker_metrics_port: int = 9464  # 0 disables the worker's /metrics endpoint
+    worker_metrics_port: int = 9464  # 0 disables the worker's /metrics, /healthz and /readyz
+    worker_ready_commit_age: float = Field(60.0, gt=0)  # not ready when lagging with no commit for this long
 
     # HTTP API
     api_host: str = "127.0.0.1"
