@@ -3,8 +3,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from models.events import EventError, parse_event, parse_ts
+from models.events import DEFAULT_MAX_DEPTH, EventError, event_from_dict, parse_event, parse_ts
 from models.profiles import parse_profile
+from reach.settings import Settings
 
 
 def raw(**fields: object) -> bytes:
@@ -85,3 +86,71 @@ def test_malformed_profiles(data: dict, reason: str) -> None:
     with pytest.raises(EventError) as info:
         parse_profile(orjson.dumps(data))
     assert info.value.reason == reason
+
+
+def nested(depth: int, leaf: object = 1) -> object:
+    """``depth`` levels of alternating objects and arrays around ``leaf``, built without recursion."""
+    value = leaf
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+def event_dict(**fields: object) -> dict[str, object]:
+    return {"event_id": "e1", "user_id": "u1", "name": "signup", "ts": 1764291600000, **fields}
+
+
+def test_the_default_depth_limit_is_the_settings_default() -> None:
+    assert Settings.model_fields["event_max_depth"].default == DEFAULT_MAX_DEPTH
+
+
+@pytest.mark.parametrize("max_depth", [2, 5, DEFAULT_MAX_DEPTH])
+def test_an_event_at_the_depth_limit_parses_and_one_level_more_is_too_deep(max_depth: int) -> None:
+    # The event object is level 1 and properties level 2, so properties may hold max_depth - 2 more.
+    at_limit = event_dict(properties={"p": nested(max_depth - 2)})
+    assert event_from_dict(at_limit, max_depth).as_dict()["properties"] == at_limit["properties"]
+    assert parse_event(orjson.dumps(at_limit), max_depth).properties == at_limit["properties"]
+    over = event_dict(properties={"p": nested(max_depth - 1)})
+    for parse in (
+        lambda: event_from_dict(over, max_depth),
+        lambda: parse_event(orjson.dumps(over), max_depth),
+    ):
+        with pytest.raises(EventError) as info:
+            parse()
+        assert info.value.reason == "too_deep" and str(max_depth) in info.value.detail
+
+
+def test_depth_counts_any_field_and_arrays_as_well_as_objects() -> None:
+    with pytest.raises(EventError, match="too_deep"):
+        event_from_dict(event_dict(device={"d": [[[1]]]}), max_depth=4)
+    with pytest.raises(EventError, match="too_deep"):
+        event_from_dict(event_dict(extra=[[[[1]]]]), max_depth=4)
+    assert event_from_dict(event_dict(device={"d": [[1]]}), max_depth=4).device == {"d": [[1]]}
+
+
+def test_wide_shallow_events_and_brackets_inside_strings_are_not_too_deep() -> None:
+    wide = event_dict(properties={f"k{n}": [{"v": n}] for n in range(1000)})
+    assert len(parse_event(orjson.dumps(wide), max_depth=4).properties) == 1000
+    brackets = event_dict(properties={"text": "[[[[{{{{" * 100})
+    assert parse_event(orjson.dumps(brackets), max_depth=3).properties == brackets["properties"]
+
+
+def test_the_default_limit_applies_when_the_caller_passes_none() -> None:
+    with pytest.raises(EventError, match="too_deep"):
+        parse_event(orjson.dumps(event_dict(properties=nested(DEFAULT_MAX_DEPTH))))
+
+
+@pytest.mark.parametrize("depth", [500, 1100, 100_000])
+def test_far_too_deep_events_are_refused_without_recursion_errors(depth: int) -> None:
+    with pytest.raises(EventError) as info:
+        event_from_dict(event_dict(properties={"p": nested(depth)}))
+    assert info.value.reason == "too_deep"
+
+
+@pytest.mark.parametrize("depth", [500, 1100])
+def test_far_too_deep_records_are_too_deep_on_the_kafka_path(depth: int) -> None:
+    # Past orjson's own limit (1024) the decoder refuses the record; the reason is the same.
+    raw = b'{"event_id": "e1", "properties": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(EventError) as info:
+        parse_event(raw)
+    assert info.value.reason == "too_deep"
