@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="rule files").add_subparsers(title="rules commands")
     validate = rules.add_parser("validate", help="validate rule files or directories")
     validate.add_argument("paths", nargs="+")
+    validate.add_argument(
+        "--channels", metavar="FILE", help="channels file (default: REACH_CHANNELS_FILE, as the worker)"
+    )
     validate.set_defaults(run=_rules_validate)
     for noun, runner in (("events", _events_send), ("profiles", _profiles_send)):
         group = sub.add_parser(noun, help=f"{noun} topic").add_subparsers(title=f"{noun} commands")
@@ -122,9 +125,12 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _rules_validate(settings: Settings, args: argparse.Namespace) -> int:
-    from rules.cli import validate
+    from rules.cli import validate_like_worker
+    from rules.loader import RuleLimits
 
-    return validate(args.paths)
+    limits = RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes)
+    channels_file = args.channels or settings.channels_file
+    return validate_like_worker(args.paths, channels_file, os.environ, limits)
 
 
 def read_json_records(stream: TextIO) -> Iterator[Any]:

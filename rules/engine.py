@@ -35,7 +35,7 @@ import json
 import os
 import re
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import durable_rules_engine as _c
@@ -98,27 +98,36 @@ class CapacityProblem:
     reason: str
 
 
-def check_capacity(conditions: Sequence[Condition], schema: FactSchema) -> list[CapacityProblem]:
+def check_capacity(
+    conditions: Sequence[Condition], schema: FactSchema, groups: Sequence[Hashable] | None = None
+) -> list[CapacityProblem]:
     """Problems that would make durable-rules fail or hang on this rule set.
 
+    ``groups`` (one label per condition, e.g. its file) decides the blame: a
+    problem of the rule set as a whole is blamed on the group contributing most
+    to it, at the rule of that group from which the limit is passed once the
+    other groups are counted; without groups, on the rule that passes it.
     The bound on pending alternatives relies on alternatives led by an
     equality test excluding each other (an event has one ``name``).
     """
-    problems = _pressure_problems(conditions, schema)
+    labels: Sequence[Hashable] = groups if groups is not None else [None] * len(conditions)
+    problems = _pressure_problems(conditions, schema, labels)
     total = sum(c.branches for c in conditions)
     if total > MAX_RULESET_ALTERNATIVES:
+        weights = {i: c.branches for i, c in enumerate(conditions)}
         problems.append(
             CapacityProblem(
-                len(conditions) - 1,
+                _blame(weights, MAX_RULESET_ALTERNATIVES, labels),
                 f"the {schema.name} rules expand to {total} alternatives "
                 f"(limit {MAX_RULESET_ALTERNATIVES}); use fewer or simpler rules",
             )
         )
     keys = Projection(conditions).max_keys
     if keys > MAX_FACT_KEYS:
+        weights = {i: Projection([c]).max_keys for i, c in enumerate(conditions)}
         problems.append(
             CapacityProblem(
-                len(conditions) - 1,
+                _blame(weights, MAX_FACT_KEYS, labels),
                 f"the {schema.name} rules read {keys} distinct fields and list members "
                 f"(limit {MAX_FACT_KEYS})",
             )
@@ -126,30 +135,47 @@ def check_capacity(conditions: Sequence[Condition], schema: FactSchema) -> list[
     return problems
 
 
-def _pressure_problems(conditions: Sequence[Condition], schema: FactSchema) -> list[CapacityProblem]:
-    groups: dict[str, dict[str, list[int]]] = {}
+def _blame(weights: Mapping[int, int], limit: int, groups: Sequence[Hashable]) -> int:
+    """The rule to blame for ``weights`` (rule index -> its share) passing ``limit``."""
+    by_group: dict[Hashable, int] = {}
+    for index in sorted(weights):
+        by_group[groups[index]] = by_group.get(groups[index], 0) + weights[index]
+    heaviest = max(by_group, key=by_group.__getitem__)
+    mine = [index for index in sorted(weights) if groups[index] == heaviest]
+    running = sum(by_group.values()) - by_group[heaviest]
+    for index in mine:
+        running += weights[index]
+        if running > limit:
+            return index
+    return mine[-1]  # shares overlap (shared fields): the limit is passed only by the whole
+
+
+def _pressure_problems(
+    conditions: Sequence[Condition], schema: FactSchema, groups: Sequence[Hashable]
+) -> list[CapacityProblem]:
+    by_key: dict[str, dict[str, list[int]]] = {}
     unkeyed: list[int] = []
     for index, condition in enumerate(conditions):
         if condition.leading is None:
             unkeyed.append(index)
         else:
             key, value = condition.leading
-            groups.setdefault(key, {}).setdefault(value, []).append(index)
+            by_key.setdefault(key, {}).setdefault(value, []).append(index)
 
     def weight(indexes: Iterable[int]) -> int:
         return sum(conditions[i].branches for i in indexes)
 
-    worst = [max(by_value.items(), key=lambda item: weight(item[1])) for by_value in groups.values()]
+    worst = [max(by_value.items(), key=lambda item: weight(item[1])) for by_value in by_key.values()]
     pressure = weight(unkeyed) + sum(weight(indexes) for _, indexes in worst)
     if pressure <= MAX_PENDING_ALTERNATIVES:
         return []
     detail = ", ".join(
-        f"{weight(ix)} with {k.split(':')[0]} == {v}" for (v, ix), k in zip(worst, groups, strict=True)
+        f"{weight(ix)} with {k.split(':')[0]} == {v}" for (v, ix), k in zip(worst, by_key, strict=True)
     )
-    blame = max([*unkeyed, *(i for _, ix in worst for i in ix)])
+    involved = {i: conditions[i].branches for i in [*unkeyed, *(i for _, ix in worst for i in ix)]}
     return [
         CapacityProblem(
-            blame,
+            _blame(involved, MAX_PENDING_ALTERNATIVES, groups),
             f"up to {pressure} rule alternatives can match one {schema.name} "
             f"(limit {MAX_PENDING_ALTERNATIVES}; {weight(unkeyed)} not led by an equality test"
             + (f", {detail}" if detail else "")

@@ -8,6 +8,10 @@ missing keys, types, id format, duplicate ids across files (triggers and
 channel rules share one namespace, templates have their own), unknown
 templates, unknown channels (when the known ones are given), expression and
 template syntax, and the rule engine's capacity limits.
+
+Sizes are checked before anything is read whole (:class:`RuleLimits`): a file
+over the per-file limit is refused without being parsed, and a directory whose
+files add up to more than the total limit is refused without reading any.
 """
 
 from __future__ import annotations
@@ -32,12 +36,26 @@ from rules.model import DEFAULT_PRIORITY, ChannelRule, RuleBook, Template, Trigg
 from rules.templating import compile_source
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
 
-__all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "load_rulebook", "rule_files"]
+__all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 CHANNEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 SECTIONS = ("triggers", "channel_rules", "templates")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleLimits:
+    """Byte limits on rule files (``Settings.rules_max_file_bytes`` and
+    ``rules_max_total_bytes``; the defaults are theirs). Parsing YAML costs
+    about 40 times a file's size in memory and a second per megabyte, so the
+    limits keep a reload short and bounded."""
+
+    max_file_bytes: int = 1 << 20
+    max_total_bytes: int = 16 << 20
+
+    FILE_SETTING = "REACH_RULES_MAX_FILE_BYTES"
+    TOTAL_SETTING = "REACH_RULES_MAX_TOTAL_BYTES"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +88,20 @@ def rule_files(path: str | Path) -> list[Path]:
     )
 
 
-def load_rulebook(directory: str | Path, known_channels: Collection[str] | None = None) -> RuleBook:
+def load_rulebook(
+    directory: str | Path,
+    known_channels: Collection[str] | None = None,
+    limits: RuleLimits = RuleLimits(),
+) -> RuleBook:
     """Load every rule file of ``directory`` (or one file) into a :class:`RuleBook`.
 
     ``known_channels``: when given, channel names outside it are refused.
+    ``limits``: files over them are refused before being read.
     Raises :class:`RuleSetError` listing every problem found.
     """
     problems = _Problems()
-    files = _list_files(Path(directory), problems)
-    contents = [_parse_file(path, problems, known_channels) for path in files]
+    files = _sized_files(_list_files(Path(directory), problems), Path(directory), limits, problems)
+    contents = [_parse_file(path, problems, known_channels, limits.max_file_bytes) for path in files]
     triggers = [entry for content in contents for entry in content.triggers]
     channel_rules = [entry for content in contents for entry in content.channel_rules]
     templates = [entry for content in contents for entry in content.templates]
@@ -163,6 +186,57 @@ def _list_files(root: Path, problems: _Problems) -> list[Path]:
     return files
 
 
+def _sized_files(files: list[Path], root: Path, limits: RuleLimits, problems: _Problems) -> list[Path]:
+    """The files within the per-file limit (each one over it is reported), or
+    none when those add up to more than the total limit."""
+    sizes = {path: _file_size(path, problems) for path in files}
+    kept = [p for p, size in sizes.items() if size is not None and _within(p, size, limits, problems)]
+    total = sum(sizes[path] or 0 for path in kept)
+    if total <= limits.max_total_bytes:
+        return kept
+    problems.add(
+        str(root),
+        None,
+        f"rule files are {total} bytes together, over the limit of "
+        f"{limits.max_total_bytes} ({RuleLimits.TOTAL_SETTING})",
+    )
+    return []
+
+
+def _file_size(path: Path, problems: _Problems) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        problems.add(str(path), None, f"cannot read: {exc.strerror or exc}")
+        return None
+
+
+def _within(path: Path, size: int, limits: RuleLimits, problems: _Problems) -> bool:
+    if size <= limits.max_file_bytes:
+        return True
+    problems.add(str(path), None, _too_large(size, limits.max_file_bytes))
+    return False
+
+
+def _too_large(size: int | str, limit: int) -> str:
+    return f"file is {size} bytes, over the limit of {limit} ({RuleLimits.FILE_SETTING})"
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes; raises :class:`_TooLarge` past ``limit`` (a file can grow
+    between the size check and the read: never read more than the limit)."""
+    with path.open("rb") as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise _TooLarge(limit)
+    return raw
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
 def _fingerprint(contents: Iterable[_FileContent]) -> str:
     digest = hashlib.sha256()
     for content in contents:
@@ -173,12 +247,17 @@ def _fingerprint(contents: Iterable[_FileContent]) -> str:
 # --- one file -------------------------------------------------------------------
 
 
-def _parse_file(path: Path, problems: _Problems, known_channels: Collection[str] | None) -> _FileContent:
+def _parse_file(
+    path: Path, problems: _Problems, known_channels: Collection[str] | None, max_bytes: int
+) -> _FileContent:
     ctx = _Context(str(path), problems, known_channels)
     content = _FileContent(str(path))
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path, max_bytes)
         text = raw.decode("utf-8")
+    except _TooLarge as exc:
+        ctx.error(None, _too_large(f"more than {exc.limit}", exc.limit))
+        return content
     except OSError as exc:
         ctx.error(None, f"cannot read: {exc.strerror or exc}")
         return content
@@ -284,7 +363,8 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
     _text(ctx, body, "description", required=False)
     if ctx.count > before:
         return None
-    return _Entry(Template(template_id, fields["title"], fields["text"], fields["html"]), ctx.path, line)
+    template = Template(template_id, fields["title"], fields["text"], fields["html"], f"{ctx.path}:{line}")
+    return _Entry(template, ctx.path, line)
 
 
 # --- field checks: report problems, return a usable default ------------------------
@@ -445,7 +525,10 @@ def _check_template_refs(
 def _check_capacity(entries: Sequence[_Entry], schema: FactSchema, problems: _Problems) -> None:
     if not entries:
         return
-    for problem in check_capacity([entry.value.condition for entry in entries], schema):
+    conditions = [entry.value.condition for entry in entries]
+    # Grouped by file, so that a problem is blamed on the file that contributes most to it
+    # (a big new file, not the last rule of whichever file happens to sort last).
+    for problem in check_capacity(conditions, schema, groups=[entry.path for entry in entries]):
         blamed = entries[problem.rule_index]
         problems.add(blamed.path, blamed.line, problem.reason)
 

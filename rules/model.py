@@ -18,6 +18,7 @@ import jinja2
 
 from channels.base import Rendered
 from rules.dedup import DEFAULT_DEDUP_KEY, DedupKey, parse_dedup_key
+from rules.errors import TemplateRenderError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, compile_expression
 from rules.templating import compile_source, render_field
 
@@ -75,12 +76,14 @@ class ChannelRule:
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """Message content; ``render`` fills it from a context (the event fact)."""
+    """Message content; ``render`` fills it from a context (the event fact).
+    ``source`` is ``file:line``."""
 
     id: str
     title: str
     text: str
     html: str = ""
+    source: str = dataclasses.field(default="<memory>", compare=False)
     _compiled: tuple[jinja2.Template, jinja2.Template, jinja2.Template | None] = dataclasses.field(
         init=False, repr=False, compare=False
     )
@@ -92,6 +95,18 @@ class Template:
             compile_source(self.html, html=True) if self.html else None,
         )
         object.__setattr__(self, "_compiled", compiled)
+
+    def render_errors(self, context: Mapping[str, Any]) -> list[TemplateRenderError]:
+        """Render every field on its own; the error of each field that fails."""
+        errors: list[TemplateRenderError] = []
+        for field, compiled in zip(("title", "text", "html"), self._compiled, strict=True):
+            if compiled is None:
+                continue
+            try:
+                render_field(compiled, context, self.id, field)
+            except TemplateRenderError as exc:
+                errors.append(exc)
+        return errors
 
     def render(self, context: Mapping[str, Any]) -> Rendered:
         """Render all fields; raises :class:`~rules.errors.TemplateRenderError`."""

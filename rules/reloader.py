@@ -1,14 +1,22 @@
 """Hot reload: re-read the rule directory when it changes, swap one reference.
 
-No threads: the worker calls :meth:`RuleReloader.check` from a timer on its
-event loop. ``check`` stats the rule files (cheap) and reloads only when their
-names, sizes or modification times changed. A refused directory is logged
-once per change (``rules.reload_refused``, one event per problem) and the
-previous engine keeps serving.
+The worker awaits :meth:`RuleReloader.check_async` from a timer on its event
+loop: it stats the rule files (cheap) on the loop and, only when their names,
+sizes or modification times changed, parses and compiles them in a worker
+thread (a megabyte of YAML takes about a second), then swaps the reference
+back on the loop. :meth:`RuleReloader.check` does the same synchronously, for
+callers without a loop. A refused directory is logged once per change
+(``rules.reload_refused``, one event per problem), reported to ``on_error``,
+and the previous engine keeps serving.
+
+Building in another thread is safe with durable-rules: its C extension never
+releases the GIL, and a new engine shares nothing with the serving one until
+the swap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -18,7 +26,7 @@ import structlog
 
 from rules.engine import RuleEngine
 from rules.errors import RuleFileError, RuleSetError
-from rules.loader import load_rulebook, rule_files
+from rules.loader import RuleLimits, load_rulebook, rule_files
 
 DirectoryFingerprint = tuple[tuple[str, int, int], ...] | str
 
@@ -39,6 +47,7 @@ class RuleReloader:
     The constructor loads the directory and raises :class:`RuleSetError` when
     it is refused: a worker must not start on bad rules. ``on_error`` is called
     with the :class:`RuleSetError` of every refused reload (for a metric).
+    ``limits`` bounds the rule files' sizes (from the settings).
     """
 
     def __init__(
@@ -47,9 +56,11 @@ class RuleReloader:
         known_channels: Collection[str] | None = None,
         on_error: Callable[[RuleSetError], None] | None = None,
         log: Any = None,
+        limits: RuleLimits | None = None,
     ) -> None:
         self.directory = str(directory)
         self.known_channels = known_channels
+        self.limits = limits if limits is not None else RuleLimits()
         self._on_error = on_error
         self._log = log if log is not None else structlog.get_logger("reach.rules")
         self._seen: DirectoryFingerprint | None = None
@@ -66,13 +77,12 @@ class RuleReloader:
         """Reload if the directory changed since the last attempt; True if swapped.
 
         Never raises for bad rules: they are logged and the old engine stays.
-        Performs small blocking file reads: call it from a timer, not per event.
+        Blocks while a changed directory is parsed (up to seconds for large
+        files): on an event loop, await :meth:`check_async` instead.
         """
-        fingerprint = directory_fingerprint(self.directory)
-        if fingerprint == self._seen:
+        fingerprint = self._changed()
+        if fingerprint is None:
             return False
-        # Remembered before loading: a broken state is tried once, not on every check.
-        self._seen = fingerprint
         try:
             engine = self._build()
         except RuleSetError as exc:
@@ -81,8 +91,34 @@ class RuleReloader:
         self._swap(engine, fingerprint, "rules.reloaded")
         return True
 
+    async def check_async(self) -> bool:
+        """:meth:`check` for the event loop: the same contract, but parsing and
+        compiling run in a worker thread, so the loop keeps serving events; the
+        swap, the logging and ``on_error`` happen on the loop. Must not be
+        awaited twice at once (the worker's timer awaits each call before the next).
+        """
+        fingerprint = self._changed()
+        if fingerprint is None:
+            return False
+        try:
+            engine = await asyncio.to_thread(self._build)
+        except RuleSetError as exc:
+            self._refused(exc)
+            return False
+        self._swap(engine, fingerprint, "rules.reloaded")
+        return True
+
+    def _changed(self) -> DirectoryFingerprint | None:
+        """The directory's new fingerprint, or None if unchanged since the last attempt."""
+        fingerprint = directory_fingerprint(self.directory)
+        if fingerprint == self._seen:
+            return None
+        # Remembered before loading: a broken state is tried once, not on every check.
+        self._seen = fingerprint
+        return fingerprint
+
     def _build(self) -> RuleEngine:
-        return RuleEngine.build(load_rulebook(self.directory, self.known_channels))
+        return RuleEngine.build(load_rulebook(self.directory, self.known_channels, self.limits))
 
     def _swap(self, engine: RuleEngine, fingerprint: DirectoryFingerprint, event: str) -> None:
         self.current = engine

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from rules.cli import main, validate
+from rules.cli import main, validate, validate_like_worker
+from rules.loader import RuleLimits
+from rules.templating import MAX_RENDERED_CHARS
 from tests.unit.rules.conftest import EXAMPLES, write
 
 NAM_TYPO = "unknown field 'nam' in event facts (did you mean 'name'?) (column 1)"
@@ -34,3 +39,108 @@ def test_every_problem_is_printed_and_the_status_is_1(rules_dir: Path) -> None:
 
 def test_known_channels_are_checked(capsys: object) -> None:
     assert main([str(EXAMPLES), "--channel", "inbox"]) == 1
+
+
+# --- like the worker: channels file, size limits, templates rendered -------------------
+
+SHIPPED_CHANNELS = EXAMPLES.parents[1] / "deploy" / "config" / "channels.yaml"
+INBOX_ONLY = (
+    "channels:\n  inbox:\n    window_seconds: 1\n    providers:\n      - {name: mariadb, type: inbox}\n"
+)
+
+
+def run(paths: list[str], channels: Path, limits: RuleLimits | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = validate_like_worker(paths, channels, {}, limits or RuleLimits(), out, err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_the_examples_pass_with_the_shipped_channels_file() -> None:
+    assert run([str(EXAMPLES)], SHIPPED_CHANNELS) == (
+        0,
+        f"OK {EXAMPLES}: 5 triggers, 2 channel rules, 5 templates\n",
+        "",
+    )
+
+
+def test_channels_missing_from_the_channels_file_fail_as_the_worker_refuses_them(tmp_path: Path) -> None:
+    channels = write(tmp_path, "channels.yaml", INBOX_ONLY)
+    status, out, err = run([str(EXAMPLES)], channels)
+    assert (status, out) == (1, "")
+    lines = err.splitlines()
+    assert f"{EXAMPLES / 'triggers.yaml'}:29: unknown channel 'email' (known: inbox)" in lines
+    assert all(": unknown channel '" in line for line in lines)
+
+
+def test_an_unloadable_channels_file_exits_2(tmp_path: Path) -> None:
+    status, out, err = run([str(EXAMPLES)], tmp_path / "nope.yaml")
+    assert (status, out) == (2, "")
+    assert err.startswith(f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory")
+
+
+RENDER_FAILS = """
+triggers:
+  - {id: a, when: 'name == "a"', template: huge, channels: [inbox]}
+templates:
+  huge:
+    title: "{{ properties.missing_field + 1 }}"
+    text: "{{ 'x' * 100000000 }}"
+  peeking:
+    title: "{{ user_id.__class__ }}"
+    text: "fine"
+  defaults:
+    title: "Hi {{ properties.nickname | default('there') }}"
+    text: "{{ properties.not_in_the_sample.deeper }}{{ properties.amount * 2 }}"
+"""
+
+
+def test_templates_are_rendered_sandbox_violations_and_huge_output_fail(
+    rules_dir: Path, tmp_path: Path
+) -> None:
+    path = write(rules_dir, "t.yaml", RENDER_FAILS)
+    status, out, err = run([str(rules_dir)], write(tmp_path, "channels.yaml", INBOX_ONLY))
+    assert (status, out) == (1, "")
+    assert err.splitlines() == [
+        f"{path}:4: template 'huge' text: a repetition would be 100000000 characters or items, "
+        f"over the limit of {MAX_RENDERED_CHARS}",
+        f"{path}:7: template 'peeking' title: access to attribute '__class__' of 'str' object is unsafe",
+    ]  # a missing variable (huge's title, defaults) is not an error
+
+
+def test_an_oversized_file_is_refused_before_parsing(rules_dir: Path) -> None:
+    big = write(rules_dir, "big.yaml", "triggers: [\n" + "#" * 5000 + "\n")
+    status, _, err = run([str(rules_dir)], SHIPPED_CHANNELS, RuleLimits(4096, 1 << 20))
+    assert status == 1
+    assert err == f"{big}: file is 5013 bytes, over the limit of 4096 (REACH_RULES_MAX_FILE_BYTES)\n"
+
+
+def reach_validate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``reach rules validate`` in its own process: the entry point configures logging globally."""
+    return subprocess.run(
+        [sys.executable, "-m", "reach.cli", "rules", "validate", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_reach_rules_validate_takes_the_limits_and_channels_file_from_settings(
+    rules_dir: Path, tmp_path: Path
+) -> None:
+    write(rules_dir, "a.yaml", "# " + "x" * 2000 + "\n")
+    inbox_only = str(write(tmp_path, "channels.yaml", INBOX_ONLY))
+    refused = reach_validate(str(rules_dir), REACH_RULES_MAX_FILE_BYTES="1024")
+    assert refused.returncode == 1
+    assert "a.yaml: file is 2003 bytes, over the limit of 1024 (REACH_RULES_MAX_FILE_BYTES)" in refused.stderr
+
+    unknown = reach_validate(str(EXAMPLES), REACH_CHANNELS_FILE=inbox_only)
+    assert unknown.returncode == 1 and "unknown channel 'email' (known: inbox)" in unknown.stderr
+    chosen = reach_validate(
+        str(EXAMPLES), "--channels", str(SHIPPED_CHANNELS), REACH_CHANNELS_FILE=inbox_only
+    )
+    assert (chosen.returncode, chosen.stdout) == (
+        0,
+        f"OK {EXAMPLES}: 5 triggers, 2 channel rules, 5 templates\n",
+    )

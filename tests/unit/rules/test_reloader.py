@@ -3,14 +3,17 @@ and the old engine keeps matching."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
 from rules.errors import RuleSetError
+from rules.loader import RuleLimits
 from rules.reloader import RuleReloader, directory_fingerprint
 from tests.unit.rules.conftest import event, write
 
@@ -137,3 +140,92 @@ def test_the_fingerprint_is_names_sizes_and_mtimes(directory: Path) -> None:
     )
     write(directory, "triggers.yaml", rules("signup"), mtime_ns=T0 + 5)  # same content, new mtime
     assert directory_fingerprint(directory) != before
+
+
+# --- check_async: the worker's timer ------------------------------------------------
+
+
+def big_valid_rules(count: int) -> str:
+    """``count`` triggers for one event name, each with a long description: slow to parse, valid."""
+    padding = "x" * 2000
+    return "triggers:\n" + "".join(
+        f'  - id: big-{i}\n    when: name == "big"\n    template: hello\n    channels: [inbox]\n'
+        f"    description: {padding}\n"
+        for i in range(count)
+    )
+
+
+async def loop_ticks_during(work: Any) -> tuple[Any, int]:
+    """Await ``work`` while counting how often the event loop ran another task."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # let the ticker start
+    started = ticks
+    try:
+        result = await work
+    finally:
+        done.set()
+        await task
+    return result, ticks - started
+
+
+async def blocking_check(reloader: RuleReloader) -> bool:
+    return reloader.check()
+
+
+def test_check_async_parses_off_the_loop_and_swaps_on_it(directory: Path) -> None:
+    reloader = RuleReloader(directory, log=structlog.get_logger())
+    old = reloader.current
+    write(directory, "big.yaml", big_valid_rules(50), mtime_ns=T0 + 1)  # 50 of 60 pending alternatives
+
+    swapped, ticks = asyncio.run(loop_ticks_during(reloader.check_async()))
+
+    assert swapped is True and reloader.current is not old
+    assert matched(reloader, "big") == [f"big-{i}" for i in range(50)]  # built in a thread, matched here
+    assert ticks > 1  # the loop kept running other tasks while the directory was parsed
+
+    write(directory, "big.yaml", big_valid_rules(49), mtime_ns=T0 + 2)
+    swapped, ticks = asyncio.run(loop_ticks_during(blocking_check(reloader)))
+    assert swapped is True and ticks == 0  # the contrast: check() holds the loop for the whole parse
+
+
+def test_check_async_refuses_a_bad_file_once_keeps_the_old_rules_and_reports_it(directory: Path) -> None:
+    refused: list[RuleSetError] = []
+    reloader = RuleReloader(directory, ["inbox"], on_error=refused.append, log=structlog.get_logger())
+    old = reloader.current
+    bad = write(directory, "bad.yaml", rules("x").replace("greet", "greet-bad").replace("inbox", "fax"), T0)
+
+    async def twice() -> tuple[bool, bool]:
+        return await reloader.check_async(), await reloader.check_async()
+
+    with capture_logs() as logs:
+        assert asyncio.run(twice()) == (False, False)
+    assert reloader.current is old
+    assert [(e["event"], e["path"], e["line"]) for e in logs] == [("rules.reload_refused", str(bad), 5)]
+    assert logs[0]["reason"] == "unknown channel 'fax' (known: inbox)"
+    assert len(refused) == 1
+
+
+def test_check_async_applies_the_size_limit(directory: Path) -> None:
+    reloader = RuleReloader(
+        directory, log=structlog.get_logger(), limits=RuleLimits(max_file_bytes=2048, max_total_bytes=1 << 20)
+    )
+    big = write(directory, "big.yaml", big_valid_rules(2), mtime_ns=T0 + 1)
+    with capture_logs() as logs:
+        assert asyncio.run(reloader.check_async()) is False
+    assert [(e["path"], e["line"], e["reason"]) for e in logs] == [
+        (
+            str(big),
+            None,
+            f"file is {big.stat().st_size} bytes, over the limit of 2048 (REACH_RULES_MAX_FILE_BYTES)",
+        )
+    ]
+    assert matched(reloader, "signup") == ["greet"]
