@@ -32,6 +32,11 @@ def loaded_triggers(p: Pipeline) -> int:
     return int(float(match.group(1))) if match else -1
 
 
+def refusals_since(p: Pipeline, offset: int) -> list[str]:
+    """The worker's ``rules.reload_refused`` log lines written after ``offset``."""
+    return [line for line in p.worker.log()[offset:].splitlines() if "rules.reload_refused" in line]
+
+
 def inbox_titles(p: Pipeline, user: str) -> list[str]:
     return [r[0] for r in p.db.query("SELECT title FROM inbox_messages WHERE user_id = %s", [user])]
 
@@ -57,14 +62,14 @@ def test_an_edited_rule_file_takes_effect_without_restart(pipeline: Pipeline) ->
 
 def test_a_bad_rule_file_is_refused_and_the_old_rules_keep_matching(pipeline: Pipeline) -> None:
     before = wait_until(lambda: max(0, loaded_triggers(pipeline)), 30, "the rule gauge")
+    seen = len(pipeline.worker.log())
     path = pipeline.settings.rules_dir / "broken.yaml"
     path.write_text(
         "triggers:\n  - id: broken\n    when: name == \n    template: welcome\n    channels: [inbox]\n"
     )
     try:
-        wait_until(lambda: "rules.reload_refused" in pipeline.worker.log(), 30, "the refusal in the log")
-        refusal = next(line for line in pipeline.worker.log().splitlines() if "rules.reload_refused" in line)
-        assert "broken.yaml" in refusal and "3" in refusal  # file and line of the bad entry
+        refusal = wait_until(lambda: refusals_since(pipeline, seen), 30, "the refusal in the log")[0]
+        assert "broken.yaml" in refusal and "line=3" in refusal  # file and line of the bad entry
         assert loaded_triggers(pipeline) == before
         produce_json(
             pipeline.settings,
@@ -72,5 +77,30 @@ def test_a_bad_rule_file_is_refused_and_the_old_rules_keep_matching(pipeline: Pi
             [event("ping-old-rules", "lovelace-1", "test_ping", n=7)],
         )
         wait_until(lambda: "ping 7" in inbox_titles(pipeline, "lovelace-1"), 30, "the old rules to match")
+    finally:
+        path.unlink()
+
+
+def test_an_oversized_rule_file_is_refused_by_size_and_the_old_rules_keep_matching(
+    pipeline: Pipeline,
+) -> None:
+    before = wait_until(lambda: max(0, loaded_triggers(pipeline)), 30, "the rule gauge")
+    limit = pipeline.settings.rules_max_file_bytes
+    seen = len(pipeline.worker.log())
+    path = pipeline.settings.rules_dir / "aaa-oversized.yaml"  # sorts before the serving files
+    # A valid rule padded past the limit: refused from its size, before any parsing.
+    path.write_text(NEW_RULE + "# padding\n" * (limit // 10 + 1))
+    size = path.stat().st_size
+    try:
+        refusal = wait_until(lambda: refusals_since(pipeline, seen), 30, "the size refusal in the log")[0]
+        assert "aaa-oversized.yaml" in refusal
+        assert f"file is {size} bytes, over the limit of {limit} (REACH_RULES_MAX_FILE_BYTES)" in refusal
+        assert loaded_triggers(pipeline) == before
+        produce_json(
+            pipeline.settings,
+            pipeline.settings.events_topic,
+            [event("ping-oversized", "lovelace-2", "test_ping", n=8)],
+        )
+        wait_until(lambda: "ping 8" in inbox_titles(pipeline, "lovelace-2"), 30, "the old rules to match")
     finally:
         path.unlink()
