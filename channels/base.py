@@ -6,15 +6,22 @@ The per-channel agent calls it like this::
 
     provider = ProviderClass(config, context)
     await provider.setup()
-    outcomes = await provider.send_batch(deliveries)   # one Outcome per delivery, same order
+    outcomes = await provider.send_batch(deliveries, started)   # one Outcome per delivery, same order
     ...
     await provider.close()
 
 ``send_batch`` must not raise for a failure of one message: it reports it as
-an :class:`Outcome`. It raises only when the provider as a whole is unusable
-(bad configuration), which stops the agent loudly instead of losing messages.
+an :class:`Outcome`. Should it raise anyway (an answer it could not parse),
+the agent fails only the messages it was sending, never the batch.
 It must never sleep to wait for a rate limit: it returns ``RETRY`` with
 ``retry_after`` and the agent schedules the next attempt.
+
+``started`` is the claim hook: a provider awaits ``started(deliveries)``
+just before it starts the request that carries them (one message, or one
+batch request), and never for a delivery it fails without sending. The
+agent marks those messages as being sent there, so after a crash only
+messages whose send had really begun are recorded ``unknown``; the rest
+are sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from models.messages import ReachMessage
@@ -82,6 +89,14 @@ class Outcome:
         return cls(OutcomeKind.UNKNOWN, code, detail)
 
 
+#: the claim hook of ``send_batch``: awaited just before the request carrying these deliveries starts
+StartHook = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+async def no_start_hook(_deliveries: Sequence[Delivery]) -> None:
+    """The hook of a caller that needs no claims (tests, idempotent providers)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProviderConfig:
     """One provider entry of a channel in the channels file."""
@@ -114,6 +129,9 @@ class Provider(abc.ABC):
     #: sending the same message twice reaches the user once (the provider deduplicates by
     #: message id, or stores by it): an interrupted or unanswered send may simply be repeated
     idempotent: ClassVar[bool] = False
+    #: the channel's default ``max_content_bytes`` (rendered title + text + html, UTF-8) is
+    #: the smallest of its providers' values; the channels file may set another
+    max_content_bytes: ClassVar[int] = 256 * 1024
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config
@@ -127,8 +145,13 @@ class Provider(abc.ABC):
         """Open connections; raise ``ValueError`` naming the option for bad configuration."""
 
     @abc.abstractmethod
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Send each delivery; return one outcome per delivery, in order."""
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
+        """Send each delivery; return one outcome per delivery, in order.
+
+        Await ``started`` with the deliveries of each request just before sending it.
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once, also after a failed setup."""

@@ -102,6 +102,7 @@ class DingtalkBotProvider(HttpProvider[DingtalkOptions]):
     type_name: ClassVar[str] = "dingtalk_bot"
     secret_options: ClassVar[frozenset[str]] = frozenset({"access_token", "secret"})
     address_fields: ClassVar[tuple[str, ...]] = ()
+    max_content_bytes: ClassVar[int] = 20_000  # DingTalk refuses messages over 20,000 bytes
     default_base_url: ClassVar[str] = "https://oapi.dingtalk.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"access_token", "secret", "msgtype", "at_mobiles"})
 

@@ -95,6 +95,7 @@ class FeishuBotProvider(HttpProvider[FeishuOptions]):
     type_name: ClassVar[str] = "feishu_bot"
     secret_options: ClassVar[frozenset[str]] = frozenset({"hook_token", "secret"})
     address_fields: ClassVar[tuple[str, ...]] = ()
+    max_content_bytes: ClassVar[int] = 20_000  # Feishu cards are limited to about 30 KB of JSON
     default_base_url: ClassVar[str] = "https://open.feishu.cn"
     option_keys: ClassVar[frozenset[str]] = frozenset({"hook_token", "secret", "msg_type"})
 

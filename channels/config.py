@@ -6,6 +6,8 @@ Shape (``deploy/config/channels.yaml``)::
       email:
         window_seconds: 60          # tumbling throttle window
         limit_per_window: 6000      # whole channel, per window; omit = unlimited
+        max_content_bytes: 1000000  # rendered title + text + html (UTF-8); omit = the
+                                    # smallest default of the channel's provider types
         providers:
           - name: smtp-primary      # unique within the channel
             type: smtp              # a key of channels.registry.PROVIDERS
@@ -43,7 +45,7 @@ MASK = "****"
 SECRET_KEY_PARTS = ("password", "secret", "token", "key")
 
 _CHANNELS_KEYS = frozenset({"channels"})
-_CHANNEL_KEYS = frozenset({"window_seconds", "limit_per_window", "providers"})
+_CHANNEL_KEYS = frozenset({"window_seconds", "limit_per_window", "max_content_bytes", "providers"})
 _PROVIDER_KEYS = frozenset({"name", "type", "weight", "limit_per_window", "options"})
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
@@ -65,6 +67,8 @@ class ChannelConfig:
     window_seconds: float  # length of the tumbling throttle window
     limit_per_window: int | None  # sends per window for the whole channel; None = unlimited
     providers: tuple[ProviderConfig, ...]  # at least one, names unique
+    #: rendered content (title + text + html, UTF-8 bytes) above this fails as content_too_large
+    max_content_bytes: int = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,7 +208,17 @@ class _Document:
             raise self.fail(body, where, f"window_seconds must be a number > 0, got {window!r}")
         limit = self.limit(body, where)
         providers = self.providers(body.get("providers"), body, where)
-        return ChannelConfig(name, float(window), limit, providers)
+        return ChannelConfig(name, float(window), limit, providers, self.max_content(body, where, providers))
+
+    def max_content(self, body: dict[str, Any], where: str, providers: tuple[ProviderConfig, ...]) -> int:
+        value = body.get("max_content_bytes")
+        if value is None:
+            return default_max_content_bytes(providers)
+        if not _is_int(value) or value <= 0:
+            raise self.fail(
+                body, where, f"max_content_bytes must be a positive integer or omitted, got {value!r}"
+            )
+        return int(value)
 
     def providers(self, items: Any, channel: Any, where: str) -> tuple[ProviderConfig, ...]:
         if not isinstance(items, list) or not items:
@@ -268,6 +282,11 @@ class _Document:
             raise self.fail(node, where, str(exc)) from None
 
 
+def default_max_content_bytes(providers: tuple[ProviderConfig, ...]) -> int:
+    """The strictest content limit the channel's provider types declare."""
+    return min(provider_class(p.type).max_content_bytes for p in providers)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -292,6 +311,7 @@ def _masked_channel(channel: ChannelConfig) -> dict[str, Any]:
     return {
         "window_seconds": channel.window_seconds,
         "limit_per_window": channel.limit_per_window,
+        "max_content_bytes": channel.max_content_bytes,
         "providers": [_masked_provider(provider) for provider in channel.providers],
     }
 

@@ -32,8 +32,9 @@ import dataclasses
 import email.policy
 import email.utils
 import enum
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.message import EmailMessage
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -41,7 +42,16 @@ from urllib.parse import quote
 import aiosmtplib
 import structlog
 
-from channels.base import Delivery, Outcome, OutcomeKind, Provider, ProviderConfig, ProviderContext
+from channels.base import (
+    Delivery,
+    Outcome,
+    OutcomeKind,
+    Provider,
+    ProviderConfig,
+    ProviderContext,
+    StartHook,
+    no_start_hook,
+)
 from channels.options import OptionReader
 
 log = structlog.get_logger(__name__)
@@ -145,6 +155,7 @@ class SmtpProvider(Provider):
     type_name: ClassVar[str] = "smtp"
     secret_options: ClassVar[frozenset[str]] = frozenset({"password"})
     address_fields: ClassVar[tuple[str, ...]] = ("email",)
+    max_content_bytes: ClassVar[int] = 5 * 1024 * 1024  # well under the usual 10-25 MB SIZE limits
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
@@ -172,20 +183,26 @@ class SmtpProvider(Provider):
         finally:
             smtp.close()
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
         """One outcome per delivery, in order; never raises for a single message.
 
-        When the server cannot be reached, the remaining deliveries of the batch
-        all get the same RETRY outcome instead of each waiting for a timeout.
+        Messages go one by one, each claimed (``started``) once the connection is
+        open and just before its transaction. When the server cannot be reached,
+        the remaining deliveries of the batch all get the same RETRY outcome
+        instead of each waiting for a timeout.
         """
         async with self._lock:
             try:
-                return await self._send_all(deliveries, self.options)
+                return await self._send_all(deliveries, self.options, started)
             except asyncio.CancelledError:
                 self._discard()  # cancelled mid-command: the connection is out of step
                 raise
 
-    async def _send_all(self, deliveries: Sequence[Delivery], options: SmtpOptions) -> list[Outcome]:
+    async def _send_all(
+        self, deliveries: Sequence[Delivery], options: SmtpOptions, started: StartHook
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         unavailable: Outcome | None = None
         for delivery in deliveries:
@@ -196,13 +213,13 @@ class SmtpProvider(Provider):
                 outcomes.append(unavailable)
             else:
                 try:
-                    outcomes.append(await self._send(prepared))
+                    outcomes.append(await self._send(prepared, functools.partial(started, [delivery])))
                 except _UnavailableError as exc:
                     unavailable = exc.outcome
                     outcomes.append(unavailable)
         return outcomes
 
-    async def _send(self, prepared: _Prepared) -> Outcome:
+    async def _send(self, prepared: _Prepared, claim: Callable[[], Awaitable[None]]) -> Outcome:
         """Send one message; a kept connection found closed before DATA is reopened once.
 
         Servers close idle connections, and the client may notice only when it
@@ -211,6 +228,7 @@ class SmtpProvider(Provider):
         """
         reused = self._smtp is not None and self._smtp.is_connected
         smtp = await self._connection()
+        await claim()
         try:
             return await _transact(smtp, prepared, self.options, self.name)
         except _LostBeforeDataError as exc:

@@ -16,7 +16,13 @@ read timeout, connection reset or closed    UNKNOWN ``timeout`` / ``disconnected
 after the request was sent                  provider may have sent it. Providers whose
                                             API deduplicates by our message id set
                                             ``idempotent`` and get RETRY instead.
+the provider's code raised (an answer it    UNKNOWN ``provider_error`` (PERMANENT when
+could not parse, a bug)                     ``idempotent``): never sent again blindly
 ==========================================  ==========================================
+
+Each request is claimed (the ``started`` hook of ``send_batch``) just before
+it is sent, inside its concurrency slot, so messages still waiting for a slot
+are not claimed.
 
 Common options, accepted by every HTTP provider: ``base_url`` (every provider
 has one, so tests and proxies can point it anywhere), ``timeout`` (seconds,
@@ -36,9 +42,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
+import structlog
 
-from channels.base import Delivery, Outcome, Provider, ProviderConfig, ProviderContext
+from channels.base import (
+    Delivery,
+    Outcome,
+    Provider,
+    ProviderConfig,
+    ProviderContext,
+    StartHook,
+    no_start_hook,
+)
 from channels.options import OptionReader
+
+log = structlog.get_logger(__name__)
 
 Options = TypeVar("Options")
 _UNSET: Any = object()
@@ -136,21 +153,38 @@ class HttpProvider(Provider, Generic[Options]):
         if client is not None:
             await client.aclose()
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._send_guarded(d) for d in deliveries)))
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._send_guarded(d, started) for d in deliveries)))
 
-    async def _send_guarded(self, delivery: Delivery) -> Outcome:
+    async def _send_guarded(self, delivery: Delivery, started: StartHook) -> Outcome:
         assert self._slots is not None
         async with self._slots:
+            await started([delivery])
             return await self.guard(self.send_one(delivery))
 
     async def guard(self, call: Any) -> Outcome:
-        """Await ``call`` (a coroutine returning an Outcome), classifying transport errors."""
+        """Await ``call`` (a coroutine returning an Outcome), classifying transport errors.
+
+        Any other exception (an answer the provider's code could not handle) fails
+        this request alone: UNKNOWN, since the request may have reached the provider.
+        """
         try:
             outcome: Outcome = await call
             return outcome
         except httpx.HTTPError as exc:
             return self.transport_outcome(exc)
+        except Exception as exc:
+            return self.error_outcome(exc)
+
+    def error_outcome(self, exc: Exception) -> Outcome:
+        """The outcome of a request whose handling raised: never a crashed agent."""
+        log.warning("provider.raised", provider=self.name, error=type(exc).__name__)
+        detail = f"{type(exc).__name__}: {redact(str(exc))}"
+        if self.idempotent:
+            return Outcome.permanent("provider_error", detail)
+        return Outcome.unknown("provider_error", detail)
 
     def transport_outcome(self, exc: httpx.HTTPError) -> Outcome:
         detail = f"{type(exc).__name__}: {redact(str(exc))}"
@@ -185,10 +219,12 @@ async def send_chunked(
     prepare: Callable[[int, Delivery], P | Outcome],
     chunk: Callable[[list[P]], list[list[P]]],
     send_chunk: Callable[[list[P]], Awaitable[list[Outcome]]],
+    started: StartHook = no_start_hook,
 ) -> list[Outcome]:
     """``send_batch`` for providers with batch endpoints: prepare each delivery (or fail
     it at once), cut the rest into requests, send them concurrently, and return one
-    outcome per delivery in the original order."""
+    outcome per delivery in the original order. Each request's deliveries are claimed
+    (``started``) just before that request is sent."""
     outcomes: dict[int, Outcome] = {}
     ready: list[P] = []
     for index, delivery in enumerate(deliveries):
@@ -198,7 +234,12 @@ async def send_chunked(
         else:
             ready.append(prepared)
     chunks = chunk(ready)
-    for part, results in zip(chunks, await asyncio.gather(*map(send_chunk, chunks)), strict=True):
+
+    async def claim_and_send(part: list[P]) -> list[Outcome]:
+        await started([deliveries[item.index] for item in part])
+        return await send_chunk(part)
+
+    for part, results in zip(chunks, await asyncio.gather(*map(claim_and_send, chunks)), strict=True):
         outcomes.update((item.index, outcome) for item, outcome in zip(part, results, strict=True))
     return [outcomes[index] for index in range(len(deliveries))]
 

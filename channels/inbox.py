@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pymysql
 
-from channels.base import Delivery, Outcome, Provider
+from channels.base import Delivery, Outcome, Provider, StartHook, no_start_hook
 from models.storage import InboxItem, InboxStore
 
 
@@ -15,14 +15,18 @@ class InboxProvider(Provider):
 
     type_name = "inbox"
     idempotent = True  # stored by message id: a repeat is a no-op
+    max_content_bytes = 60_000  # the body is a TEXT column (64 KiB)
 
     async def setup(self) -> None:
         if self.context.mysql_pool is None:
             raise ValueError(f"provider {self.name!r}: the inbox needs the MySQL pool")
         self.store = InboxStore(self.context.mysql_pool)
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
         items = [_item(d) for d in deliveries]
+        await started(deliveries)
         try:
             await self.store.insert(items)
         except pymysql.err.OperationalError as exc:

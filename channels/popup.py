@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import pymysql
 
-from channels.base import Delivery, Outcome, Provider
+from channels.base import Delivery, Outcome, Provider, StartHook, no_start_hook
 from channels.options import OptionReader
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
 from models.popups import PopupItem, PopupStore
@@ -94,6 +94,7 @@ class PopupProvider(Provider):
 
     type_name: ClassVar[str] = "popup"
     idempotent: ClassVar[bool] = True  # stored by message id: a repeat is a no-op
+    max_content_bytes: ClassVar[int] = 60_000
 
     async def setup(self) -> None:
         self.options = PopupOptions.parse(self.config.options, self.name)
@@ -101,9 +102,12 @@ class PopupProvider(Provider):
             raise ValueError(f"provider {self.name!r}: pop-ups need the MySQL pool")
         self.store = PopupStore(self.context.mysql_pool)
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
         prepared = [popup_item(d, self.options) for d in deliveries]
         items = [p for p in prepared if isinstance(p, PopupItem)]
+        await started([d for d, p in zip(deliveries, prepared, strict=True) if isinstance(p, PopupItem)])
         try:
             await self.store.insert(items)
         except _DB_DOWN as exc:

@@ -197,6 +197,7 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
     type_name: ClassVar[str] = "apns"
     secret_options: ClassVar[frozenset[str]] = frozenset({"private_key"})
     address_fields: ClassVar[tuple[str, ...]] = ("apns_token",)
+    max_content_bytes: ClassVar[int] = 4096  # the APNs payload limit
     default_base_url: ClassVar[str] = PRODUCTION_URL
     http2: ClassVar[bool] = True
     option_keys: ClassVar[frozenset[str]] = frozenset(

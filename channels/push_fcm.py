@@ -309,6 +309,7 @@ class FcmProvider(HttpProvider[FcmOptions]):
     type_name: ClassVar[str] = "fcm"
     secret_options: ClassVar[frozenset[str]] = frozenset({"service_account_json"})
     address_fields: ClassVar[tuple[str, ...]] = ("fcm_token",)
+    max_content_bytes: ClassVar[int] = 4096  # the FCM notification payload limit
     default_base_url: ClassVar[str] = "https://fcm.googleapis.com"
     option_keys: ClassVar[frozenset[str]] = frozenset(
         {"service_account_file", "service_account_json", "project_id", "token_uri", "android_priority", "ttl"}

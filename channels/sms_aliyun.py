@@ -73,7 +73,15 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
+from channels.base import (
+    Delivery,
+    Outcome,
+    OutcomeKind,
+    ProviderConfig,
+    ProviderContext,
+    StartHook,
+    no_start_hook,
+)
 from channels.http import (
     HttpProvider,
     contact_field,
@@ -228,6 +236,7 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
     option_keys: ClassVar[frozenset[str]] = _OPTION_KEYS
     secret_options: ClassVar[frozenset[str]] = frozenset({"access_key_secret", "receipt_token"})
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
+    max_content_bytes: ClassVar[int] = 2048  # a long SMS: a few hundred characters at most
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
@@ -237,11 +246,13 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
     def parse_options(self, reader: OptionReader) -> AliyunOptions:
         return AliyunOptions.parse(reader)
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
         """One outcome per delivery, in order; never raises for a single message."""
         size = self.options.batch_size
         return await send_chunked(
-            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk
+            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk, started
         )
 
     async def send_one(self, delivery: Delivery) -> Outcome:

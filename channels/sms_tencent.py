@@ -78,7 +78,7 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
-from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext
+from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext, StartHook, no_start_hook
 from channels.http import (
     HttpProvider,
     contact_field,
@@ -305,6 +305,7 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
     option_keys: ClassVar[frozenset[str]] = _OPTION_KEYS
     secret_options: ClassVar[frozenset[str]] = frozenset({"secret_key", "receipt_token"})
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
+    max_content_bytes: ClassVar[int] = 2048  # a long SMS: a few hundred characters at most
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
@@ -314,11 +315,13 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
     def parse_options(self, reader: OptionReader) -> TencentOptions:
         return TencentOptions.parse(reader)
 
-    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    async def send_batch(
+        self, deliveries: Sequence[Delivery], started: StartHook = no_start_hook
+    ) -> list[Outcome]:
         """One outcome per delivery, in order; never raises for a single message."""
         size = self.options.batch_size
         return await send_chunked(
-            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk
+            deliveries, self._prepare, lambda ready: _chunks(ready, size), self._send_chunk, started
         )
 
     async def send_one(self, delivery: Delivery) -> Outcome:

@@ -173,6 +173,7 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
     type_name: ClassVar[str] = "wechat_template"
     secret_options: ClassVar[frozenset[str]] = frozenset({"app_secret"})
     address_fields: ClassVar[tuple[str, ...]] = ("wechat_openid",)
+    max_content_bytes: ClassVar[int] = 8192  # template messages carry short fields
     default_base_url: ClassVar[str] = "https://api.weixin.qq.com"
     option_keys: ClassVar[frozenset[str]] = _OPTION_KEYS
 

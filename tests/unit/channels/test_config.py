@@ -74,7 +74,7 @@ def test_loads_channels_and_providers(tmp_path: Path) -> None:
 
     assert list(config.channels) == ["inbox", "email"]
     inbox = config.channels["inbox"]
-    assert inbox == ChannelConfig("inbox", 1.0, 50000, (ProviderConfig("mariadb", "inbox"),))
+    assert inbox == ChannelConfig("inbox", 1.0, 50000, (ProviderConfig("mariadb", "inbox"),), 60_000)
     email = config.channels["email"]
     assert (email.window_seconds, email.limit_per_window) == (60.0, 6000)
     primary, backup = email.providers
@@ -84,6 +84,31 @@ def test_loads_channels_and_providers(tmp_path: Path) -> None:
     assert primary.options["password"] == "hunter2"
     assert primary.options["port"] == 2525
     assert (backup.weight, backup.limit_per_window) == (30, None)
+
+
+def test_content_limit_defaults_to_the_strictest_provider_type(tmp_path: Path) -> None:
+    sms = (
+        "channels:\n  sms:\n    window_seconds: 1\n    providers:\n"
+        "      - name: twilio\n        type: twilio_sms\n"
+        "        options: {account_sid: A, auth_token: t, from_number: '+1'}\n"
+        "      - {name: hook, type: webhook, options: {base_url: 'http://127.0.0.1:9', secret: s}}\n"
+    )
+    assert load_channels(write(tmp_path, sms), {}).channels["sms"].max_content_bytes == 2048
+    email = load_channels(write(tmp_path, one_channel()), {}).channels["email"]
+    assert email.max_content_bytes == 5 * 1024 * 1024
+
+
+def test_content_limit_can_be_set_per_channel(tmp_path: Path) -> None:
+    config = load_channels(write(tmp_path, one_channel(channel="max_content_bytes: 1000")), {})
+    assert config.channels["email"].max_content_bytes == 1000
+    assert masked(config)["channels"]["email"]["max_content_bytes"] == 1000
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "true", "big"])
+def test_content_limit_must_be_a_positive_integer(tmp_path: Path, value: str) -> None:
+    error = load_error(tmp_path, one_channel(channel=f"max_content_bytes: {value}"))
+    assert "max_content_bytes must be a positive integer" in str(error)
+    assert error.line == 3
 
 
 def test_defaults_weight_one_and_empty_options(tmp_path: Path) -> None:

@@ -117,3 +117,31 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480) == 10
     assert retry_after_seconds({}) is None
     assert retry_after_seconds({"retry-after": "soon"}) is None
+
+
+async def test_an_answer_the_provider_cannot_parse_fails_that_message_alone(
+    provider: EchoProvider, server: EchoServer
+) -> None:
+    server.inject(Fault.status(200, body=b"<html>proxy error</html>"))
+    outcomes = await provider.send_batch([delivery(n) for n in range(3)])
+    kinds = sorted((o.kind, o.code) for o in outcomes)
+    # The request went out, so a non-idempotent provider cannot say it was not sent.
+    assert kinds == [(OutcomeKind.SENT, "")] * 2 + [(OutcomeKind.UNKNOWN, "provider_error")]
+    assert "JSONDecodeError" in next(o.detail for o in outcomes if o.kind is OutcomeKind.UNKNOWN)
+
+
+async def test_an_idempotent_provider_that_cannot_parse_an_answer_fails_it_permanently(
+    server: EchoServer,
+) -> None:
+    class IdempotentEcho(EchoProvider):
+        idempotent: ClassVar[bool] = True
+
+    config = ProviderConfig("echo-2", "echo", options={"base_url": server.base_url, "timeout": 1})
+    provider = IdempotentEcho(config, ProviderContext())
+    await provider.setup()
+    try:
+        server.inject(Fault.status(200, json=["not", "an", "object"]))
+        [outcome] = await provider.send_batch([delivery(1)])
+    finally:
+        await provider.close()
+    assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "provider_error")
