@@ -1,4 +1,4 @@
-"""The HTTP API: accept events, serve the inbox, health and metrics.
+"""The HTTP API: accept events, serve the inbox, liveness, readiness and metrics.
 
 Runs in its own process (``reach api``); it never talks to the worker, only
 to Kafka (events in) and MariaDB (inbox out).
@@ -6,7 +6,6 @@ to Kafka (events in) and MariaDB (inbox out).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,18 +13,18 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import popups, receipts
-from api.errors import ApiError
+from api import health, popups, receipts
+from api.errors import RETRY_LATER, ApiError
+from api.event_producer import EventProducer
 from api.receipts import read_limited
 from api.schemas import EVENT_REQUEST_SCHEMA, InboxMessage, InboxPage
-from models.events import Event, EventError, event_from_dict
+from models.events import DEFAULT_MAX_DEPTH, Event, EventError, event_from_dict, is_depth_error
 from models.storage import CursorError, InboxStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.errors import DEPENDENCY_ERRORS
@@ -48,21 +47,17 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["pool"] = await create_pool(settings)
-        state["inbox"] = InboxStore(state["pool"])
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, acks="all", enable_idempotence=True
-        )
-        await producer.start()
-        state["producer"] = producer
-        await state["receipts"].open(state["pool"])
-        try:
+        # Each resource is released if a later one fails to start (Kafka unreachable, say),
+        # so a failed start-up ends with the error that caused it and nothing left open.
+        async with contextlib.AsyncExitStack() as resources:
+            state["pool"] = pool = await create_pool(settings)
+            resources.push_async_callback(close_pool, pool)
+            state["inbox"] = InboxStore(pool)
+            state["producer"] = producer = await EventProducer.connect(settings)
+            resources.push_async_callback(producer.stop)
+            await state["receipts"].open(pool)
+            resources.push_async_callback(state["receipts"].close)
             yield
-        finally:
-            await state["receipts"].close()
-            await producer.stop()
-            state["pool"].close()
-            await state["pool"].wait_closed()
 
     app = FastAPI(
         title="reach",
@@ -76,7 +71,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         body: dict[str, Any] = {"error": exc.code, "message": exc.message}
         if exc.details is not None:
             body["details"] = exc.details
-        return JSONResponse(body, status_code=exc.status)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,7 +97,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         if isinstance(exc, DEPENDENCY_ERRORS):
             log.warning("api.dependency_unavailable", path=request.url.path, error=type(exc).__name__)
             message = f"a dependency is unavailable ({type(exc).__name__}); retry later"
-            return JSONResponse({"error": "unavailable", "message": message}, status_code=503)
+            return JSONResponse(
+                {"error": "unavailable", "message": message}, status_code=503, headers=RETRY_LATER
+            )
         log.exception("api.unexpected_error", path=request.url.path)
         return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
 
@@ -129,17 +126,18 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         },
         responses={
             202: {"description": "Accepted: the events are on the events topic"},
+            400: {"description": "The body is not JSON, or nests too deep to parse"},
+            413: {"description": "The body, the batch or one event's Kafka record is too large"},
             422: {"description": "Invalid events; none was accepted"},
+            503: {"description": "Kafka did not acknowledge in time; retry after Retry-After seconds"},
         },
     )
     async def post_events(request: Request) -> dict[str, int]:
-        events = parse_events(await read_body(request))
-        producer: AIOKafkaProducer = state["producer"]
-        pending = [
-            await producer.send(settings.events_topic, orjson.dumps(e.as_dict()), key=e.user_id.encode())
-            for e in events
-        ]
-        await asyncio.gather(*pending)
+        events = parse_events(await read_body(request), settings.event_max_depth)
+        producer: EventProducer = state["producer"]
+        records = [(e.user_id.encode(), orjson.dumps(e.as_dict())) for e in events]
+        producer.check_sizes(records)
+        await producer.send_all(settings.events_topic, records)
         metrics.events_accepted.inc(len(events))
         return {"accepted": len(events)}
 
@@ -176,14 +174,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     popups.register(app, state, clock)
     receipts.register(app, state, settings, clock, metrics)
 
-    @app.get("/healthz", summary="Liveness and database reachability")
-    async def healthz() -> dict[str, str]:
-        try:
-            async with state["pool"].acquire() as conn, conn.cursor() as cur:
-                await cur.execute("SELECT 1")
-        except Exception as exc:
-            raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from None
-        return {"status": "ok"}
+    health.register(app, state)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -192,18 +183,30 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     return app
 
 
+async def close_pool(pool: Any) -> None:
+    pool.close()
+    await pool.wait_closed()
+
+
 async def read_body(request: Request) -> Any:
+    """The decoded JSON body; ``413`` over :data:`MAX_BODY_BYTES`, ``400`` when not JSON or
+    nesting past the decoder's own depth limit (1024; events are held to far less)."""
     body = await read_limited(request, MAX_BODY_BYTES)
     if body is None:
         raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if is_depth_error(exc):
+            raise ApiError(400, "too_deep", f"request body nests too deep to parse: {exc}") from None
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
 
 
-def parse_events(data: Any) -> list[Event]:
-    """One event object or a list of them; every error is reported, none is accepted."""
+def parse_events(data: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Event]:
+    """One event object or a list of them; every error is reported, none is accepted.
+
+    Each event is held to ``max_depth`` levels of nesting, counted from the event object.
+    """
     items = data if isinstance(data, list) else [data]
     if not items:
         raise ApiError(422, "no_events", "the batch is empty")
@@ -212,7 +215,7 @@ def parse_events(data: Any) -> list[Event]:
     events, errors = [], []
     for index, item in enumerate(items):
         try:
-            events.append(event_from_dict(item))
+            events.append(event_from_dict(item, max_depth))
         except EventError as exc:
             errors.append({"index": index, "reason": exc.reason, "message": exc.detail})
     if errors:

@@ -21,3 +21,9 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     asyncio.TimeoutError,
 )
+
+
+class DependencyUnreachable(ConnectionError):
+    """A dependency did not answer within its bound (at start-up, say); the message names
+    the dependency, its address and the bound. A ``ConnectionError``, so it is one of
+    :data:`DEPENDENCY_ERRORS` too."""
