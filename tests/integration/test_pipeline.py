@@ -145,3 +145,28 @@ def test_malformed_events_go_to_the_dead_letter_topic(pipeline: Pipeline) -> Non
     assert first["value"] == "{not json" and first["topic"] == s.events_topic
     # The agent is still consuming.
     ping(pipeline, "dlq-user", 1)
+
+
+def test_events_nesting_past_the_default_depth_are_dead_lettered_as_too_deep(pipeline: Pipeline) -> None:
+    # Runs after the malformed-events test, which counts every record on the shared DLQ topic.
+    s, user = pipeline.settings, "deep-dlq-user"
+    head = orjson.dumps({"event_id": "deep", "user_id": user, "name": "test_ping", "ts": 1764291600000})[:-1]
+    # The event object is level 1, properties 2: event_max_depth - 1 arrays in it are one level too many.
+    records = [
+        head.replace(b'"deep"', f'"deep-{depth}"'.encode())
+        + b',"properties":{"p":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+        for depth in (s.event_max_depth - 1, 1100)  # over the default limit; past orjson's own (1024)
+    ]
+    SyncProducer(s.kafka_bootstrap).send_many(s.events_topic, [(user.encode(), r) for r in records])
+
+    def mine(recs: list[tuple[bytes | None, bytes]]) -> list[dict]:
+        return [orjson.loads(v) for k, v in recs if k == user.encode()]
+
+    dead = mine(read_topic_until(s, s.dead_letter_topic, lambda recs: len(mine(recs)) >= 2))
+    assert sorted((d["reason"], d["value"][:40]) for d in dead) == sorted(
+        ("too_deep", r.decode()[:40]) for r in records
+    )
+    ping(pipeline, user, 1)  # the agent is still consuming
