@@ -12,30 +12,40 @@ Redis or Kafka is unavailable: a failure while recording never sends a
 message again. A crash between the two replays the batch; messages marked
 done are skipped, and a message a non-idempotent provider was sending when
 the worker died is recorded as ``unknown`` (``interrupted``) rather than
-sent a second time.
+sent a second time. A message is claimed just before its own request starts
+(:mod:`agents.claims`), so the messages of the batch not yet attempted are
+simply sent after a restart.
+
+One message never stops the others: an outbox record that does not decode
+goes to the deliveries dead-letter topic, content that fails to render or is
+over the channel's ``max_content_bytes`` fails as a result, a provider that
+raises fails only the messages it was sending, and a result row the
+database refuses is stored without its provider fields (or dead-lettered).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import orjson
 import structlog
 
+from agents.claims import send_isolated, split_by_marker
 from agents.guard import run_step
+from agents.narrow import describe, narrow
 from agents.plan import STATUS_OF, backoff_ms, deliveries_for, result_for
 from agents.produce import produce_all
-from channels.base import Outcome, OutcomeKind
+from agents.records import dumps_within, value_limit
+from channels.base import Delivery, Outcome, OutcomeKind, Provider, no_start_hook
 from channels.breaker import CircuitBreaker, CircuitState
 from channels.config import ChannelConfig
 from channels.routing import NoProviderAvailableError
 from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
-from models.redis_state import MarkerState
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -93,23 +103,15 @@ class ChannelSender:
     async def _not_yet_sent(
         self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
     ) -> list[ReachMessage]:
-        unique = list({m.message_id: m for m in messages}.values())
         assert self.rt.sent is not None
-        states = await self.rt.sent.states([m.message_id for m in unique])
-        fresh, interrupted = [], []
-        for message in unique:
-            state = states.get(message.message_id)
-            if state is None or (state is MarkerState.SENDING and self._idempotent(message.provider)):
-                fresh.append(message)
-            elif state is MarkerState.SENDING:
-                interrupted.append(message)
-        skipped = len(messages) - len(fresh) - len(interrupted)
-        if skipped:
-            self.rt.metrics.messages_deduplicated.labels(self.channel.name).inc(skipped)
+        states = await self.rt.sent.states(list({m.message_id for m in messages}))
+        split = split_by_marker(messages, states, self._idempotent)
+        if split.skipped:
+            self.rt.metrics.messages_deduplicated.labels(self.channel.name).inc(split.skipped)
         outcome = Outcome.unknown("interrupted", "the worker stopped while sending it; not sent again")
-        for message in interrupted:
+        for message in split.interrupted:
             self._record(message, outcome, now, now, batch)
-        return fresh
+        return split.fresh
 
     def _idempotent(self, provider_name: str) -> bool:
         provider = self.rt.providers[self.channel.name].get(provider_name)
@@ -195,14 +197,12 @@ class ChannelSender:
         sendable, dead = await self._skip_dead_addresses(
             provider_name, provider.address_fields, messages, now
         )
-        ready, failed = deliveries_for(sendable, self.rt.rules.current.rulebook.templates)
+        templates = self.rt.rules.current.rulebook.templates
+        ready, failed = deliveries_for(sendable, templates, self.channel.max_content_bytes)
         labels = (self.channel.name, provider_name)
         self.rt.metrics.delivery_attempts.labels(*labels).inc(len(ready))
-        if ready and not provider.idempotent:
-            assert self.rt.sent is not None
-            await self.rt.sent.claim([d.message.message_id for d in ready])
         started = time.perf_counter()
-        outcomes = await provider.send_batch(ready) if ready else []
+        outcomes = await self._provider_send(provider, ready) if ready else []
         self.rt.metrics.send_latency.labels(*labels).observe(time.perf_counter() - started)
         done = self.rt.clock.now_ms()
         pairs = [(d.message, o) for d, o in zip(ready, outcomes, strict=True)] + failed + dead
@@ -215,6 +215,17 @@ class ChannelSender:
             if outcome.kind is OutcomeKind.INVALID_ADDRESS:
                 self._bury_address(provider.address_fields, message, outcome, batch)
             self._record(message, outcome, now, done, batch)
+
+    async def _provider_send(self, provider: Provider, ready: list[Delivery]) -> list[Outcome]:
+        claim = no_start_hook if provider.idempotent else self._claim
+        return await send_isolated(provider.send_batch, ready, claim, provider.idempotent)
+
+    async def _claim(self, deliveries: Sequence[Delivery]) -> None:
+        """The providers' ``started`` hook: mark messages as being sent, just before their request."""
+        sent = self.rt.sent
+        assert sent is not None
+        ids = [d.message.message_id for d in deliveries]
+        await run_step(f"channel.{self.channel.name}.claim", functools.partial(sent.claim, ids))
 
     async def _skip_dead_addresses(
         self, provider_name: str, fields: Sequence[str], messages: list[ReachMessage], now: int
@@ -259,7 +270,8 @@ class ChannelSender:
             outcome = Outcome.permanent(
                 outcome.code, f"gave up after {message.attempt} attempts: {outcome.detail}"
             )
-            batch.dead_letters.append((message.user_id.encode(), dead_letter(message, outcome, done)))
+            limit = value_limit(self.rt.settings.kafka_max_message_bytes)
+            batch.dead_letters.append((message.user_id.encode(), dead_letter(message, outcome, done, limit)))
             self.rt.metrics.messages_dead_lettered.labels(*labels).inc()
         status = STATUS_OF[outcome.kind]
         if status is not DeliveryStatus.RETRYING:
@@ -299,30 +311,83 @@ class ChannelSender:
         assert rt.dead_addresses is not None
         await rt.sent.mark(batch.done_ids)
         await rt.sent.release(batch.released_ids)
-        await rt.results.upsert(batch.results)
+        results, refused = await self._store_results(batch.results)
         await rt.dead_addresses.record(batch.dead_addresses, rt.clock.now_ms())
         await self.produce(
-            rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in batch.results]
+            rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in results]
         )
-        await self.produce(rt.settings.delivery_dead_letter_topic, batch.dead_letters)
+        await self.produce(rt.settings.delivery_dead_letter_topic, batch.dead_letters + refused)
         await rt.deferred.add(batch.deferred)
 
+    async def _store_results(
+        self, results: list[DeliveryResult]
+    ) -> tuple[list[DeliveryResult], list[tuple[bytes | None, bytes]]]:
+        """Upsert result rows; a row the database refuses is stored without its provider
+        fields (code ``result_refused``), or dead-lettered when even that is refused.
+        Returns the rows as stored and the dead letters."""
+        store = self.rt.results
+        assert store is not None
+        refused = await narrow(results, store.upsert)
+        if not refused:
+            return results, []
+        self.rt.metrics.items_refused.labels(f"channel.{self.channel.name}", "result_refused").inc(
+            len(refused)
+        )
+        log.warning("channel.result_refused", channel=self.channel.name, rows=len(refused))
+        replaced = {id(r): without_provider_fields(r, exc) for r, exc in refused}
+        still = {id(r) for r, _ in await narrow(list(replaced.values()), store.upsert)}
+        now, limit = self.rt.clock.now_ms(), value_limit(self.rt.settings.kafka_max_message_bytes)
+        letters: list[tuple[bytes | None, bytes]] = [
+            (r.message_id.encode(), refused_result(r, exc, now, limit)) for r, exc in refused
+        ]
+        stored = [replaced.get(id(r), r) for r in results]
+        return [r for r in stored if id(r) not in still], letters
 
-def dead_letter(message: ReachMessage, outcome: Outcome, now_ms: int) -> bytes:
-    """The delivery dead-letter record: the message as it was, and why it was given up."""
-    return orjson.dumps(
-        {"reason": outcome.code, "detail": outcome.detail, "failed_at": now_ms, "message": message.to_dict()}
+
+def without_provider_fields(result: DeliveryResult, exc: BaseException) -> DeliveryResult:
+    """The row to store instead of one the database refused: what reach decided (status,
+    times) stays; what came from the provider is replaced by why the row was refused."""
+    return dataclasses.replace(
+        result, error_code="result_refused", error=describe(exc, 500), provider_message_id=""
     )
 
 
-def decode_messages(values: Sequence[bytes], channel: str) -> list[ReachMessage]:
-    messages = []
+def refused_result(result: DeliveryResult, exc: BaseException, now_ms: int, limit: int) -> bytes:
+    record = {
+        "reason": "result_refused",
+        "detail": describe(exc),
+        "failed_at": now_ms,
+        "result": dataclasses.asdict(result),
+    }
+    return dumps_within(record, "result", limit)
+
+
+def dead_letter(message: ReachMessage, outcome: Outcome, now_ms: int, limit: int) -> bytes:
+    """The delivery dead-letter record: the message as it was, and why it was given up."""
+    record = {
+        "reason": outcome.code,
+        "detail": outcome.detail,
+        "failed_at": now_ms,
+        "message": message.to_dict(),
+    }
+    return dumps_within(record, "message", limit)
+
+
+def decode_messages(
+    values: Sequence[bytes], now_ms: int, limit: int
+) -> tuple[list[ReachMessage], list[tuple[bytes | None, bytes]]]:
+    """The outbox records as messages, and a dead letter for each one that does not decode
+    (only another producer writing to our outbox can cause that)."""
+    messages: list[ReachMessage] = []
+    letters: list[tuple[bytes | None, bytes]] = []
     for value in values:
         try:
             messages.append(ReachMessage.from_bytes(value))
-        except Exception as exc:  # only another producer writing to our outbox can cause this
-            log.error("channel.bad_outbox_record", channel=channel, error=f"{type(exc).__name__}: {exc}")
-    return messages
+        except Exception as exc:
+            record = {"reason": "bad_outbox_record", "detail": describe(exc), "failed_at": now_ms}
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            letters.append((None, dumps_within({**record, "value": text}, "value", limit)))
+    return messages, letters
 
 
 def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> Any:
@@ -334,8 +399,15 @@ def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> 
 
     async def deliver(stream: Any) -> None:
         async for values in stream.take(settings.batch_size, within=settings.batch_within):
-            messages = decode_messages(values, channel.name)
+            limit = value_limit(settings.kafka_max_message_bytes)
+            messages, bad = decode_messages(values, runtime.clock.now_ms(), limit)
             batch = BatchOutcome()
+            if bad:
+                log.error("channel.bad_outbox_record", channel=channel.name, records=len(bad))
+                runtime.metrics.items_refused.labels(f"channel.{channel.name}", "bad_outbox_record").inc(
+                    len(bad)
+                )
+                batch.dead_letters += bad
             await run_step(f"channel.{channel.name}.send", functools.partial(sender.send, messages, batch))
             await run_step(f"channel.{channel.name}.record", functools.partial(sender.persist, batch))
 

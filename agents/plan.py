@@ -141,14 +141,39 @@ def result_for(
     )
 
 
+def content_bytes(content: Rendered) -> int:
+    """The size a channel's limit applies to: title, text and html, as UTF-8."""
+    return sum(
+        len(part.encode("utf-8", "surrogatepass")) for part in (content.title, content.text, content.html)
+    )
+
+
+def oversize(content: Rendered, max_content_bytes: int) -> Outcome | None:
+    """The permanent outcome for content over the channel's limit, or None when it fits."""
+    if len(content.title) + len(content.text) + len(content.html) > max_content_bytes:
+        return Outcome.permanent("content_too_large", f"rendered content is over {max_content_bytes} bytes")
+    size = content_bytes(content)
+    if size > max_content_bytes:
+        return Outcome.permanent(
+            "content_too_large", f"rendered content is {size} bytes; the channel allows {max_content_bytes}"
+        )
+    return None
+
+
 def deliveries_for(
-    messages: Sequence[ReachMessage], templates: Mapping[str, Template]
+    messages: Sequence[ReachMessage], templates: Mapping[str, Template], max_content_bytes: int
 ) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
-    """Split messages into renderable deliveries and ones that failed to render."""
+    """Split messages into deliveries and ones that failed to render or render too large.
+
+    Content over ``max_content_bytes`` is never stored or sent: it fails as
+    ``content_too_large``.
+    """
     ready: list[Delivery] = []
     failed: list[tuple[ReachMessage, Outcome]] = []
     for message in messages:
         content = render(message, templates)
+        if isinstance(content, Rendered):
+            content = oversize(content, max_content_bytes) or content
         if isinstance(content, Outcome):
             failed.append((message, content))
         else:

@@ -1,7 +1,10 @@
 """Trigger agent: behaviour events -> rule matches -> reach messages on the outbox topics.
 
-Malformed events go to the dead-letter topic with their reason; they never
-stop the agent.
+Each event is planned on its own: one that breaks the contract, or whose
+planning raises for any reason (``plan_error``), or that would make a message
+too large for its topic (``message_too_large``), goes to the dead-letter topic
+with its reason while the rest of the batch carries on. Nothing an event
+holds can stop the agent.
 """
 
 from __future__ import annotations
@@ -10,33 +13,42 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import structlog
 
 from agents.guard import run_step
+from agents.narrow import describe
 from agents.plan import plan_event
 from agents.produce import produce_all
+from agents.records import dumps_within, value_limit
 from models.events import EventError, parse_event
-from models.messages import ReachMessage
 from models.profiles import UserProfile
 from reach.runtime import Runtime
+from rules.engine import RuleEngine
 
 log = structlog.get_logger("reach.agents.trigger")
 
+#: (channel, key, value) of one outbox record
+OutboxRecord = tuple[str, bytes, bytes]
+DeadLetter = tuple[bytes | None, bytes]
 
-def dead_letter(message: Any, error: EventError) -> bytes:
+
+def dead_letter(message: Any, error: EventError, limit: int = 1 << 20) -> bytes:
     """The dead-letter record: the original bytes (as text) with where they came from and why."""
     raw = message.value
-    return orjson.dumps(
-        {
-            "reason": error.reason,
-            "detail": error.detail,
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "value": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw,
-        }
-    )
+    record = {
+        "reason": error.reason,
+        "detail": error.detail,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "value": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw,
+    }
+    return dumps_within(record, "value", limit)
+
+
+def as_event_error(exc: Exception) -> EventError:
+    """Why an event could not be planned: its contract error, or ``plan_error``."""
+    return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
 
 
 class TriggerStep:
@@ -44,23 +56,35 @@ class TriggerStep:
         self.app = app
         self.rt = runtime
         self.profiles = profiles
+        self.limit = value_limit(runtime.settings.kafka_max_message_bytes)
 
-    def plan(self, events: Sequence[Any]) -> tuple[list[ReachMessage], list[tuple[bytes | None, bytes]]]:
+    def plan(self, events: Sequence[Any]) -> tuple[list[OutboxRecord], list[DeadLetter]]:
+        """The outbox records of a batch, and a dead letter per event that could not be planned."""
         engine = self.rt.rules.current
         now = self.rt.clock.now_ms()
-        messages: list[ReachMessage] = []
-        dead: list[tuple[bytes | None, bytes]] = []
+        records: list[OutboxRecord] = []
+        dead: list[DeadLetter] = []
         for event in events:
             try:
-                parsed = parse_event(event.message.value)
-            except EventError as exc:
-                self.rt.metrics.events_dead_lettered.labels(exc.reason).inc()
-                dead.append((event.message.key, dead_letter(event.message, exc)))
-                continue
-            messages += plan_event(
-                parsed, self._profile(parsed.user_id), engine, self.rt.choosers, now, self._unroutable
-            )
-        return messages, dead
+                records += self._plan_one(event.message.value, engine, now)
+            except Exception as exc:  # whatever one event does, it fails alone
+                error = as_event_error(exc)
+                if error.reason == "plan_error":
+                    log.warning("trigger.plan_error", error=error.detail[:120])
+                self.rt.metrics.events_dead_lettered.labels(error.reason).inc()
+                dead.append((event.message.key, dead_letter(event.message, error, self.limit)))
+        return records, dead
+
+    def _plan_one(self, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:
+        parsed = parse_event(raw, self.rt.settings.event_max_depth)
+        profile = self._profile(parsed.user_id)
+        messages = plan_event(parsed, profile, engine, self.rt.choosers, now, self._unroutable)
+        records = [(m.channel, m.user_id.encode(), m.to_bytes()) for m in messages]
+        for channel, _, value in records:
+            if len(value) > self.limit:
+                detail = f"its {channel} message is {len(value)} bytes; the outbox takes {self.limit}"
+                raise EventError("message_too_large", detail)
+        return records
 
     def _unroutable(self, _rule_id: str, channel: str) -> None:
         self.rt.metrics.messages_unroutable.labels(channel).inc()
@@ -69,14 +93,14 @@ class TriggerStep:
         raw = self.profiles.get(user_id.encode())
         return UserProfile.from_bytes(raw) if raw else None
 
-    async def send(self, messages: list[ReachMessage], dead: list[tuple[bytes | None, bytes]]) -> None:
+    async def send(self, records: list[OutboxRecord], dead: list[DeadLetter]) -> None:
         settings = self.rt.settings
         by_channel: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        for m in messages:
-            by_channel.setdefault(m.channel, []).append((m.user_id.encode(), m.to_bytes()))
-            self.rt.metrics.rule_matches.labels(m.channel).inc()
-        for channel, records in by_channel.items():
-            await produce_all(self.app, settings.outbox_topic(channel), records)
+        for channel, key, value in records:
+            by_channel.setdefault(channel, []).append((key, value))
+            self.rt.metrics.rule_matches.labels(channel).inc()
+        for channel, outbox in by_channel.items():
+            await produce_all(self.app, settings.outbox_topic(channel), outbox)
         await produce_all(self.app, settings.dead_letter_topic, dead)
 
 
@@ -87,7 +111,7 @@ def register(app: Any, topic: Any, runtime: Runtime, profiles: Any) -> Any:
     async def trigger(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
             runtime.metrics.events_consumed.inc(len(events))
-            messages, dead = step.plan(events)
-            await run_step("trigger", functools.partial(step.send, messages, dead))
+            records, dead = step.plan(events)
+            await run_step("trigger", functools.partial(step.send, records, dead))
 
     return app.agent(topic, name="reach.trigger")(trigger)

@@ -53,10 +53,38 @@ class ReachMessage:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ReachMessage:
-        return cls(**orjson.loads(raw))
+        """Decode an outbox record; raises ``ValueError`` (or ``TypeError`` for missing or
+        unknown fields) unless every field has its type, so no later step trips on one."""
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a reach message is a JSON object")
+        _check_types(data)
+        return cls(**data)
 
     def replace(self, **changes: Any) -> ReachMessage:
         return dataclasses.replace(self, **changes)
+
+
+_TEXT_FIELDS = (
+    "message_id", "user_id", "rule_id", "template", "channel", "provider",
+    "event_id", "event_name", "platform",
+)  # fmt: skip
+_INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before")
+
+
+def _check_types(data: Mapping[str, Any]) -> None:
+    for name in _TEXT_FIELDS:
+        if name in data and not isinstance(data[name], str):
+            raise ValueError(f"'{name}' must be a string")
+    for name in _INT_FIELDS:
+        value = data.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"'{name}' must be an integer")
+    if not isinstance(data.get("variables", {}), dict):
+        raise ValueError("'variables' must be an object")
+    contact = data.get("contact", {})
+    if not isinstance(contact, dict) or not all(isinstance(v, str) for v in contact.values()):
+        raise ValueError("'contact' must be an object of strings")
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -115,6 +115,14 @@ class WorkerMetrics:
         self.rules_loaded = Gauge(
             "reach_rules_loaded", "Rules currently serving, by kind", ["kind"], registry=registry
         )
+        # step: channel.<name>; reason: bad_outbox_record, result_refused. Events and
+        # profiles that fail alone are counted by reach_events_dead_lettered{reason}.
+        self.items_refused = Counter(
+            "reach_items_refused",
+            "Items isolated from their batch because they could not be processed or stored",
+            ["step", "reason"],
+            registry=registry,
+        )
 
 
 class ApiMetrics:

@@ -84,3 +84,39 @@ def test_sms_split_follows_the_weights_over_many_events(engine: RuleEngine) -> N
     # 5 standard deviations of a binomial(4000, 0.7): about 145
     assert abs(counts["aliyun"] - 0.7 * draws) <= 5 * (draws * 0.7 * 0.3) ** 0.5, counts
     assert counts["aliyun"] + counts["tencent"] == draws
+
+
+# --- rendered content over the channel's limit ---------------------------------------------
+
+
+def test_content_within_the_limit_passes_and_over_it_fails_as_content_too_large() -> None:
+    from agents.plan import content_bytes, oversize
+    from channels.base import OutcomeKind, Rendered
+
+    content = Rendered(title="Héllo", text="x" * 10, html="<b>é</b>")
+    size = content_bytes(content)
+    assert size == len("Héllo".encode()) + 10 + len("<b>é</b>".encode())
+    assert oversize(content, size) is None
+    refused = oversize(content, size - 1)
+    assert refused is not None
+    assert (refused.kind, refused.code) == (OutcomeKind.PERMANENT, "content_too_large")
+    assert str(size) in refused.detail
+    assert oversize(Rendered(title="", text="x" * 100_000), 1000) is not None  # counted cheaply first
+
+
+def test_deliveries_for_fails_only_the_messages_over_the_limit(engine: RuleEngine) -> None:
+    from agents.plan import deliveries_for
+
+    profile = UserProfile("u-1", contact={"phone": "+8613800000000"})
+    short, long = (
+        plan_event(shipped(n), profile, engine, choosers(), 1000)[0].replace(
+            variables={"properties": {"order": order}}
+        )
+        for n, order in ((1, "a"), (2, "b" * 500))
+    )
+    templates = engine.rulebook.templates
+    ready, failed = deliveries_for([short, long], templates, max_content_bytes=100)
+    assert [d.message.message_id for d in ready] == [short.message_id]
+    assert [(m.message_id, o.code) for m, o in failed] == [(long.message_id, "content_too_large")]
+    ready, failed = deliveries_for([short, long], templates, max_content_bytes=10_000)
+    assert (len(ready), failed) == (2, [])

@@ -1,0 +1,91 @@
+"""The trigger plans each event on its own: a bad one is dead-lettered, the rest go out."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agents.trigger import TriggerStep
+from channels.config import parse_channels
+from reach.runtime import Runtime
+from reach.settings import Settings
+
+RULES = """
+triggers:
+  - {id: hello, when: 'name == "hello"', template: hello, channels: [inbox], dedup_key: "{event_id}"}
+templates:
+  hello: {title: "Hello", text: "Hi {{ user_id }}"}
+"""
+CHANNELS = "channels:\n  inbox:\n    window_seconds: 1\n    providers: [{name: mariadb, type: inbox}]\n"
+
+
+def step(tmp_path: Path, **settings: object) -> TriggerStep:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    runtime = Runtime.build(Settings(rules_dir=tmp_path, **settings), parse_channels(CHANNELS, {}))  # type: ignore[arg-type]
+    return TriggerStep(None, runtime, {})
+
+
+def record(value: bytes, offset: int) -> types.SimpleNamespace:
+    message = types.SimpleNamespace(value=value, key=b"u-1", topic="reach.events", partition=0, offset=offset)
+    return types.SimpleNamespace(message=message)
+
+
+def hello(event_id: str, properties: object = None, raw_properties: bytes = b"") -> bytes:
+    body = {"event_id": event_id, "user_id": "u-1", "name": "hello", "ts": 1_790_000_000_000}
+    encoded = orjson.dumps({**body, "properties": properties or {}})
+    return (
+        encoded.replace(b'"properties":{}', b'"properties":' + raw_properties) if raw_properties else encoded
+    )
+
+
+def nested(depth: int) -> bytes:
+    """Objects nested ``depth`` deep, as JSON text (orjson would not encode that many levels)."""
+    return b'{"a":' * depth + b"{}" + b"}" * depth
+
+
+def reasons(dead: list[tuple[bytes | None, bytes]]) -> list[tuple[str, int]]:
+    return [(orjson.loads(v)["reason"], orjson.loads(v)["offset"]) for _, v in dead]
+
+
+def test_an_event_that_makes_planning_raise_is_dead_lettered_and_the_batch_goes_on(tmp_path: Path) -> None:
+    # A depth limit above Python's recursion limit lets the event reach planning, which raises
+    # RecursionError: whatever planning raises, only that event fails.
+    trigger = step(tmp_path, event_max_depth=5000)
+    batch = [
+        record(hello("e-1"), 1),
+        record(hello("e-2", raw_properties=nested(1000)), 2),
+        record(b"{no", 3),
+        record(hello("e-4"), 4),
+    ]
+    records, dead = trigger.plan(batch)
+    assert reasons(dead) == [("plan_error", 2), ("invalid_json", 3)]
+    assert "RecursionError" in orjson.loads(dead[0][1])["detail"]
+    assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-1", "e-4"]
+
+
+def test_a_deep_event_is_refused_by_the_contract_with_the_default_limit(tmp_path: Path) -> None:
+    records, dead = step(tmp_path).plan(
+        [record(hello("e-1", raw_properties=nested(500)), 7), record(hello("e-2"), 8)]
+    )
+    assert reasons(dead) == [("too_deep", 7)]
+    assert len(records) == 1
+
+
+def test_an_event_whose_message_would_not_fit_the_outbox_is_dead_lettered(tmp_path: Path) -> None:
+    trigger = step(tmp_path, kafka_max_message_bytes=20_000)
+    big = hello("e-big", {"blob": "x" * 19_500})  # fits the events topic, not once wrapped as a message
+    records, dead = trigger.plan([record(big, 1), record(hello("e-2"), 2)])
+    assert reasons(dead) == [("message_too_large", 1)]
+    assert len(dead[0][1]) <= 20_000
+    assert len(records) == 1
+
+
+@pytest.mark.parametrize("value", [b"\xff" * 30_000, b'"' + b"\x01" * 30_000 + b'"'])
+def test_a_dead_letter_always_fits_its_topic(tmp_path: Path, value: bytes) -> None:
+    trigger = step(tmp_path, kafka_max_message_bytes=20_000)
+    _, dead = trigger.plan([record(value, 1)])
+    assert len(dead[0][1]) <= 20_000 - 1024
+    assert orjson.loads(dead[0][1])["truncated"] is True
