@@ -11,7 +11,7 @@ Wiring only; each agent lives in its own module under ``agents/``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import faust
 import structlog
@@ -20,6 +20,8 @@ from agents import channel as channel_agent
 from agents import deferred, segments, trigger
 from reach.runtime import Runtime
 from reach.settings import Settings
+from streams.consumer import GuardedConsumer, GuardedTransport
+from streams.health import WorkerHealth
 
 log = structlog.get_logger("reach.streams")
 
@@ -30,10 +32,18 @@ class Topology:
     runtime: Runtime
     profiles: Any
     topics: dict[str, Any]
+    health: WorkerHealth
+
+
+class App(faust.App):
+    """faust's app with a consumer that never loses records to a seek (``streams/consumer.py``)."""
+
+    def _new_transport(self) -> GuardedTransport:
+        return GuardedTransport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings) -> faust.App:
-    return faust.App(
+    return App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -80,14 +90,21 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
         topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name))
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
     deferred.register(app, runtime)
-    _register_housekeeping(app, runtime)
-    return Topology(app, runtime, profiles, topics)
+    health = WorkerHealth(settings.worker_ready_commit_age)
+    _register_housekeeping(app, runtime, health)
+    return Topology(app, runtime, profiles, topics, health)
 
 
-def _register_housekeeping(app: faust.App, runtime: Runtime) -> None:
+def _register_housekeeping(app: faust.App, runtime: Runtime, health: WorkerHealth) -> None:
+    @app.timer(interval=1.0)
+    async def health_tick() -> None:
+        consumer = cast(GuardedConsumer, app.consumer)
+        partitions, uncommitted = consumer.uncommitted()
+        health.tick(partitions, uncommitted, consumer.committed_at)
+
     @app.timer(interval=runtime.settings.rules_check_interval)
     async def check_rules() -> None:
-        changed = runtime.rules.check()
+        changed = await runtime.rules.check_async()
         if changed:
             runtime.metrics.rules_reloads.labels("ok").inc()
         _export_rule_counts(runtime)
