@@ -19,6 +19,7 @@ from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
+from rules.loader import RuleLimits
 from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")
@@ -48,8 +49,14 @@ class Runtime:
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
         """Load rules (raising on a bad rule file) and channel routing; opens nothing."""
         registry = CollectorRegistry()
-        rules = RuleReloader(settings.rules_dir, known_channels=list(channels.channels))
-        runtime = cls(settings, channels, rules, registry, WorkerMetrics(registry), clock or SystemClock())
+        metrics = WorkerMetrics(registry)
+        rules = RuleReloader(
+            settings.rules_dir,
+            known_channels=list(channels.channels),
+            on_error=lambda _exc: metrics.rules_reloads.labels("refused").inc(),
+            limits=RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes),
+        )
+        runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         return runtime
 

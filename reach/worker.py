@@ -9,13 +9,13 @@ from collections.abc import Mapping
 import faust
 import structlog
 import uvloop
-from prometheus_client import start_http_server
 
 from channels.config import load_channels
 from models.storage import migrate
 from reach.runtime import Runtime
 from reach.settings import Settings
 from streams.app import Topology, build
+from streams.health import serve
 from streams.topics import ensure_topics
 
 log = structlog.get_logger("reach.worker")
@@ -36,7 +36,7 @@ def prepare(settings: Settings, env: Mapping[str, str]) -> tuple[asyncio.Abstrac
 def run(settings: Settings) -> None:
     loop, topology = prepare(settings, os.environ)
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=topology.runtime.registry)
+        serve(settings.worker_metrics_port, topology.runtime.registry, topology.health)
     log.info(
         "worker.ready",
         events_topic=settings.events_topic,
