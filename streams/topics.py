@@ -4,11 +4,12 @@ profile table."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from reach.settings import Settings
 
@@ -24,15 +25,42 @@ def topic_names(settings: Settings, channels: Iterable[str]) -> list[str]:
     return names + [settings.outbox_topic(channel) for channel in channels]
 
 
+class BrokerUnreachableError(RuntimeError):
+    """Kafka did not answer at start-up within ``kafka_connect_timeout``."""
+
+
 async def ensure_topics(settings: Settings, channels: Iterable[str]) -> list[str]:
-    """Create the missing topics; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    """Create the missing topics; return the names created.
+
+    Raises BrokerUnreachableError when the broker does not answer within
+    ``kafka_connect_timeout`` (a socket that accepts and never answers would
+    otherwise hold start-up for aiokafka's 40 s request timeout).
+    """
+    try:
+        return await asyncio.wait_for(_ensure_topics(settings, channels), settings.kafka_connect_timeout)
+    except (TimeoutError, OSError, KafkaError) as exc:
+        raise BrokerUnreachableError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer within {settings.kafka_connect_timeout}s"
+            f" (REACH_KAFKA_BOOTSTRAP, REACH_KAFKA_CONNECT_TIMEOUT): {type(exc).__name__}"
+        ) from exc
+
+
+async def _ensure_topics(settings: Settings, channels: Iterable[str]) -> list[str]:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=int(settings.kafka_connect_timeout * 1000),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [n for n in topic_names(settings, channels) if n not in existing]
         if wanted:
-            new = [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in wanted]
+            # The record size limit is set, not inherited, so the API's 413 and the topic agree.
+            config = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
+            new = [
+                NewTopic(n, num_partitions=settings.partitions, replication_factor=1, topic_configs=config)
+                for n in wanted
+            ]
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(new)
         return wanted
