@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status run demo test test-unit test-integration bench lint fmt clean
+.PHONY: help install up down status run demo test test-unit test-integration chaos bench lint fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test-unit: $(STAMP) ## only the tests that need no services
 
 test-integration: $(STAMP) up ## only the tests through Kafka, MariaDB and Redis
 	$(BIN)/pytest -q tests/integration
+
+chaos: $(STAMP) up ## crash harness: 20 random kill -9 runs, then Redis paused, MariaDB and Kafka restarted (CHAOS_ARGS=--help)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 bench: $(STAMP) up ## end-to-end pipeline throughput; last line is JSON
 	$(BIN)/python -m bench.pipeline

@@ -5,12 +5,16 @@
 #   deploy/stack.sh install   install what is missing (idempotent)
 #   deploy/stack.sh up        install, then start each service that is not
 #                             already answering on its port (idempotent)
+#   deploy/stack.sh start kafka|mariadb|redis ...
+#                             start only these (the crash harness's throwaway
+#                             instances, with their own REACH_STACK_DIR and ports)
 #   deploy/stack.sh down      stop the services this script started
 #   deploy/stack.sh status    one line per service
 #
 # State (data, logs, pid files) lives under $REACH_STACK_DIR (default
 # ./.stack). Ports: REACH_KAFKA_PORT (9092), REACH_KAFKA_CONTROLLER_PORT
-# (9093), REACH_MYSQL_PORT (3306), REACH_REDIS_PORT (6379).
+# (9093), REACH_MYSQL_PORT (3306), REACH_REDIS_PORT (6379). REACH_KAFKA_LIB
+# points at already-resolved broker jars (default $REACH_STACK_DIR/kafka/lib).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +26,7 @@ mysql_port=${REACH_MYSQL_PORT:-3306}
 redis_port=${REACH_REDIS_PORT:-6379}
 mysql_user=${REACH_MYSQL_USER:-reach}
 mysql_password=${REACH_MYSQL_PASSWORD:-reach}
-kafka_lib=$stack/kafka/lib
+kafka_lib=${REACH_KAFKA_LIB:-$stack/kafka/lib}  # throwaway stacks share the jars
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -166,6 +170,10 @@ case "${1:-up}" in
     start_kafka
     log "stack is up: kafka 127.0.0.1:$kafka_port, mariadb 127.0.0.1:$mysql_port, redis 127.0.0.1:$redis_port"
     ;;
+  start) # start the named services only (throwaway instances for fault tests)
+    shift
+    for service in "$@"; do "start_$service"; done
+    ;;
   down)
     stop_pidfile kafka "$stack/kafka/pid"
     stop_pidfile mariadb "$stack/mariadb/pid"
@@ -176,5 +184,5 @@ case "${1:-up}" in
     status_line mariadb "$mysql_port"
     status_line redis "$redis_port"
     ;;
-  *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|start SERVICE...|down|status" >&2; exit 2 ;;
 esac
