@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "reach:"  # every key this deployment writes starts with it
 
     # Input limits: bigger or deeper input is refused with a reason, never parsed whole
-    event_max_depth: int = Field(32, ge=2, le=200)  # object and array nesting; orjson writes <= 254
+    event_max_depth: int = Field(32, ge=2)  # nesting of objects and arrays in one event
     rules_max_file_bytes: int = Field(1 << 20, ge=1024)  # one rule file
     rules_max_total_bytes: int = Field(16 << 20, ge=1024)  # all rule files together
 
