@@ -32,8 +32,21 @@ CREATE TABLE IF NOT EXISTS inbox_messages (
   created_at  BIGINT       NOT NULL,
   read_at     BIGINT       NULL,
   PRIMARY KEY (message_id),
-  KEY idx_inbox_user_created (user_id, created_at, message_id),
-  KEY idx_inbox_user_unread (user_id, read_at)
+  -- Covers the inbox page's keyset scan (user, newest first, cursor) and the read
+  -- state: a page's ids come from this index alone, then only those rows are read
+  -- by primary key (body is TEXT, which no index can hold). It also serves the
+  -- unread backfill. It replaced idx_inbox_user_created and idx_inbox_user_unread.
+  KEY idx_inbox_page (user_id, created_at, message_id, read_at)
+);
+
+-- Unread site messages per user, so reading the inbox costs no COUNT. Kept in the
+-- same transaction as the rows it counts: +1 for each message actually inserted
+-- (a replayed message id is not), -1 when mark-read sets read_at. A user with no
+-- row has 0. Backfilled from inbox_messages when the table is first created.
+CREATE TABLE IF NOT EXISTS inbox_unread (
+  user_id     VARCHAR(128) NOT NULL,
+  unread      INT          NOT NULL,
+  PRIMARY KEY (user_id)
 );
 
 CREATE TABLE IF NOT EXISTS delivery_results (

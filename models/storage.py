@@ -8,6 +8,7 @@ shape), keyed by natural ids so a replayed batch changes nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import re
 import warnings
@@ -65,9 +66,12 @@ async def migrate(settings: Settings) -> None:
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
                 )
                 await cur.execute(f"USE `{settings.mysql_database}`")
+                counters_existed = await _table_exists(cur, settings.mysql_database, "inbox_unread")
                 for statement in schema_statements():
                     await cur.execute(statement)
                 await _upgrade(cur, settings.mysql_database)
+                if not counters_existed:
+                    await cur.execute(UNREAD_BACKFILL)
     finally:
         pool.close()
         await pool.wait_closed()
@@ -86,7 +90,40 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "ADD INDEX idx_results_provider_msg (provider_message_id)",
     ),
     ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
+    (
+        "inbox_messages",
+        "index",
+        "idx_inbox_page",
+        "ADD INDEX idx_inbox_page (user_id, created_at, message_id, read_at)",
+    ),
 )
+# Indexes a later one made redundant, dropped when present (after UPGRADES added theirs).
+RETIRED_INDEXES: tuple[tuple[str, str], ...] = (
+    ("inbox_messages", "idx_inbox_user_created"),  # a prefix of idx_inbox_page
+    ("inbox_messages", "idx_inbox_user_unread"),  # served the per-request COUNT, now inbox_unread
+)
+# Counts what inbox_messages held before the counters existed (index-only, over idx_inbox_page).
+UNREAD_BACKFILL = (
+    "INSERT INTO inbox_unread (user_id, unread) "
+    "SELECT user_id, COUNT(*) FROM inbox_messages WHERE read_at IS NULL GROUP BY user_id"
+)
+
+
+async def _table_exists(cur: Any, database: str, table: str) -> bool:
+    await cur.execute(
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s LIMIT 1",
+        [database, table],
+    )
+    return await cur.fetchone() is not None
+
+
+async def _has_index(cur: Any, database: str, table: str, name: str) -> bool:
+    await cur.execute(
+        "SELECT 1 FROM information_schema.STATISTICS "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND INDEX_NAME = %s LIMIT 1",
+        [database, table, name],
+    )
+    return await cur.fetchone() is not None
 
 
 async def _upgrade(cur: Any, database: str) -> None:
@@ -99,6 +136,9 @@ async def _upgrade(cur: Any, database: str) -> None:
         )
         if await cur.fetchone() is None:
             await cur.execute(f"ALTER TABLE `{table}` {clause}")
+    for table, name in RETIRED_INDEXES:
+        if await _has_index(cur, database, table, name):
+            await cur.execute(f"ALTER TABLE `{table}` DROP INDEX `{name}`")
 
 
 async def execute_rows(pool: Any, head: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -127,64 +167,161 @@ class InboxItem:
 
 
 INBOX_COLUMNS = "message_id, user_id, rule_id, template, title, body, priority, created_at, read_at"
+# A page's columns: the user is the one asked for, so it is not read back.
+PAGE_COLUMNS = "message_id, rule_id, template, title, body, priority, created_at, read_at"
+# Deadlock (MySQL/MariaDB/TiDB), TiDB's optimistic write conflict, and a duplicate message
+# id inserted by a concurrent transaction: the transaction was rolled back, so it is run
+# again, and the next try sees the other transaction's rows.
+RETRYABLE_INBOX_ERRORS = frozenset({1213, 9007, 1062})
+MAX_INBOX_TRIES = 3
 
 
 class InboxStore:
+    """Site messages and each user's unread counter (``inbox_unread``).
+
+    The counter changes in the same transaction as the rows it counts, only for rows that
+    really change: a replayed message id adds nothing, a second mark-read subtracts nothing.
+    """
+
     def __init__(self, pool: Any) -> None:
         self.pool = pool
 
     async def insert(self, items: Sequence[InboxItem]) -> None:
-        """Store messages; a message id already stored is left as it is (idempotent)."""
-        rows = [dataclasses.astuple(item) for item in items]
-        await execute_rows(
-            self.pool,
-            f"INSERT INTO inbox_messages ({INBOX_COLUMNS})",
-            "ON DUPLICATE KEY UPDATE message_id = message_id",
-            rows,
-        )
+        """Store messages; a message id already stored is left as it is (idempotent), and
+        only the messages actually inserted count towards their user's unread counter."""
+        first: dict[str, InboxItem] = {}
+        for item in items:
+            first.setdefault(item.message_id, item)
+        unique = list(first.values())
+        for start in range(0, len(unique), MAX_ROWS_PER_STATEMENT):
+            chunk = unique[start : start + MAX_ROWS_PER_STATEMENT]
+            await _retried(self.pool, lambda conn, cur, chunk=chunk: _insert_new(cur, chunk))
 
     async def page(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[InboxItem], str | None]:
         """Newest first. Returns the items and the cursor of the next page (None at the end)."""
-        where = "user_id = %s"
-        args: list[Any] = [user_id]
-        if cursor:
-            created_at, message_id = decode_cursor(cursor)
-            where += " AND (created_at, message_id) < (%s, %s)"
-            args += [created_at, message_id]
-        sql = (
-            f"SELECT {INBOX_COLUMNS} FROM inbox_messages WHERE {where} "
-            "ORDER BY created_at DESC, message_id DESC LIMIT %s"
-        )
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql, [*args, limit + 1])
-            rows = await cur.fetchall()
-        items = [InboxItem(*row) for row in rows[:limit]]
+            rows = await _page_rows(cur, user_id, limit, cursor)
+        items = [InboxItem(row[0], user_id, *row[1:]) for row in rows[:limit]]
         more = len(rows) > limit
         return items, encode_cursor(items[-1]) if more and items else None
 
+    async def page_with_unread(
+        self, user_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """The API's read: up to ``limit + 1`` rows of :data:`PAGE_COLUMNS`, newest first (the
+        extra one says there is a next page), and the unread count, on one pooled connection."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            rows = await _page_rows(cur, user_id, limit, cursor)
+            unread = await _unread(cur, user_id)
+        return rows, unread
+
     async def unread_count(self, user_id: str) -> int:
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT COUNT(*) FROM inbox_messages WHERE user_id = %s AND read_at IS NULL", [user_id]
-            )
-            (count,) = await cur.fetchone()
-        return int(count)
+            return await _unread(cur, user_id)
 
     async def mark_read(self, user_id: str, message_id: str, now_ms: int) -> bool:
         """Mark one message read. False when the user has no such message."""
+        changed = await _retried(self.pool, lambda conn, cur: _mark_read(cur, user_id, message_id, now_ms))
+        if changed:
+            return True
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
-                "UPDATE inbox_messages SET read_at = COALESCE(read_at, %s) "
-                "WHERE user_id = %s AND message_id = %s",
-                [now_ms, user_id, message_id],
-            )
-            if cur.rowcount:
-                return True
-            # MariaDB reports 0 changed rows for an already-read message: look it up.
-            await cur.execute(
-                "SELECT 1 FROM inbox_messages WHERE user_id = %s AND message_id = %s", [user_id, message_id]
+                "SELECT 1 FROM inbox_messages WHERE message_id = %s AND user_id = %s", [message_id, user_id]
             )
             return await cur.fetchone() is not None
+
+
+async def _retried(pool: Any, work: Any) -> Any:
+    """Run ``await work(conn, cur)`` in one transaction; again when it was rolled back for a
+    reason in :data:`RETRYABLE_INBOX_ERRORS`, up to :data:`MAX_INBOX_TRIES` times in all."""
+    for tries in range(1, MAX_INBOX_TRIES + 1):
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                await conn.begin()
+                try:
+                    result = await work(conn, cur)
+                    await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # a lost connection must not hide the cause
+                        await conn.rollback()
+                    raise
+            return result
+        except (pymysql.err.OperationalError, pymysql.err.IntegrityError) as exc:
+            if exc.args[0] not in RETRYABLE_INBOX_ERRORS or tries == MAX_INBOX_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _insert_new(cur: Any, items: Sequence[InboxItem]) -> None:
+    """Insert the items not stored yet and add them to their users' unread counters."""
+    marks = ",".join(["%s"] * len(items))
+    await cur.execute(
+        f"SELECT message_id FROM inbox_messages WHERE message_id IN ({marks})", [i.message_id for i in items]
+    )
+    stored = {row[0] for row in await cur.fetchall()}
+    new = [item for item in items if item.message_id not in stored]
+    if not new:
+        return
+    # A plain INSERT: a row a concurrent transaction stored meanwhile fails it (1062), and
+    # the retry skips that row instead of counting it twice.
+    row_marks = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(new))
+    await cur.execute(
+        f"INSERT INTO inbox_messages ({INBOX_COLUMNS}) VALUES {row_marks}",
+        [value for item in new for value in dataclasses.astuple(item)],
+    )
+    await _add_unread(cur, new)
+
+
+async def _add_unread(cur: Any, new: Sequence[InboxItem]) -> None:
+    added: dict[str, int] = {}
+    for item in new:
+        if item.read_at is None:
+            added[item.user_id] = added.get(item.user_id, 0) + 1
+    if not added:
+        return
+    users = sorted(added)  # one lock order for every writer: concurrent batches cannot deadlock here
+    await cur.execute(
+        "INSERT INTO inbox_unread (user_id, unread) VALUES "
+        + ",".join(["(%s,%s)"] * len(users))
+        + " ON DUPLICATE KEY UPDATE unread = unread + VALUES(unread)",
+        [value for user in users for value in (user, added[user])],
+    )
+
+
+async def _mark_read(cur: Any, user_id: str, message_id: str, now_ms: int) -> bool:
+    """Set read_at once; the counter drops only when this call set it."""
+    await cur.execute(
+        "UPDATE inbox_messages SET read_at = %s WHERE message_id = %s AND user_id = %s AND read_at IS NULL",
+        [now_ms, message_id, user_id],
+    )
+    if not cur.rowcount:
+        return False
+    await cur.execute(
+        "UPDATE inbox_unread SET unread = unread - 1 WHERE user_id = %s AND unread > 0", [user_id]
+    )
+    return True
+
+
+async def _page_rows(cur: Any, user_id: str, limit: int, cursor: str | None) -> list[tuple[Any, ...]]:
+    where = "user_id = %s"
+    args: list[Any] = [user_id]
+    if cursor:
+        created_at, message_id = decode_cursor(cursor)
+        # Spelled out rather than as a row comparison, so every server ranges over the index.
+        where += " AND created_at <= %s AND (created_at < %s OR message_id < %s)"
+        args += [created_at, created_at, message_id]
+    await cur.execute(
+        f"SELECT {PAGE_COLUMNS} FROM inbox_messages WHERE {where} "
+        "ORDER BY created_at DESC, message_id DESC LIMIT %s",
+        [*args, limit + 1],
+    )
+    return list(await cur.fetchall())
+
+
+async def _unread(cur: Any, user_id: str) -> int:
+    await cur.execute("SELECT unread FROM inbox_unread WHERE user_id = %s", [user_id])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 class CursorError(ValueError):
@@ -192,7 +329,12 @@ class CursorError(ValueError):
 
 
 def encode_cursor(item: InboxItem) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([item.created_at, item.message_id])).decode()
+    return cursor_for(item.created_at, item.message_id)
+
+
+def cursor_for(created_at: int, message_id: str) -> str:
+    """The cursor of the page after the message with this key."""
+    return base64.urlsafe_b64encode(orjson.dumps([created_at, message_id])).decode()
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
