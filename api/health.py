@@ -14,11 +14,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.errors import RETRY_LATER
 from api.event_producer import EventProducer
+from api.resources import AppResources
 
 # Probes typically give up after 1-3 s; answering within that keeps the answer meaningful.
 READY_TIMEOUT_S = 2.0
@@ -60,21 +61,25 @@ async def readiness(producer: EventProducer, pool: Any, within_s: float) -> list
     )
 
 
-def register(app: FastAPI, state: dict[str, Any]) -> None:
-    @app.get("/healthz", summary="Liveness: 200 while the process serves requests")
+def router() -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/healthz", summary="Liveness: 200 while the process serves requests")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
+    @routes.get(
         "/readyz",
         summary="Readiness: 200 when Kafka and MariaDB both answer, else 503",
         responses={503: {"description": "A dependency did not answer; details names which"}},
     )
-    async def readyz() -> JSONResponse:
-        checks = await readiness(state["producer"], state["pool"], READY_TIMEOUT_S)
+    async def readyz(resources: AppResources) -> JSONResponse:
+        checks = await readiness(resources.producer, resources.pool, READY_TIMEOUT_S)
         down = [c for c in checks if c["status"] != "ok"]
         if not down:
             return JSONResponse({"status": "ready", "checks": checks})
         names = ", ".join(f"{c['dependency']} ({c['error']})" for c in down)
         body = {"error": "not_ready", "message": f"unavailable: {names}", "details": checks}
         return JSONResponse(body, status_code=503, headers=RETRY_LATER)
+
+    return routes

@@ -1,31 +1,25 @@
-"""Pop-up endpoints: what the app should show now, and dismissing one.
-
-The store is built from the shared pool per request (it holds nothing else),
-so the app's lifespan needs no pop-up specific state.
-"""
+"""Pop-up endpoints: what the app should show now, and dismissing one."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from api.errors import ApiError
+from api.resources import Popups
 from api.schemas import PopupList, PopupMessage
-from models.popups import PopupStore
 from reach.clock import Clock
 
 USER_ID = Path(min_length=1, max_length=128)
 MESSAGE_ID = Path(min_length=1, max_length=64)
 
 
-def register(app: FastAPI, state: dict[str, Any], clock: Clock) -> None:
-    """Add ``GET /v1/users/{user_id}/popups`` and ``POST .../popups/{message_id}/dismiss``."""
+def router(clock: Clock) -> APIRouter:
+    """``GET /v1/users/{user_id}/popups`` and ``POST .../popups/{message_id}/dismiss``."""
+    routes = APIRouter()
 
-    def store() -> PopupStore:
-        return PopupStore(state["pool"])
-
-    @app.get(
+    @routes.get(
         "/v1/users/{user_id}/popups",
         response_model=PopupList,
         summary="The pop-ups to show now, highest priority first",
@@ -35,17 +29,21 @@ def register(app: FastAPI, state: dict[str, Any], clock: Clock) -> None:
             "returned by one request only: that request marks it shown."
         ),
     )
-    async def get_popups(user_id: str = USER_ID, limit: int = Query(10, ge=1, le=50)) -> dict[str, Any]:
-        items = await store().active(user_id, clock.now_ms(), limit)
+    async def get_popups(
+        popups: Popups, user_id: str = USER_ID, limit: int = Query(10, ge=1, le=50)
+    ) -> dict[str, Any]:
+        items = await popups.active(user_id, clock.now_ms(), limit)
         return {"items": [PopupMessage.from_item(i).model_dump() for i in items]}
 
-    @app.post(
+    @routes.post(
         "/v1/users/{user_id}/popups/{message_id}/dismiss",
         status_code=204,
         summary="Dismiss a pop-up: it is never shown again",
         responses={404: {"description": "The user has no such pop-up"}},
     )
-    async def dismiss_popup(user_id: str = USER_ID, message_id: str = MESSAGE_ID) -> Response:
-        if not await store().dismiss(user_id, message_id, clock.now_ms()):
+    async def dismiss_popup(popups: Popups, user_id: str = USER_ID, message_id: str = MESSAGE_ID) -> Response:
+        if not await popups.dismiss(user_id, message_id, clock.now_ms()):
             raise ApiError(404, "not_found", f"user {user_id!r} has no pop-up {message_id!r}")
         return Response(status_code=204)
+
+    return routes

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.errors import ApiError
 from api.receipt_config import ReceiptEndpoint, load_endpoints
@@ -106,16 +106,11 @@ class ReceiptService:
                 log.warning("receipt_rematch_failed", error=type(exc).__name__)
 
 
-def register(
-    app: FastAPI, state: dict[str, Any], settings: Settings, clock: Clock, metrics: ApiMetrics
-) -> None:
-    """Add the receipt and delivery-stats routes; ``state["receipts"]`` is the
-    :class:`ReceiptService` the lifespan opens. Raises ``ChannelsConfigError`` for a
-    channels file it cannot use."""
-    service = ReceiptService(dict(load_endpoints(settings.channels_file, os.environ)), metrics, clock)
-    state["receipts"] = service
+def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRouter:
+    """The receipt and delivery-stats routes over ``service`` (which the lifespan opens)."""
+    routes = APIRouter()
 
-    @app.post(
+    @routes.post(
         "/v1/receipts/{provider_name}",
         summary="A provider's delivery-status callback (receipt)",
         description=(
@@ -143,7 +138,7 @@ def register(
         callback = Callback(str(request.url), request.headers, request.query_params, body, clock.now_ms())
         return await service.accept(endpoint, callback)
 
-    @app.get(
+    @routes.get(
         "/v1/stats/delivery",
         response_model=DeliveryStats,
         summary="Delivery counts and success rates by channel, provider and device platform",
@@ -165,6 +160,14 @@ def register(
         assert service.stats is not None, "ReceiptService.open() was not called"
         groups = await service.stats.by_group(from_ms, to_ms, channel, provider)
         return DeliveryStats.build(from_ms, to_ms, groups)
+
+    return routes
+
+
+def service_from(settings: Settings, metrics: ApiMetrics, clock: Clock) -> ReceiptService:
+    """The receipt service of the channels file's receipt-capable providers. Raises
+    ``ChannelsConfigError`` for a channels file it cannot use."""
+    return ReceiptService(dict(load_endpoints(settings.channels_file, os.environ)), metrics, clock)
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

@@ -1,7 +1,7 @@
 """The ``reach`` command line.
 
 reach worker                      run the stream-processing worker
-reach api                         run the HTTP API
+reach api [--workers N]           run the HTTP API (N processes, default one per core)
 reach rules validate PATH...      check rule files; non-zero exit on any error
 reach events send [FILE]          produce events (JSON object, array or JSON lines; stdin by default)
 reach profiles send [FILE]        produce user profiles (segments, contact) the same way
@@ -41,7 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reach", description="CRM user reach")
     sub = parser.add_subparsers(title="commands")
     sub.add_parser("worker", help="run the stream-processing worker").set_defaults(run=_worker)
-    sub.add_parser("api", help="run the HTTP API").set_defaults(run=_api)
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="API processes sharing the port (default: one per CPU core)",
+    )
+    api.set_defaults(run=_api)
     rules = sub.add_parser("rules", help="rule files").add_subparsers(title="rules commands")
     validate = rules.add_parser("validate", help="validate rule files or directories")
     validate.add_argument("paths", nargs="+")
@@ -106,22 +114,17 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(settings: Settings, _args: argparse.Namespace) -> int:
-    import uvicorn
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from api import serve
 
-    from api.app import create_app
+    return serve.run(settings, args.workers or serve.default_workers())
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        backlog=4096,
-        log_level=settings.log_level.lower(),
-    )
-    return 0
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _rules_validate(settings: Settings, args: argparse.Namespace) -> int:

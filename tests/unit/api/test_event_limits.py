@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.app import parse_events
 from api.errors import RETRY_AFTER_SECONDS, ApiError, unavailable
 from api.event_producer import EventProducer, oversized, record_size
+from api.events import parse_events
 from models.events import DEFAULT_MAX_DEPTH
 from reach.settings import Settings
 

@@ -1,0 +1,51 @@
+"""What the API's routes run on, built once at start-up, and typed dependencies for it.
+
+:class:`Resources` is built whole by the lifespan (:func:`api.app.create_app`) after
+every resource has started, so a route never sees a half-built one; each route asks for
+the part it uses (``inbox: Inbox``, ``producer: Producer``) instead of reaching into a
+string-keyed dict. The dependencies are ``async`` so FastAPI runs them inline, not in
+its thread pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from api.event_producer import EventProducer
+from models.popups import PopupStore
+from models.storage import InboxStore
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resources:
+    pool: Any  # the aiomysql pool every store shares
+    inbox: InboxStore
+    popups: PopupStore
+    producer: EventProducer
+
+
+async def resources(request: Request) -> Resources:
+    """The running app's resources; only valid while its lifespan runs."""
+    built: Resources = request.app.state.resources
+    return built
+
+
+async def inbox_store(request: Request) -> InboxStore:
+    return (await resources(request)).inbox
+
+
+async def popup_store(request: Request) -> PopupStore:
+    return (await resources(request)).popups
+
+
+async def event_producer(request: Request) -> EventProducer:
+    return (await resources(request)).producer
+
+
+AppResources = Annotated[Resources, Depends(resources)]
+Inbox = Annotated[InboxStore, Depends(inbox_store)]
+Popups = Annotated[PopupStore, Depends(popup_store)]
+Producer = Annotated[EventProducer, Depends(event_producer)]
