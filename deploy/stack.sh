@@ -10,6 +10,7 @@
 #                             instances, with their own REACH_STACK_DIR and ports)
 #   deploy/stack.sh down      stop the services this script started
 #   deploy/stack.sh status    one line per service
+#   deploy/stack.sh wrk       install the wrk load generator (make bench-api)
 #
 # State (data, logs, pid files) lives under $REACH_STACK_DIR (default
 # ./.stack). Ports: REACH_KAFKA_PORT (9092), REACH_KAFKA_CONTROLLER_PORT
@@ -54,6 +55,14 @@ install_debian() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q "${missing[@]}"
+}
+
+install_wrk() {
+  command -v wrk >/dev/null 2>&1 && return 0
+  log "installing the Debian package wrk (the HTTP load generator of make bench-api)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q wrk
 }
 
 install_kafka() {
@@ -162,6 +171,7 @@ status_line() { if port_open "$2"; then echo "$1 up :$2"; else echo "$1 down :$2
 
 case "${1:-up}" in
   install) install_debian; install_kafka ;;
+  wrk) install_wrk ;;
   up)
     install_debian
     install_kafka
@@ -184,5 +194,5 @@ case "${1:-up}" in
     status_line mariadb "$mysql_port"
     status_line redis "$redis_port"
     ;;
-  *) echo "usage: $0 install|up|start SERVICE...|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|start SERVICE...|down|status|wrk" >&2; exit 2 ;;
 esac
