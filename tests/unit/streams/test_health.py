@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import socket
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.health import LOOP_STALL_SECONDS, WorkerHealth, health_app
+from streams.health import LOOP_STALL_SECONDS, WorkerHealth, health_app, serve
 
 NOW = 1000.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def ticked(partitions: int = 2, uncommitted: int = 0, committed_at: float | None = None) -> WorkerHealth:
@@ -65,7 +76,7 @@ def test_endpoints() -> None:
     Counter("reach_probe_total", "a probe", registry=registry).inc()
     health = WorkerHealth(commit_age_limit=60)
     app = health_app(registry, health)
-    assert call(app, "/healthz")[0] == "200 OK"
+    assert call(app, "/healthz") == ("200 OK", b'{"status":"ok"}')
     status, body = call(app, "/readyz")
     assert status.startswith("503")
     assert "no partitions assigned" in orjson.loads(body)["problems"]
@@ -74,3 +85,43 @@ def test_endpoints() -> None:
     assert status == "200 OK"
     assert orjson.loads(body)["partitions"] == 4
     assert b"reach_probe_total 1.0" in call(app, "/metrics")[1]
+
+
+def test_the_commit_age_limit_itself_is_still_ready() -> None:
+    assert ticked(uncommitted=1, committed_at=NOW - 60).problems(NOW) == []
+
+
+def test_a_worker_that_never_ticked_is_not_ready() -> None:
+    health = WorkerHealth(commit_age_limit=60)
+    assert any(p.startswith("event loop unresponsive") for p in health.problems(time.monotonic()))
+    assert health.uncommitted == 0 and health.committed_at is None
+
+
+def test_report_carries_the_figures() -> None:
+    assert ticked(partitions=3, uncommitted=7, committed_at=NOW - 12.34).report(NOW) == {
+        "ready": True,
+        "problems": [],
+        "partitions": 3,
+        "uncommitted": 7,
+        "last_commit_age_seconds": 12.3,
+    }
+    assert ticked().report(NOW)["last_commit_age_seconds"] is None
+
+
+def test_served_over_http_beside_the_metrics() -> None:
+    registry = CollectorRegistry()
+    health = WorkerHealth(commit_age_limit=60)
+    health.tick(2, 0, None)
+    port = free_port()
+    serve(port, registry, health)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"] == "application/json"
+        assert orjson.loads(reply.read()) == {"status": "ok"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+        assert orjson.loads(reply.read())["ready"] is True
+    health.tick(0, 0, None)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert refused.value.code == 503
+    assert refused.value.reason == "Service Unavailable"
