@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pymysql
 import pytest
 
-from agents.narrow import is_refusal, narrow
+from agents.narrow import REFUSED_OPERATIONAL_CODES, describe, is_refusal, narrow
 
 
 class Table:
@@ -96,3 +96,26 @@ async def test_a_batch_too_large_as_a_whole_succeeds_in_halves() -> None:
 )
 def test_what_counts_as_the_database_refusing_the_data(exc: BaseException, refused: bool) -> None:
     assert is_refusal(exc) is refused
+
+
+def test_the_refusal_codes_are_the_servers_own() -> None:
+    from pymysql.constants import ER
+
+    named = {
+        ER.TOO_BIG_ROWSIZE,
+        ER.NET_PACKET_TOO_LARGE,
+        ER.WARN_ALLOWED_PACKET_OVERFLOWED,
+        ER.TRUNCATED_WRONG_VALUE_FOR_FIELD,
+        ER.CONSTRAINT_FAILED,
+        3140,  # ER_INVALID_JSON_TEXT (MySQL 5.7+; pymysql has no name for it)
+    }
+    assert named == REFUSED_OPERATIONAL_CODES
+    for code in named:
+        assert is_refusal(pymysql.err.OperationalError(code, "refused"))
+    assert not is_refusal(pymysql.err.OperationalError(2013, "Lost connection to MySQL server"))
+
+
+def test_describe_names_the_error_and_cuts_it() -> None:
+    assert describe(ValueError("bad row")) == "ValueError: bad row"
+    assert describe(ValueError("x" * 500)) == "ValueError: " + "x" * 288
+    assert len(describe(ValueError("x" * 500), limit=20)) == 20
