@@ -1,7 +1,7 @@
 """Site-message endpoints: a user's inbox page, and marking a message read.
 
-The page is one pooled connection and two indexed reads (the page's rows over
-``idx_inbox_page``, the user's ``inbox_unread`` counter by primary key), shaped straight
+The page is one statement on one pooled connection: the page's rows over
+``idx_inbox_page`` with the user's ``inbox_unread`` counter alongside, shaped straight
 into the JSON answer: no response-model validation and re-serialisation per request.
 ``InboxPage`` still documents it.
 """
@@ -53,7 +53,8 @@ def router(clock: Clock) -> APIRouter:
 
 
 def page_json(rows: list[tuple[Any, ...]], limit: int, unread: int) -> bytes:
-    """The :class:`~api.schemas.InboxPage` of ``rows`` (``PAGE_COLUMNS``, up to ``limit + 1``)."""
+    """The :class:`~api.schemas.InboxPage` of ``rows`` (the unread counter, then
+    ``SHOWN_COLUMNS``; up to ``limit + 1`` rows)."""
     shown = rows[:limit]
     more = len(rows) > limit and shown
     return orjson.dumps(
@@ -68,9 +69,9 @@ def page_json(rows: list[tuple[Any, ...]], limit: int, unread: int) -> bytes:
                     "created_at": created_at,
                     "read": read_at is not None,
                 }
-                for message_id, _rule, template, title, body, priority, created_at, read_at in shown
+                for _unread, message_id, template, title, body, priority, created_at, read_at in shown
             ],
             "unread": unread,
-            "next_cursor": cursor_for(shown[-1][6], shown[-1][0]) if more else None,
+            "next_cursor": cursor_for(shown[-1][6], shown[-1][1]) if more else None,
         }
     )

@@ -169,6 +169,9 @@ class InboxItem:
 INBOX_COLUMNS = "message_id, user_id, rule_id, template, title, body, priority, created_at, read_at"
 # A page's columns: the user is the one asked for, so it is not read back.
 PAGE_COLUMNS = "message_id, rule_id, template, title, body, priority, created_at, read_at"
+# What the API shows of a page, behind the user's unread counter (the first column).
+SHOWN_COLUMNS = "message_id, template, title, body, priority, created_at, read_at"
+UNREAD_AND_SHOWN = f"(SELECT unread FROM inbox_unread WHERE user_id = %s), {SHOWN_COLUMNS}"
 # Deadlock (MySQL/MariaDB/TiDB), TiDB's optimistic write conflict, and a duplicate message
 # id inserted by a concurrent transaction: the transaction was rolled back, so it is run
 # again, and the next try sees the other transaction's rows.
@@ -208,12 +211,18 @@ class InboxStore:
     async def page_with_unread(
         self, user_id: str, limit: int, cursor: str | None
     ) -> tuple[list[tuple[Any, ...]], int]:
-        """The API's read: up to ``limit + 1`` rows of :data:`PAGE_COLUMNS`, newest first (the
-        extra one says there is a next page), and the unread count, on one pooled connection."""
+        """The API's read: up to ``limit + 1`` rows of :data:`SHOWN_COLUMNS`, newest first (the
+        extra one says there is a next page), and the unread count.
+
+        One statement in the common case: the counter rides along as an uncorrelated scalar
+        subquery (evaluated once), which saves a round trip and a result set; only an empty
+        page asks for the counter on its own.
+        """
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            rows = await _page_rows(cur, user_id, limit, cursor)
-            unread = await _unread(cur, user_id)
-        return rows, unread
+            rows = await _page_rows(cur, user_id, limit, cursor, UNREAD_AND_SHOWN, [user_id])
+            if not rows:
+                return rows, await _unread(cur, user_id)
+        return rows, int(rows[0][0] or 0)
 
     async def unread_count(self, user_id: str) -> int:
         async with self.pool.acquire() as conn, conn.cursor() as cur:
@@ -302,16 +311,23 @@ async def _mark_read(cur: Any, user_id: str, message_id: str, now_ms: int) -> bo
     return True
 
 
-async def _page_rows(cur: Any, user_id: str, limit: int, cursor: str | None) -> list[tuple[Any, ...]]:
+async def _page_rows(
+    cur: Any,
+    user_id: str,
+    limit: int,
+    cursor: str | None,
+    columns: str = PAGE_COLUMNS,
+    column_args: Sequence[Any] = (),
+) -> list[tuple[Any, ...]]:
     where = "user_id = %s"
-    args: list[Any] = [user_id]
+    args: list[Any] = [*column_args, user_id]
     if cursor:
         created_at, message_id = decode_cursor(cursor)
         # Spelled out rather than as a row comparison, so every server ranges over the index.
         where += " AND created_at <= %s AND (created_at < %s OR message_id < %s)"
         args += [created_at, created_at, message_id]
     await cur.execute(
-        f"SELECT {PAGE_COLUMNS} FROM inbox_messages WHERE {where} "
+        f"SELECT {columns} FROM inbox_messages WHERE {where} "
         "ORDER BY created_at DESC, message_id DESC LIMIT %s",
         [*args, limit + 1],
     )

@@ -17,7 +17,7 @@ import pytest
 from channels.base import Delivery, ProviderConfig, ProviderContext, Rendered
 from channels.inbox import InboxProvider
 from models.messages import ReachMessage
-from models.storage import InboxItem, InboxStore, create_pool, migrate
+from models.storage import InboxItem, InboxStore, create_pool, cursor_for, migrate
 from reach.settings import Settings
 from tests.integration.harness import Db, unique_run_id
 
@@ -155,3 +155,15 @@ async def test_the_page_query_ranges_over_the_page_index_without_sorting(db: tup
         columns = dict(zip(("id", "select_type", "table", "type", "possible_keys", "key"), row, strict=False))
         assert columns["key"] == "idx_inbox_page", plan
         assert "filesort" not in str(row[-1]), plan
+
+
+async def test_the_api_read_carries_the_counter_on_full_and_empty_pages(db: tuple[Settings, Any]) -> None:
+    _settings, pool = db
+    inbox = InboxStore(pool)
+    await inbox.insert([item(f"m{n}", created_at=n) for n in range(3)])
+    await inbox.mark_read("u1", "m0", 9)
+    rows, unread = await inbox.page_with_unread("u1", 2, None)
+    assert unread == 2 and [r[1] for r in rows] == ["m2", "m1", "m0"]  # limit + 1 rows
+    past_the_end = cursor_for(0, "m0")
+    assert await inbox.page_with_unread("u1", 2, past_the_end) == ([], 2)  # no rows: counter alone
+    assert await inbox.page_with_unread("nobody", 2, None) == ([], 0)

@@ -27,15 +27,15 @@ def test_event_record_is_byte_for_byte_the_old_encoding() -> None:
 
 
 def row(message_id: str, created_at: int, read_at: int | None) -> tuple[object, ...]:
-    # PAGE_COLUMNS: message_id, rule_id, template, title, body, priority, created_at, read_at
-    return (message_id, "rule", "tpl", f"title {message_id}", "body <b>", 7, created_at, read_at)
+    # the unread counter, then SHOWN_COLUMNS: message_id, template, title, body, priority, created_at, read_at
+    return (5, message_id, "tpl", f"title {message_id}", "body <b>", 7, created_at, read_at)
 
 
 def test_page_json_is_the_documented_page() -> None:
     rows = [row("m3", 300, None), row("m2", 200, 250), row("m1", 100, None)]
     page = orjson.loads(page_json(rows, 2, unread=5))
     expected_items = [
-        InboxMessage.from_item(InboxItem(r[0], "u", r[1], r[2], r[3], r[4], r[5], r[6], r[7])).model_dump()
+        InboxMessage.from_item(InboxItem(r[1], "u", "rule", r[2], r[3], r[4], r[5], r[6], r[7])).model_dump()
         for r in rows[:2]
     ]
     assert InboxPage.model_validate(page).model_dump() == page
