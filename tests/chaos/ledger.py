@@ -21,9 +21,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-FINAL_UNDELIVERED = frozenset({"failed", "unknown"})
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Expected:
     message_id: str
@@ -83,7 +80,7 @@ def judge(
             failed += 1
         elif status == "sent":
             false_sent.append(message.message_id)
-        elif status not in FINAL_UNDELIVERED:
+        elif status != "unknown":
             lost.append(message.message_id)
     return Verdict(total, delivered, failed, unknown, duplicates, resent, tuple(lost), tuple(false_sent))
 

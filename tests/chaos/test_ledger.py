@@ -18,6 +18,9 @@ def test_recorded_failures_and_unknowns_are_accounted_for() -> None:
     verdict = judge(SMTP, {"m0": 1, "m1": 1}, {"m2": "failed", "m3": "unknown"})
     assert verdict.ok
     assert (verdict.delivered, verdict.recorded_failed, verdict.recorded_unknown) == (2, 1, 1)
+    every = judge(SMTP, {}, {"m0": "failed", "m1": "failed", "m2": "unknown", "m3": "unknown"})
+    assert every.ok
+    assert (every.delivered, every.recorded_failed, every.recorded_unknown) == (0, 2, 2)
 
 
 def test_a_message_neither_delivered_nor_recorded_final_is_lost() -> None:
