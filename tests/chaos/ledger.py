@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Expected:
     message_id: str
