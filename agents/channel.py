@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 import structlog
 
 from agents.claims import send_isolated, split_by_marker
@@ -46,6 +47,7 @@ from channels.config import ChannelConfig
 from channels.routing import NoProviderAvailableError
 from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
+from models.outbox import unpack
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -382,12 +384,24 @@ def decode_messages(
     letters: list[tuple[bytes | None, bytes]] = []
     for value in values:
         try:
-            messages.append(ReachMessage.from_bytes(value))
+            items = unpack(value)
         except Exception as exc:
-            record = {"reason": "bad_outbox_record", "detail": describe(exc), "failed_at": now_ms}
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            letters.append((None, dumps_within({**record, "value": text}, "value", limit)))
+            letters.append(_bad_outbox_record(exc, text, now_ms, limit))
+            continue
+        framed = len(items) != 1 or value.lstrip()[:1] == b"["
+        for item in items:
+            try:
+                messages.append(ReachMessage.from_dict(item))
+            except Exception as exc:  # one bad message of a frame fails alone
+                text = orjson.dumps(item).decode() if framed else value.decode("utf-8", "replace")
+                letters.append(_bad_outbox_record(exc, text, now_ms, limit))
     return messages, letters
+
+
+def _bad_outbox_record(exc: Exception, text: str, now_ms: int, limit: int) -> tuple[bytes | None, bytes]:
+    record = {"reason": "bad_outbox_record", "detail": describe(exc), "failed_at": now_ms, "value": text}
+    return None, dumps_within(record, "value", limit)
 
 
 def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> Any:
@@ -398,7 +412,10 @@ def register(app: Any, topic: Any, runtime: Runtime, channel: ChannelConfig) -> 
     settings = runtime.settings
 
     async def deliver(stream: Any) -> None:
-        async for values in stream.take(settings.batch_size, within=settings.batch_within):
+        # An outbox record is a frame of up to outbox_frame_messages: a batch of this many
+        # records holds about batch_size messages.
+        frames = max(1, settings.batch_size // settings.outbox_frame_messages)
+        async for values in stream.take(frames, within=settings.batch_within):
             limit = value_limit(settings.kafka_max_message_bytes)
             messages, bad = decode_messages(values, runtime.clock.now_ms(), limit)
             batch = BatchOutcome()

@@ -12,7 +12,9 @@ from typing import Any
 
 from agents.guard import run_step
 from agents.produce import produce_all
+from agents.records import value_limit
 from models.messages import ReachMessage
+from models.outbox import pack
 from reach.runtime import Runtime
 
 BATCH = 2000
@@ -27,8 +29,9 @@ async def pump_once(app: Any, runtime: Runtime) -> int:
     for payload in due:
         message = ReachMessage.from_bytes(payload)
         by_topic[runtime.settings.outbox_topic(message.channel)].append((message.user_id.encode(), payload))
+    limit = value_limit(runtime.settings.kafka_max_message_bytes)
     for topic, records in by_topic.items():
-        await produce_all(app, topic, records)
+        await produce_all(app, topic, pack(records, runtime.settings.outbox_frame_messages, limit))
     await queue.remove(due)
     return len(due)
 

@@ -21,6 +21,7 @@ from agents.plan import plan_event
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
 from models.events import EventError, parse_event
+from models.outbox import pack
 from models.profiles import UserProfile
 from reach.runtime import Runtime
 from rules.engine import RuleEngine
@@ -98,9 +99,10 @@ class TriggerStep:
         by_channel: dict[str, list[tuple[bytes | None, bytes]]] = {}
         for channel, key, value in records:
             by_channel.setdefault(channel, []).append((key, value))
-            self.rt.metrics.rule_matches.labels(channel).inc()
         for channel, outbox in by_channel.items():
-            await produce_all(self.app, settings.outbox_topic(channel), outbox)
+            self.rt.metrics.rule_matches.labels(channel).inc(len(outbox))
+            frames = pack(outbox, settings.outbox_frame_messages, self.limit)
+            await produce_all(self.app, settings.outbox_topic(channel), frames)
         await produce_all(self.app, settings.dead_letter_topic, dead)
 
 

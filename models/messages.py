@@ -46,7 +46,7 @@ class ReachMessage:
     not_before: int = 0  # ms since epoch; 0 = send now
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,7 +55,11 @@ class ReachMessage:
     def from_bytes(cls, raw: bytes) -> ReachMessage:
         """Decode an outbox record; raises ``ValueError`` (or ``TypeError`` for missing or
         unknown fields) unless every field has its type, so no later step trips on one."""
-        data = orjson.loads(raw)
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReachMessage:
+        """A message from its decoded JSON; raises like :meth:`from_bytes`."""
         if not isinstance(data, dict):
             raise ValueError("a reach message is a JSON object")
         _check_types(data)

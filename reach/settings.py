@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / "var" / "worker"  # faust's local table state
     batch_size: int = Field(1000, ge=1)  # messages per agent batch
     batch_within: float = Field(0.05, gt=0)  # seconds an agent waits to fill a batch
+    outbox_frame_messages: int = Field(500, ge=1)  # messages per outbox record (models/outbox.py)
     deferred_poll_interval: float = Field(0.2, gt=0)  # seconds between deferred-queue polls
     sent_marker_ttl: int = Field(7 * 24 * 3600, ge=60)  # seconds a message id is remembered as sent
     max_attempts: int = Field(5, ge=1)  # delivery attempts per message before it fails for good

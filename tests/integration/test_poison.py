@@ -19,7 +19,7 @@ import orjson
 import pytest
 import yaml
 
-from models.messages import message_id_for
+from models.messages import ReachMessage, message_id_for
 from models.storage import migrate
 from reach.producer import SyncProducer
 from reach.settings import Settings
@@ -382,3 +382,28 @@ def test_after_a_crash_mid_batch_only_started_sends_are_unknown_and_the_rest_are
                 restarted.stop()
         finally:
             stop(settings, worker)
+
+
+def test_one_bad_message_of_a_frame_fails_alone(poison: Poison) -> None:
+    s = poison.settings
+    good = event("frame-ok", "outbox-user", "p_note", n=1)
+    frame = b'[{"message_id": 6}, "not an object", ' + message_for(good) + b"]"
+    SyncProducer(s.kafka_bootstrap).send_many(s.outbox_topic("inbox"), [(b"outbox-user", frame)])
+    wanted = {'{"message_id":6}', '"not an object"'}
+
+    def both(records: list[tuple[bytes | None, bytes]]) -> bool:
+        return wanted <= {orjson.loads(value).get("value") for _, value in records}
+
+    read_topic_until(s, s.delivery_dead_letter_topic, both, timeout=60)
+    wait_until(lambda: note_id("frame-ok") in poison.results("p-note"), 30, "the frame's good message")
+    assert_still_running(poison.worker)
+
+
+def message_for(source: dict[str, Any]) -> bytes:
+    """The inbox message the p-note rule makes of ``source``, as the trigger would encode it."""
+    return ReachMessage(
+        message_id=note_id(source["event_id"]), user_id=source["user_id"], rule_id="p-note",
+        template="note", channel="inbox", provider="mariadb", priority=5,
+        event_id=source["event_id"], event_name=source["name"], event_ts=source["ts"],
+        created_ts=source["ts"], variables={"properties": source["properties"]}, contact={},
+    ).to_bytes()  # fmt: skip
