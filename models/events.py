@@ -59,7 +59,16 @@ class Event:
         return platform if isinstance(platform, str) else ""
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The event's fields in a new dict; ``properties`` and ``device`` are the event's own
+        (not copied: nothing changes them, and a deep copy costs ~20 us an event)."""
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "ts": self.ts,
+            "properties": self.properties,
+            "device": self.device,
+        }
 
 
 def load_json(raw: bytes | str) -> Any:

@@ -117,7 +117,7 @@ class DeliveryResult:
     provider_message_id: str = ""
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps(self)  # the dataclass itself; the status enum encodes as its value
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> DeliveryResult:

@@ -165,6 +165,13 @@ class InboxItem:
     created_at: int
     read_at: int | None = None
 
+    def row(self) -> tuple[Any, ...]:
+        """The values in INBOX_COLUMNS order (``dataclasses.astuple`` deep-copies: 5x slower)."""
+        return (
+            self.message_id, self.user_id, self.rule_id, self.template, self.title,
+            self.body, self.priority, self.created_at, self.read_at,
+        )  # fmt: skip
+
 
 INBOX_COLUMNS = "message_id, user_id, rule_id, template, title, body, priority, created_at, read_at"
 # A page's columns: the user is the one asked for, so it is not read back.
@@ -276,7 +283,7 @@ async def _insert_new(cur: Any, items: Sequence[InboxItem]) -> None:
     row_marks = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(new))
     await cur.execute(
         f"INSERT INTO inbox_messages ({INBOX_COLUMNS}) VALUES {row_marks}",
-        [value for item in new for value in dataclasses.astuple(item)],
+        [value for item in new for value in item.row()],
     )
     await _add_unread(cur, new)
 

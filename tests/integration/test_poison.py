@@ -183,7 +183,7 @@ def test_deep_and_broken_events_fail_alone_and_their_batch_is_delivered(poison: 
     by_reason = {r["reason"]: r for r in records if r["value"].startswith(("{not", '{"event_id":"deep-'))}
     assert set(by_reason) == {"plan_error", "too_deep", "invalid_json"}
     assert '"event_id":"deep-500"' in by_reason["plan_error"]["value"]
-    assert "RecursionError" in by_reason["plan_error"]["detail"]
+    assert "Recursion" in by_reason["plan_error"]["detail"]  # RecursionError, or orjson's TypeError
     assert '"event_id":"deep-900"' in by_reason["too_deep"]["value"]
     assert note_id("deep-500") not in poison.results("p-note")
     assert_still_running(poison.worker)

@@ -62,7 +62,7 @@ def test_an_event_that_makes_planning_raise_is_dead_lettered_and_the_batch_goes_
     ]
     records, dead = trigger.plan(batch)
     assert reasons(dead) == [("plan_error", 2), ("invalid_json", 3)]
-    assert "RecursionError" in orjson.loads(dead[0][1])["detail"]
+    assert "Recursion" in orjson.loads(dead[0][1])["detail"]  # RecursionError, or orjson's TypeError
     assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-1", "e-4"]
 
 

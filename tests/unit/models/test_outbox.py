@@ -70,3 +70,17 @@ def test_records_that_are_not_messages_are_refused(value: bytes) -> None:
 def test_a_frame_element_is_checked_like_a_message(item: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         ReachMessage.from_dict(item)
+
+
+def test_result_and_inbox_encodings_hold_every_field() -> None:
+    from models.messages import DeliveryResult, DeliveryStatus
+    from models.storage import INBOX_COLUMNS, InboxItem
+
+    result = DeliveryResult(
+        "m", 2, "u", "r", "email", "smtp", DeliveryStatus.SENT, "ios", 1, 2, 3, "c", "e", "p"
+    )
+    assert orjson.loads(result.to_bytes()) == {**dataclasses.asdict(result), "status": "sent"}
+    assert DeliveryResult.from_bytes(result.to_bytes()) == result
+    item = InboxItem("m", "u", "r", "t", "title", "body", 5, 10, None)
+    assert item.row() == dataclasses.astuple(item)
+    assert [f.name for f in dataclasses.fields(InboxItem)] == INBOX_COLUMNS.split(", ")
