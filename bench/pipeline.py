@@ -1,11 +1,13 @@
 """End-to-end throughput of the real pipeline on the local stack (`make bench`).
 
 Many users each send one trigger event; the run counts delivered inbox
-messages with their result rows. It prints a last line of JSON with
-``messages_per_minute``, end-to-end latency p50/p99 (event time to result row)
-and the worker's peak RSS.
+messages with their result rows. In the same run it measures the ceiling, a
+bare two-hop faust app (``bench/bare_faust.py``) carrying as many records. It
+prints a last line of JSON with ``messages_per_minute``, the bare app's
+``bare_two_hop_per_minute`` and ``ratio_to_bare``, end-to-end latency p50/p99
+(event time to result row) and the worker's peak RSS.
 
-Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4),
+Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_BARE=0 to skip the bare app,
 BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the worker under
 pyinstrument (its report is written next to the worker log).
 """
@@ -15,20 +17,24 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.storage import migrate
 from reach.producer import SyncProducer
+from reach.settings import REPO_ROOT
 from tests.integration.harness import (
     Db,
     WorkerProcess,
     clear_redis,
     make_settings,
+    settings_env,
     unique_run_id,
     wait_until,
 )
@@ -65,6 +71,47 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def bare_two_hop_per_minute(total: int, partitions: int, timeout: float) -> int:
+    """Records a minute through the bare two-hop faust app, on topics of its own."""
+    tmp = Path(tempfile.mkdtemp(prefix="reach-bare-"))
+    settings = make_settings(tmp, unique_run_id(), CHANNELS, partitions=partitions, batch_within=0.05)
+    topics = [settings.topic("bare.a"), settings.topic("bare.b")]
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
+        future.result(30)
+    progress = tmp / "progress"
+    env = {**os.environ, **settings_env(settings), "BARE_PROGRESS": str(progress)}
+    with open(tmp / "bare.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_faust"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    try:
+        producer = SyncProducer(settings.kafka_bootstrap)
+        producer.send_many(topics[0], [(None, b"warm-up")])
+        wait_until(lambda: _seen(progress)[0] >= 1, 120, "the bare app's first record")
+        started = time.time()
+        producer.send_many(topics[0], ((None, b"x" * 200) for _ in range(total)))
+        wait_until(lambda: _seen(progress)[0] >= total + 1, timeout, "the bare app's records", interval=0.5)
+        return round(total / (_seen(progress)[1] - started) * 60)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        admin.delete_topics(topics)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _seen(progress: Path) -> tuple[int, float]:
+    try:
+        count, at = progress.read_text().split()
+        return int(count), float(at)
+    except (FileNotFoundError, ValueError):
+        return 0, 0.0
 
 
 def main() -> int:
@@ -152,6 +199,11 @@ def main() -> int:
         "partitions": settings.partitions,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+    if os.environ.get("BENCH_BARE", "1") != "0":
+        bare = bare_two_hop_per_minute(total, settings.partitions, timeout)
+        summary["bare_two_hop_per_minute"] = bare
+        summary["ratio_to_bare"] = round(summary["messages_per_minute"] / bare, 2)
+        summary["load_avg_1m_after_bare"] = round(os.getloadavg()[0], 2)
     if os.environ.get("BENCH_PROFILE"):
         print(f"profile: {tmp / 'profile.txt'}", file=sys.stderr)
     else:
