@@ -103,9 +103,12 @@ RETIRED_INDEXES: tuple[tuple[str, str], ...] = (
     ("inbox_messages", "idx_inbox_user_unread"),  # served the per-request COUNT, now inbox_unread
 )
 # Counts what inbox_messages held before the counters existed (index-only, over idx_inbox_page).
+# Idempotent: two processes migrating at once (API and worker) both see the table missing
+# and both backfill; the second sets the same counts instead of failing on a duplicate key.
 UNREAD_BACKFILL = (
     "INSERT INTO inbox_unread (user_id, unread) "
-    "SELECT user_id, COUNT(*) FROM inbox_messages WHERE read_at IS NULL GROUP BY user_id"
+    "SELECT user_id, COUNT(*) FROM inbox_messages WHERE read_at IS NULL GROUP BY user_id "
+    "ON DUPLICATE KEY UPDATE unread = VALUES(unread)"
 )
 
 

@@ -167,3 +167,11 @@ async def test_the_api_read_carries_the_counter_on_full_and_empty_pages(db: tupl
     past_the_end = cursor_for(0, "m0")
     assert await inbox.page_with_unread("u1", 2, past_the_end) == ([], 2)  # no rows: counter alone
     assert await inbox.page_with_unread("nobody", 2, None) == ([], 0)
+
+
+async def test_two_processes_migrating_at_once_both_start(db: tuple[Settings, Any]) -> None:
+    settings, pool = db
+    await InboxStore(pool).insert([item("c1"), item("c2", "u2")])
+    Db(settings).query("DROP TABLE inbox_unread")  # an older database, the API and the worker starting
+    await asyncio.gather(migrate(settings), migrate(settings))
+    assert counters(Db(settings)) == {"u1": 1, "u2": 1}
