@@ -25,7 +25,6 @@ for a deadlock or a write conflict is run again (``MAX_TRANSACTION_TRIES``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -34,7 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pymysql
+
+from models.storage import in_transaction
 
 MAX_ERROR_LENGTH = 500
 MIN_PHONE_DIGITS = 7  # a shorter common suffix could belong to two different numbers
@@ -114,6 +114,13 @@ class _Stored:
     received_at: int
 
 
+async def _record_once(cur: Any, provider: str, final: list[Receipt], now_ms: int) -> list[ReceiptResult]:
+    fresh = await _claim(cur, provider, final, now_ms)
+    applied = await _apply(cur, provider, fresh, now_ms)
+    await _set_outcomes(cur, provider, [(r.receipt.digest(), r.outcome) for r in applied])
+    return applied
+
+
 class ReceiptStore:
     """Stores and applies receipts. Safe to run concurrently with itself, in several API
     processes, and with the worker's result upserts."""
@@ -131,30 +138,14 @@ class ReceiptStore:
         """
         firsts = _first_of_each(receipts)
         final = [receipts[i] for i in firsts.values() if receipts[i].status is not ReceiptStatus.PROGRESS]
-        for tries in range(1, MAX_TRANSACTION_TRIES + 1):
-            try:
-                applied = await self._record_once(provider, final, now_ms)
-                break
-            except pymysql.err.OperationalError as exc:
-                # The database rolled the whole transaction back: nothing was stored, run it again.
-                if exc.args[0] not in RETRYABLE_ERRORS or tries == MAX_TRANSACTION_TRIES:
-                    raise
+        applied: list[ReceiptResult] = await in_transaction(
+            self.pool,
+            lambda _conn, cur: _record_once(cur, provider, final, now_ms),
+            RETRYABLE_ERRORS,
+            MAX_TRANSACTION_TRIES,
+        )
         by_digest = {result.receipt.digest(): result for result in applied}
         return [_result_for(index, receipt, firsts, by_digest) for index, receipt in enumerate(receipts)]
-
-    async def _record_once(self, provider: str, final: list[Receipt], now_ms: int) -> list[ReceiptResult]:
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await conn.begin()
-            try:
-                fresh = await _claim(cur, provider, final, now_ms)
-                applied = await _apply(cur, provider, fresh, now_ms)
-                await _set_outcomes(cur, provider, [(r.receipt.digest(), r.outcome) for r in applied])
-                await conn.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):  # a lost connection must not hide the cause
-                    await conn.rollback()
-                raise
-        return applied
 
     async def rematch(self, now_ms: int, window_ms: int, limit: int = 500) -> list[tuple[str, ReceiptResult]]:
         """Apply unmatched receipts received in the last ``window_ms`` whose result row now exists.

@@ -251,9 +251,14 @@ class InboxStore:
 
 
 async def _retried(pool: Any, work: Any) -> Any:
-    """Run ``await work(conn, cur)`` in one transaction; again when it was rolled back for a
-    reason in :data:`RETRYABLE_INBOX_ERRORS`, up to :data:`MAX_INBOX_TRIES` times in all."""
-    for tries in range(1, MAX_INBOX_TRIES + 1):
+    return await in_transaction(pool, work, RETRYABLE_INBOX_ERRORS, MAX_INBOX_TRIES)
+
+
+async def in_transaction(pool: Any, work: Any, retry_codes: frozenset[int], tries: int) -> Any:
+    """Run ``await work(conn, cur)`` in one transaction and return its result; run it again
+    when the database rolled it back with an error numbered in ``retry_codes`` (a deadlock,
+    a TiDB write conflict), up to ``tries`` times in all; any other error is raised."""
+    for attempt in range(1, tries + 1):
         try:
             async with pool.acquire() as conn, conn.cursor() as cur:
                 await conn.begin()
@@ -266,7 +271,7 @@ async def _retried(pool: Any, work: Any) -> Any:
                     raise
             return result
         except (pymysql.err.OperationalError, pymysql.err.IntegrityError) as exc:
-            if exc.args[0] not in RETRYABLE_INBOX_ERRORS or tries == MAX_INBOX_TRIES:
+            if exc.args[0] not in retry_codes or attempt == tries:
                 raise
     raise AssertionError("unreachable")
 
