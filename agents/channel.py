@@ -47,7 +47,7 @@ from channels.config import ChannelConfig
 from channels.routing import NoProviderAvailableError
 from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
-from models.outbox import unpack
+from models.outbox import pack, unpack
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -315,11 +315,16 @@ class ChannelSender:
         await rt.sent.release(batch.released_ids)
         results, refused = await self._store_results(batch.results)
         await rt.dead_addresses.record(batch.dead_addresses, rt.clock.now_ms())
-        await self.produce(
-            rt.settings.results_topic, [(r.message_id.encode(), r.to_bytes()) for r in results]
-        )
+        await self.produce(rt.settings.results_topic, self._result_frames(results))
         await self.produce(rt.settings.delivery_dead_letter_topic, batch.dead_letters + refused)
         await rt.deferred.add(batch.deferred)
+
+    def _result_frames(self, results: list[DeliveryResult]) -> list[tuple[bytes | None, bytes]]:
+        """The results topic is framed like the outbox (``models/outbox.py``): a record per
+        result would cost the producer more than the rest of recording the batch."""
+        settings = self.rt.settings
+        records = [(r.message_id.encode(), r.to_bytes()) for r in results]
+        return pack(records, settings.outbox_frame_messages, value_limit(settings.kafka_max_message_bytes))
 
     async def _store_results(
         self, results: list[DeliveryResult]

@@ -1,4 +1,4 @@
-"""Outbox records: many reach messages in one Kafka record.
+"""Outbox and results records: many reach messages (or results) in one Kafka record.
 
 Every Kafka record costs the consuming faust agent the same, whatever its size
 (tens of microseconds of CPU), so the trigger agent and the deferred pump pack
@@ -8,7 +8,10 @@ record whose value is one JSON object is one message (what earlier versions
 wrote), so an outbox written before an upgrade is still delivered.
 
 A frame is keyed by its first message's user id, which spreads frames over the
-partitions; nothing downstream depends on a user's messages sharing one.
+partitions; nothing downstream depends on a user's messages sharing one. The
+channel agents write the results topic the same way (frames of results, keyed
+by the first result's message id): a consumer of ``<prefix>results`` reads each
+record with ``unpack``.
 """
 
 from __future__ import annotations

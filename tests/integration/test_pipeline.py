@@ -7,6 +7,7 @@ import httpx
 import orjson
 import pytest
 
+from models.outbox import unpack
 from reach.producer import SyncProducer
 from tests.integration.conftest import Api, Pipeline
 from tests.integration.harness import event, produce_json, read_topic_until, wait_until
@@ -87,9 +88,9 @@ def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api
     on_topic = read_topic_until(
         pipeline.settings,
         pipeline.settings.results_topic,
-        lambda recs: any(orjson.loads(v)["message_id"] == message_id for _, v in recs),
+        lambda recs: any(r["message_id"] == message_id for _, v in recs for r in unpack(v)),
     )
-    assert any(orjson.loads(v)["status"] == "sent" for _, v in on_topic)
+    assert any(r["status"] == "sent" for _, v in on_topic for r in unpack(v) if r["message_id"] == message_id)
 
 
 def test_a_replayed_event_sends_nothing_twice(pipeline: Pipeline) -> None:
