@@ -1,38 +1,52 @@
 """End-to-end throughput of the real pipeline on the local stack (`make bench`).
 
 Many users each send one trigger event; the run counts delivered inbox
-messages with their result rows. In the same run it measures the ceiling, a
-bare two-hop faust app (``bench/bare_faust.py``) carrying as many records. It
-prints a last line of JSON with ``messages_per_minute``, the bare app's
-``bare_two_hop_per_minute`` and ``ratio_to_bare``, end-to-end latency p50/p99
-(event time to result row) and the worker's peak RSS.
+messages with their result rows. One run measures, in order:
+
+- **burst**: every event produced at once, one worker: messages a minute from
+  the first event to the last result row, latency p50/p99 (event time to result
+  row), the worker's peak RSS, and the Redis memory the run's keys hold per
+  100,000 messages;
+- **the ceiling**, a bare two-hop faust app (``bench/bare_faust.py``) carrying
+  as many records, and reach's ratio to it;
+- the burst again with **two worker processes**;
+- **sustained**: the highest offered rate held for ``BENCH_SUSTAIN_SECONDS``
+  (60) with p99 event-to-result <= 1 s, searched in steps of 1.25x.
+
+The last line is JSON with these figures and the load average beside each.
 
 Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_BARE=0 to skip the bare app,
-BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the worker under
-pyinstrument (its report is written next to the worker log).
+BENCH_TWO_WORKERS=0 to skip two workers, BENCH_SUSTAIN_SECONDS=0 to skip the sustained search,
+BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the (first) worker under pyinstrument (its
+report is written next to the worker log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
+import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.storage import migrate
 from reach.producer import SyncProducer
-from reach.settings import REPO_ROOT
+from reach.settings import REPO_ROOT, Settings
 from tests.integration.harness import (
     Db,
     WorkerProcess,
     clear_redis,
+    free_port,
     make_settings,
     settings_env,
     unique_run_id,
@@ -114,100 +128,191 @@ def _seen(progress: Path) -> tuple[int, float]:
         return 0, 0.0
 
 
-def main() -> int:
-    total = int(os.environ.get("BENCH_EVENTS", "200000"))
-    timeout = float(os.environ.get("BENCH_TIMEOUT", "900"))
-    tmp = Path(tempfile.mkdtemp(prefix="reach-bench-"))
-    (tmp / "rules").mkdir()
-    (tmp / "rules" / "bench.yaml").write_text(RULES)
-    settings = make_settings(
-        tmp,
-        unique_run_id(),
-        CHANNELS,
-        partitions=int(os.environ.get("BENCH_PARTITIONS", "4")),
-        batch_within=0.05,
-        batch_size=int(os.environ.get("BENCH_BATCH", "2000")),
-    )
-    asyncio.run(migrate(settings))
-    db = Db(settings)
-    worker = WorkerProcess(settings, tmp / "worker.log")
-    if os.environ.get("BENCH_PROFILE"):
-        worker.command = [
-            sys.executable,
-            "-m",
-            "pyinstrument",
-            "-r",
-            "text",
-            "-o",
-            str(tmp / "profile.txt"),
-            "-m",
-            "reach.cli",
-            "worker",
+def events(first: int, count: int) -> Iterator[tuple[bytes, bytes]]:
+    """``count`` trigger events for users ``first ..``, stamped with the time they are produced."""
+    for n in range(first, first + count):
+        yield (
+            f"bench-user-{n}".encode(),
+            orjson.dumps(
+                {
+                    "event_id": f"bench-{n}",
+                    "user_id": f"bench-user-{n}",
+                    "name": "bench_ping",
+                    "ts": int(time.time() * 1000),
+                    "properties": {"n": n},
+                    "device": {"platform": "web"},
+                }
+            ),
+        )
+
+
+class Run:
+    """One benchmark run: its settings, database and worker processes."""
+
+    def __init__(self, tmp: Path, workers: int) -> None:
+        (tmp / "rules").mkdir()
+        (tmp / "rules" / "bench.yaml").write_text(RULES)
+        self.settings = make_settings(
+            tmp,
+            unique_run_id(),
+            CHANNELS,
+            partitions=int(os.environ.get("BENCH_PARTITIONS", "4")),
+            batch_within=0.05,
+            batch_size=int(os.environ.get("BENCH_BATCH", "2000")),
+        )
+        asyncio.run(migrate(self.settings))
+        self.db = Db(self.settings)
+        self.workers = [
+            WorkerProcess(
+                self.settings, tmp / f"worker-{n}.log", {"REACH_WORKER_METRICS_PORT": str(free_port())}
+            )
+            for n in range(workers)
         ]
-    worker.start()
-    try:
-        producer = SyncProducer(settings.kafka_bootstrap)
+        if os.environ.get("BENCH_PROFILE"):
+            self.workers[0].command = [
+                sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(tmp / "profile.txt"),
+                "-m", "reach.cli", "worker",
+            ]  # fmt: skip
+        self.producer = SyncProducer(self.settings.kafka_bootstrap)
+        self.sent = 0
+
+    def __enter__(self) -> Run:
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.db.drop()
+        clear_redis(self.settings)
+
+    def produce(self, count: int) -> None:
+        self.producer.send_many(self.settings.events_topic, events(self.sent, count))
+        self.sent += count
+
+    def delivered(self, since_ms: int = 0) -> int:
+        sql = "SELECT COUNT(*) FROM delivery_results WHERE status = 'sent' AND event_ts >= %s"
+        return int(self.db.query(sql, (since_ms,))[0][0])
+
+    def latencies(self, since_ms: int = 0) -> list[int]:
+        sql = "SELECT completed_at - event_ts FROM delivery_results WHERE event_ts >= %s"
+        return sorted(int(r[0]) for r in self.db.query(sql, (since_ms,)))
+
+    def peak_rss_mb(self) -> float:
+        return max(peak_rss_mb(w.proc.pid) if w.proc else 0.0 for w in self.workers)
+
+
+def burst(workers: int, total: int, timeout: float) -> dict[str, Any]:
+    """Every event produced at once; the rate from the first event to the last result row."""
+    tmp = Path(tempfile.mkdtemp(prefix="reach-bench-"))
+    with Run(tmp, workers) as run:
         started = time.time()
-
-        def records():
-            for n in range(total):
-                now = int(time.time() * 1000)
-                yield (
-                    f"bench-user-{n}".encode(),
-                    orjson.dumps(
-                        {
-                            "event_id": f"bench-{n}",
-                            "user_id": f"bench-user-{n}",
-                            "name": "bench_ping",
-                            "ts": now,
-                            "properties": {"n": n},
-                            "device": {"platform": "web"},
-                        }
-                    ),
-                )
-
-        producer.send_many(settings.events_topic, records())
-        produced_s = time.time() - started
-        print(f"produced {total} events in {produced_s:.1f}s", file=sys.stderr)
-
-        def done() -> bool:
-            (count,) = db.query("SELECT COUNT(*) FROM delivery_results WHERE status = 'sent'")[0]
-            print(f"  {count}/{total} delivered", file=sys.stderr)
-            return count >= total
-
-        wait_until(done, timeout, f"{total} result rows", interval=2.0)
-        rss = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
-        (first_event, last_result) = db.query(
+        run.produce(total)
+        print(
+            f"produced {total} events in {time.time() - started:.1f}s ({workers} worker(s))", file=sys.stderr
+        )
+        wait_until(lambda: run.delivered() >= total, timeout, f"{total} result rows", interval=2.0)
+        first_event, last_result = run.db.query(
             "SELECT MIN(event_ts), MAX(completed_at) FROM delivery_results"
         )[0]
-        latencies = sorted(r[0] for r in db.query("SELECT completed_at - event_ts FROM delivery_results"))
-        (inbox_rows,) = db.query("SELECT COUNT(*) FROM inbox_messages")[0]
-    finally:
-        worker.stop()
-        db.drop()
-        clear_redis(settings)
-    elapsed_s = (last_result - first_event) / 1000
-    summary = {
-        "messages": total,
-        "inbox_rows": inbox_rows,
-        "elapsed_s": round(elapsed_s, 2),
-        "messages_per_minute": round(total / elapsed_s * 60),
-        "latency_p50_ms": percentile(latencies, 0.50),
-        "latency_p99_ms": percentile(latencies, 0.99),
-        "worker_peak_rss_mb": round(rss, 1),
-        "producer_s": round(produced_s, 2),
-        "partitions": settings.partitions,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
-    if os.environ.get("BENCH_BARE", "1") != "0":
-        bare = bare_two_hop_per_minute(total, settings.partitions, timeout)
-        summary["bare_two_hop_per_minute"] = bare
-        summary["ratio_to_bare"] = round(summary["messages_per_minute"] / bare, 2)
-        summary["load_avg_1m_after_bare"] = round(os.getloadavg()[0], 2)
+        latencies = run.latencies()
+        figures = {
+            "messages_per_minute": round(total / ((last_result - first_event) / 1000) * 60),
+            "latency_p50_ms": percentile(latencies, 0.50),
+            "latency_p99_ms": percentile(latencies, 0.99),
+            "worker_peak_rss_mb": round(run.peak_rss_mb(), 1),
+            "redis_bytes_per_100k_messages": redis_bytes_per_100k(run.settings, total),
+        }
     if os.environ.get("BENCH_PROFILE"):
         print(f"profile: {tmp / 'profile.txt'}", file=sys.stderr)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+def redis_bytes_per_100k(settings: Settings, messages: int) -> int:
+    """Redis memory the run's keys hold (``MEMORY USAGE`` of a sample, scaled to every key)."""
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    keys = list(client.scan_iter(f"{settings.redis_prefix}*", count=5000))
+    if not keys:
+        return 0
+    sample = random.sample(keys, min(len(keys), 2000))
+    pipe = client.pipeline(transaction=False)
+    for key in sample:
+        pipe.memory_usage(key, samples=0)
+    used = sum(n or 0 for n in pipe.execute())
+    return round(used / len(sample) * len(keys) / messages * 100_000)
+
+
+def paced(run: Run, rate: int, seconds: float) -> tuple[bool, int]:
+    """Offer ``rate`` events a second for ``seconds``; whether every message reached its result
+    row within a second of the last event with p99 <= 1 s, and that p99."""
+    since = int(time.time() * 1000)
+    first, slice_s = run.sent, 0.1
+    started = time.time()
+    for n in range(int(seconds / slice_s)):
+        run.produce(round(rate * slice_s))
+        time.sleep(max(0.0, started + (n + 1) * slice_s - time.time()))
+    offered = run.sent - first
+    try:
+        wait_until(
+            lambda: run.delivered(since) >= offered, 1.0 + 2 * slice_s, "the paced messages", interval=0.2
+        )
+    except AssertionError:
+        wait_until(lambda: run.delivered(since) >= offered, 600, "the backlog to drain", interval=1.0)
+        return False, percentile(run.latencies(since), 0.99)
+    p99 = percentile(run.latencies(since), 0.99)
+    return p99 <= 1000, p99
+
+
+def sustained(start_rate: int, seconds: float) -> dict[str, Any]:
+    """The highest offered rate held for ``seconds`` with p99 <= 1 s, searched from ``start_rate``
+    (a burst's rate) in steps of 1.25x, at most five trials, on one worker."""
+    tmp = Path(tempfile.mkdtemp(prefix="reach-bench-"))
+    held, trials, rate = 0, [], start_rate
+    with Run(tmp, 1) as run:
+        run.produce(100)  # warm-up: the first batch pays for connections and rule compilation
+        wait_until(lambda: run.delivered() >= 100, 120, "the warm-up messages")
+        for _ in range(5):
+            ok, p99 = paced(run, rate, seconds)
+            trials.append({"events_per_s": rate, "p99_ms": p99, "held": ok, "load_avg_1m": load()})
+            print(f"  paced {rate}/s for {seconds:.0f}s: p99 {p99} ms, held={ok}", file=sys.stderr)
+            if ok:
+                held = max(held, rate)
+                rate = round(rate * 1.25)
+            else:
+                rate = round(rate * 0.8)
+            if (held and rate <= held) or any(t["events_per_s"] == rate for t in trials):
+                break
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"sustained_per_minute": held * 60, "sustained_trials": trials}
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def main() -> int:
+    total = int(os.environ.get("BENCH_EVENTS", "200000"))
+    timeout = float(os.environ.get("BENCH_TIMEOUT", "900"))
+    summary: dict[str, Any] = {"messages": total, "load_avg_1m_before": load()}
+    summary.update(burst(1, total, timeout))
+    summary["load_avg_1m"] = load()
+    if os.environ.get("BENCH_BARE", "1") != "0":
+        bare = bare_two_hop_per_minute(total, int(os.environ.get("BENCH_PARTITIONS", "4")), timeout)
+        summary["bare_two_hop_per_minute"] = bare
+        summary["ratio_to_bare"] = round(summary["messages_per_minute"] / bare, 2)
+        summary["load_avg_1m_after_bare"] = load()
+    if os.environ.get("BENCH_TWO_WORKERS", "1") != "0":
+        two = burst(2, total, timeout)
+        summary["two_workers"] = {
+            k: two[k] for k in ("messages_per_minute", "latency_p99_ms", "worker_peak_rss_mb")
+        }
+        summary["two_workers"]["load_avg_1m"] = load()
+    seconds = float(os.environ.get("BENCH_SUSTAIN_SECONDS", "60"))
+    if seconds > 0:
+        summary.update(sustained(int(summary["messages_per_minute"] / 60 * 0.6), seconds))
     print(orjson.dumps(summary).decode())
     return 0
 
