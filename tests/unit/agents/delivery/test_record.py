@@ -8,7 +8,8 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from agents.delivery.batch import BatchOutcome
-from agents.delivery.record import Recorder
+from agents.delivery.record import Recorder, dead_letter
+from agents.plan import backoff_ms
 from channels.base import Outcome
 from models.messages import DeliveryStatus, ReachMessage
 from reach.metrics import WorkerMetrics
@@ -110,6 +111,7 @@ def test_the_last_attempt_gives_up_final_failed_and_dead_lettered(
     ((key, value),) = batch.dead_letters
     letter = orjson.loads(value)
     assert key == b"u-1" and letter["reason"] == "503" and letter["message"]["message_id"] == "m-1"
+    assert letter["detail"] == "gave up after 3 attempts: busy"
     assert letter["failed_at"] == NOW + 5
     assert counted(registry, "reach_messages_dead_lettered", channel="sms", provider="primary") == 1
     assert (
@@ -142,3 +144,33 @@ def test_unknown_and_permanent_outcomes_are_final_and_never_retried(metrics: Wor
 def test_latency_is_measured_from_the_event(metrics: WorkerMetrics, registry: CollectorRegistry) -> None:
     recorder(metrics).record(message(event_ts=NOW - 2_500), Outcome.sent(), NOW, NOW, BatchOutcome())
     assert registry.get_sample_value("reach_end_to_end_seconds_sum", {"channel": "sms"}) == 2.5
+
+
+def test_the_backoff_draws_from_the_recorders_own_rng(metrics: WorkerMetrics) -> None:
+    batch = BatchOutcome()
+    recorder(metrics).record(message(attempt=2), Outcome.retry("503", "busy"), NOW, NOW, batch)
+    expected = backoff_ms(2, SETTINGS.retry_base_ms, SETTINGS.retry_cap_ms, random.Random(1))
+    assert batch.deferred[0][0] == NOW + expected
+
+
+def test_an_oversized_dead_letter_is_cut_in_its_message_not_dropped(metrics: WorkerMetrics) -> None:
+    big = message(attempt=3, variables={"blob": "x" * 5000})
+    letter = orjson.loads(dead_letter(big, Outcome.permanent("503", "busy"), NOW, 2000))
+    assert letter["reason"] == "503" and letter["detail"] == "busy" and letter["truncated"] is True
+    assert isinstance(letter["message"], str) and letter["message"].startswith('{"message_id":"m-1"')
+
+
+def test_an_event_stamped_in_the_future_counts_zero_latency(
+    metrics: WorkerMetrics, registry: CollectorRegistry
+) -> None:
+    recorder(metrics).record(message(event_ts=NOW + 60_000), Outcome.sent(), NOW, NOW, BatchOutcome())
+    assert registry.get_sample_value("reach_end_to_end_seconds_sum", {"channel": "sms"}) == 0
+
+
+def test_a_long_provider_code_is_cut_to_64_characters_as_a_label(
+    metrics: WorkerMetrics, registry: CollectorRegistry
+) -> None:
+    code = "E" * 100
+    recorder(metrics).record(message(), Outcome.permanent(code, "no"), NOW, NOW, BatchOutcome())
+    labels = {"channel": "sms", "provider": "primary", "outcome": "permanent", "code": "E" * 64}
+    assert counted(registry, "reach_messages_failed", **labels) == 1
