@@ -63,6 +63,7 @@ class TriggerStep:
         """The outbox records of a batch, and a dead letter per event that could not be planned."""
         engine = self.rt.rules.current
         now = self.rt.clock.now_ms()
+        unparsable = engine.unparsable_versions
         records: list[OutboxRecord] = []
         dead: list[DeadLetter] = []
         for event in events:
@@ -74,6 +75,7 @@ class TriggerStep:
                     log.warning("trigger.plan_error", error=error.detail[:120])
                 self.rt.metrics.events_dead_lettered.labels(error.reason).inc()
                 dead.append((event.message.key, dead_letter(event.message, error, self.limit)))
+        self.rt.metrics.versions_unparsable.inc(max(0, engine.unparsable_versions - unparsable))
         return records, dead
 
     def _plan_one(self, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:

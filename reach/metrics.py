@@ -23,6 +23,11 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.versions_unparsable = Counter(
+            "reach_rule_versions_unparsable",
+            "Event or message values of a version(...) field that were not a version (read as absent)",
+            registry=registry,
+        )
         self.rule_matches = Counter(
             "reach_rule_matches", "Reach messages created by trigger rules", ["channel"], registry=registry
         )

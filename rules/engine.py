@@ -309,6 +309,7 @@ class RuleEngine:
         self._finalizer = weakref.finalize(self, _free, live.handles)
         self._closed = False
         self.rebuilds = 0
+        self.rebuilt_unparsable = 0  # unparsable_versions of the hosts replaced by rebuilds
 
     @classmethod
     def build(cls, rulebook: RuleBook) -> RuleEngine:
@@ -346,6 +347,15 @@ class RuleEngine:
             return tuple(candidates)
         allowed = set(rule.use)
         return tuple(channel for channel in candidates if channel in allowed)
+
+    @property
+    def unparsable_versions(self) -> int:
+        """Facts whose value for a ``version(...)`` field was not a version, since the build
+        (the comparisons read it as absent)."""
+        live = self._live
+        return self.rebuilt_unparsable + sum(
+            r.projection.unparsable_versions for r in (live.triggers, live.channels)
+        )
 
     def retained_facts(self) -> int:
         """Facts durable-rules still holds (always 0 between calls; for tests and health checks)."""
@@ -405,6 +415,7 @@ class RuleEngine:
             raise RuleEvaluationError(f"running actions: {errors[0]}") from errors[0]
 
     def _rebuild(self) -> None:
+        self.rebuilt_unparsable = self.unparsable_versions
         self._finalizer.detach()  # never free a host durable-rules failed in (see the class docstring)
         self._live = _build_live(self._rulebook)
         self._finalizer = weakref.finalize(self, _free, self._live.handles)

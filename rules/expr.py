@@ -9,6 +9,7 @@ durable-rules does the matching. Supported::
     0 < properties.count <= 10              chained comparisons (each pair ANDed)
     device.platform in ["ios", "android"]   field in / not in [literal, ...]
     "vip" in segments                       "literal" in / not in list-of-strings field
+    version(device.app_version) >= version("1.9.0")   semantic version order (rules/versions.py)
     not (...), ... and ..., ... or ...      with parentheses
 
 Literals: strings, ints (64-bit), floats written without an exponent, booleans
@@ -21,6 +22,11 @@ Semantics (two-valued, so ``not`` is exact):
   ints and floats compare as numbers; booleans only equal booleans.
 - ``x != v`` is ``not (x == v)``: true when ``x`` is absent.
 - ``"vip" in segments`` is false when ``segments`` is absent or not a list.
+- ``version(x) OP version("...")`` reads a value that is not a version as absent: every
+  ordering and ``==`` are false, ``!=`` is true (its negation); such values are
+  counted (:attr:`Projection.unparsable_versions`). Comparing a field named like
+  a version with a string (``device.app_version >= "1.9.0"``) is refused: text
+  orders ``"1.10.0"`` below ``"1.9.0"``.
 
 How facts reach durable-rules: :class:`Projection` flattens a nested fact into
 the flat keys the rule set uses, one key per (field path, value type), e.g.
@@ -48,6 +54,7 @@ from typing import Any, TypeAlias
 import orjson
 
 from rules.errors import ExpressionError
+from rules.versions import looks_like_a_version_field, version_key
 
 Scalar: TypeAlias = str | int | float | bool
 Path: TypeAlias = tuple[str, ...]
@@ -59,7 +66,7 @@ Path: TypeAlias = tuple[str, ...]
 # again -- durable-rules then loops forever inside post().
 GUARD_KEY = "reach:fact"
 PATH_SEPARATOR = "__"
-TAG_STR, TAG_NUM, TAG_BOOL = "s", "n", "b"
+TAG_STR, TAG_NUM, TAG_BOOL, TAG_VERSION = "s", "n", "b", "v"
 
 MAX_EXPRESSION_LENGTH = 2000
 # durable-rules keeps pending alternatives on a 64-entry stack while matching a
@@ -130,11 +137,16 @@ CHANNEL_FACT = FactSchema(
 
 @dataclasses.dataclass(frozen=True)
 class Cmp:
-    """``path op value``; op is one of == < <= > >= (``!=`` is ``Not(==)``)."""
+    """``path op value``; op is one of == < <= > >= (``!=`` is ``Not(==)``).
+
+    ``tag`` is the type the field's value is compared as: the literal's own
+    (``""``), or ``TAG_VERSION`` with ``value`` a :func:`~rules.versions.version_key`.
+    """
 
     path: Path
     op: str
     value: Scalar
+    tag: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,18 +300,26 @@ class Projection:
     def __init__(self, conditions: Iterable[Condition]) -> None:
         views: dict[Path, dict[str, str]] = {}
         members: dict[Path, dict[str, str]] = {}
+        versions: dict[Path, str] = {}
         for condition in conditions:
             for path, tag in condition.views:
-                views.setdefault(path, {})[tag] = view_key(path, tag)
+                if tag == TAG_VERSION:
+                    versions[path] = view_key(path, tag)
+                else:
+                    views.setdefault(path, {})[tag] = view_key(path, tag)
             for path, member in condition.members:
                 members.setdefault(path, {})[member] = member_key(path, member)
         self._views = tuple(views.items())
         self._members = tuple((path, tuple(by_member.items())) for path, by_member in members.items())
+        self._versions = tuple(versions.items())
+        #: facts whose value for a ``version(...)`` field was present but not a version
+        self.unparsable_versions = 0
 
     @property
     def max_keys(self) -> int:
         """Most keys a projected fact can carry (one view per path, every flag)."""
-        return 1 + len(self._views) + sum(len(members) for _, members in self._members)
+        views = len(self._views) + len(self._versions)
+        return 1 + views + sum(len(members) for _, members in self._members)
 
     def project(self, fact: Mapping[str, Any]) -> dict[str, Any]:
         """The flat fact to post: the guard key plus the referenced keys present."""
@@ -318,7 +338,18 @@ class Projection:
                 for member, key in keyed_members:
                     if member in present:
                         out[key] = True
+        for path, key in self._versions:
+            self._project_version(out, key, lookup(fact, path))
         return out
+
+    def _project_version(self, out: dict[str, Any], key: str, value: Any) -> None:
+        if value is None:
+            return
+        encoded = version_key(value)
+        if encoded is None:
+            self.unparsable_versions += 1
+        else:
+            out[key] = encoded
 
 
 # --- compiled conditions ----------------------------------------------------------
@@ -433,6 +464,8 @@ class _Parser:
         symbol = (
             "==" if isinstance(op, ast.Eq) else "!=" if isinstance(op, ast.NotEq) else _ORDERING[type(op)]
         )
+        if _is_version_call(left) or _is_version_call(right):
+            return self.version_pair(left, symbol, right)
         left_is_field, right_is_field = _is_field(left), _is_field(right)
         if left_is_field and right_is_field:
             raise self.fail(left, "comparing two fields is not supported; compare a field with a literal")
@@ -450,7 +483,30 @@ class _Parser:
         value = self.literal(literal)
         if isinstance(value, bool) and symbol not in ("==", "!="):
             raise self.fail(literal, f"{symbol} cannot compare with a boolean; use == or !=")
+        if isinstance(value, str) and symbol not in ("==", "!=") and looks_like_a_version_field(path):
+            name = ".".join(path)
+            raise self.fail(
+                field,
+                f'\'{name}\' {symbol} "{value}" compares text, which orders "1.10.0" below "1.9.0";'
+                f' write version({name}) {symbol} version("{value}")',
+            )
         test = Cmp(path, "==" if symbol == "!=" else symbol, value)
+        return Not(test) if symbol == "!=" else test
+
+    def version_pair(self, left: ast.expr, symbol: str, right: ast.expr) -> Node:
+        """``version(field) OP version("1.9.0")``, either way round; a plain string works as the
+        literal side, and the field side may leave out ``version(...)``."""
+        left_is_field = _is_field(_unwrap_version(left))
+        if left_is_field == _is_field(_unwrap_version(right)):
+            raise self.fail(left, _VERSION_FORM)
+        field, literal = (left, right) if left_is_field else (right, left)
+        symbol = symbol if left_is_field else _FLIPPED[symbol]
+        path = self.scalar_path(_unwrap_version(field))
+        text = self.literal(_unwrap_version(literal))
+        key = version_key(text)
+        if key is None:
+            raise self.fail(literal, f'{text!r} is not a version (e.g. "1.9.0", "2.0.0-rc1")')
+        test = Cmp(path, "==" if symbol == "!=" else symbol, key, TAG_VERSION)
         return Not(test) if symbol == "!=" else test
 
     def membership(self, left: ast.expr, right: ast.expr) -> Node:
@@ -552,6 +608,26 @@ def _is_field(node: ast.expr) -> bool:
     return isinstance(node, ast.Name)
 
 
+def _is_version_call(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "version"
+        and len(node.args) == 1
+        and not node.keywords
+    )
+
+
+def _unwrap_version(node: ast.expr) -> ast.expr:
+    """The argument of ``version(x)``; any other node as it is."""
+    return node.args[0] if isinstance(node, ast.Call) and _is_version_call(node) else node
+
+
+_VERSION_FORM = (
+    'version(...) compares a field with a version, e.g. version(device.app_version) >= version("1.9.0")'
+)
+
+
 def _is_literal(node: ast.expr) -> bool:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         node = node.operand
@@ -599,7 +675,7 @@ def _emit(node: Node, positive: bool, schema: FactSchema) -> dict[str, Any]:
 
 
 def _emit_cmp(node: Cmp) -> dict[str, Any]:
-    key = view_key(node.path, _literal_tag(node.value))
+    key = view_key(node.path, _cmp_tag(node))
     if node.op == "==":
         return {key: node.value}
     return {_DURABLE_OP[node.op]: {key: node.value}}
@@ -608,7 +684,7 @@ def _emit_cmp(node: Cmp) -> dict[str, Any]:
 def _emit_not_cmp(node: Cmp) -> dict[str, Any]:
     # durable-rules' $neq/$lt... are false on an absent key; "absent" must read
     # as "not equal", so the negation is (absent or complement).
-    key = view_key(node.path, _literal_tag(node.value))
+    key = view_key(node.path, _cmp_tag(node))
     return {"$or": [{"$nex": {key: 1}}, {_COMPLEMENT[node.op]: {key: node.value}}]}
 
 
@@ -618,7 +694,7 @@ def _emit_none_of(children: tuple[Node, ...], schema: FactSchema) -> Iterator[di
     by_key: dict[str, list[Cmp]] = {}
     for child in children:
         if isinstance(child, Cmp) and child.op == "==":
-            by_key.setdefault(view_key(child.path, _literal_tag(child.value)), []).append(child)
+            by_key.setdefault(view_key(child.path, _cmp_tag(child)), []).append(child)
         else:
             yield _emit(child, False, schema)
     for key, tests in by_key.items():
@@ -627,6 +703,10 @@ def _emit_none_of(children: tuple[Node, ...], schema: FactSchema) -> Iterator[di
         else:
             different = [{"$neq": {key: test.value}} for test in tests]
             yield {"$or": [{"$nex": {key: 1}}, {"$and": different}]}
+
+
+def _cmp_tag(node: Cmp) -> str:
+    return node.tag or _literal_tag(node.value)
 
 
 def _literal_tag(value: Scalar) -> str:
@@ -692,7 +772,7 @@ def _references(node: Node) -> tuple[set[tuple[Path, str]], set[tuple[Path, str]
     while stack:
         current = stack.pop()
         if isinstance(current, Cmp):
-            views.add((current.path, _literal_tag(current.value)))
+            views.add((current.path, _cmp_tag(current)))
         elif isinstance(current, Has):
             members.add((current.path, current.member))
         elif isinstance(current, Not):

@@ -171,3 +171,17 @@ def test_events_nesting_past_the_default_depth_are_dead_lettered_as_too_deep(pip
         ("too_deep", r.decode()[:40]) for r in records
     )
     ping(pipeline, user, 1)  # the agent is still consuming
+
+
+def test_a_rule_compares_app_versions_semantically(pipeline: Pipeline) -> None:
+    user = "version-user"
+    opened = [
+        {**event(f"open-{v}", user, "test_app_opened"), "device": {"platform": "ios", "app_version": v}}
+        for v in ("1.10.0", "2.0.0-rc1", "1.8.2", "1.9.0-rc1", "latest")
+    ]
+    produce_json(pipeline.settings, pipeline.settings.events_topic, opened)
+    ping(pipeline, user, 1)
+    titles = pipeline.db.query(
+        "SELECT title FROM inbox_messages WHERE user_id = %s AND title LIKE 'Please%%'", [user]
+    )
+    assert sorted(t for (t,) in titles) == ["Please upgrade from 1.8.2", "Please upgrade from 1.9.0-rc1"]

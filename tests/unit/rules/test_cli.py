@@ -68,7 +68,9 @@ def test_channels_missing_from_the_channels_file_fail_as_the_worker_refuses_them
     status, out, err = run([str(EXAMPLES)], channels)
     assert (status, out) == (1, "")
     lines = err.splitlines()
-    assert f"{EXAMPLES / 'triggers.yaml'}:29: unknown channel 'email' (known: inbox)" in lines
+    source = (EXAMPLES / "triggers.yaml").read_text().splitlines()
+    first = next(n for n, line in enumerate(source, 1) if "channels: [inbox, email]" in line)
+    assert f"{EXAMPLES / 'triggers.yaml'}:{first}: unknown channel 'email' (known: inbox)" in lines
     assert all(": unknown channel '" in line for line in lines)
 
 
