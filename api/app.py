@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -26,6 +26,7 @@ from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
 from api.receipts import ReceiptService
 from api.resources import Resources
+from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from models.popups import PopupStore
 from models.storage import InboxStore, create_pool
 from reach.clock import Clock, SystemClock
@@ -56,8 +57,12 @@ def create_app(
     add_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(events.router(settings, metrics))
-    app.include_router(inbox.router(clock))
-    app.include_router(popups.router(clock))
+    # App-facing routes answer 426 to apps below their platform's minimum version.
+    upgrade = UpgradePolicy.from_settings(settings)
+    app.include_router(inbox.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES)
+    app.include_router(
+        popups.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
+    )
     app.include_router(receipts.router(receipt_service, clock, metrics))
     app.include_router(health.router())
 

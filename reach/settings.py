@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # Forced upgrade of the apps (api/upgrade.py): "ios=1.9.0,android=1.9.0"; empty: none
+    min_app_versions: str = ""
+    upgrade_urls: str = ""  # where each platform upgrades: "ios=https://...,android=https://..."
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -345,3 +345,38 @@ def test_start_up_fails_within_the_connect_timeout_naming_kafka(
         finally:
             api.stop()
     assert f"Kafka at 127.0.0.1:{port} did not answer within 2.0s" in api.log()
+
+
+def test_apps_below_the_minimum_version_get_426_and_at_it_200(pipeline: Pipeline, tmp_path: Path) -> None:
+    settings = own_settings(
+        pipeline, min_app_versions="ios=1.9.0", upgrade_urls="ios=https://apps.example/reach"
+    )
+    api = ApiProcess(settings, tmp_path / "api.log").start().wait_serving()
+    try:
+        url = f"{api.base_url}/v1/users/upgrade-user/inbox"
+
+        def get(version: str | None) -> httpx.Response:
+            headers = {"X-App-Platform": "ios", **({"X-App-Version": version} if version else {})}
+            return httpx.get(url, headers=headers, timeout=5)
+
+        old = get("1.8.2")
+        assert old.status_code == 426
+        assert old.json()["error"] == "upgrade_required"
+        assert old.json()["details"] == {
+            "platform": "ios",
+            "version": "1.8.2",
+            "minimum_version": "1.9.0",
+            "upgrade_url": "https://apps.example/reach",
+        }
+        assert get("1.9.0").status_code == 200
+        assert get("1.10.0").status_code == 200
+        assert get(None).status_code == 200  # a backend, or the web: not an app
+        assert get("latest").status_code == 400
+        popups = httpx.get(
+            f"{api.base_url}/v1/users/upgrade-user/popups",
+            headers={"X-App-Platform": "ios", "X-App-Version": "1.0"},
+            timeout=5,
+        )
+        assert popups.status_code == 426
+    finally:
+        api.stop()
