@@ -15,7 +15,7 @@ from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
 from rules.engine import RuleEngine
-from rules.model import Template
+from rules.model import Template, content_for
 
 
 def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
@@ -95,14 +95,31 @@ def _variables(event: Event) -> dict[str, Any]:
 
 
 def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered | Outcome:
-    """The message's content, or a permanent outcome saying why it cannot be rendered."""
-    template = templates.get(message.template)
+    """The message's content, or a permanent outcome saying why it cannot be rendered.
+
+    The template is chosen for the app version the event came from (``device.app_version``):
+    an app below a template's ``min_app_version`` gets its fallback, or nothing
+    (``app_version_too_old``).
+    """
+    template, reason = content_for(templates, message.template, app_version_of(message))
     if template is None:
-        return Outcome.permanent("unknown_template", f"template {message.template!r} is not loaded")
+        return Outcome.permanent(reason, _WHY_NOT_RENDERED[reason].format(template=message.template))
     try:
         return template.render(message.variables)
     except Exception as exc:  # a template bug must fail this message, not the batch
         return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+_WHY_NOT_RENDERED = {
+    "unknown_template": "template {template!r} is not loaded",
+    "app_version_too_old": "the app is older than template {template!r} needs; its fallback is skip",
+}
+
+
+def app_version_of(message: ReachMessage) -> object:
+    """The app version the message's event came from, when it said (None otherwise)."""
+    device = message.variables.get("device")
+    return device.get("app_version") if isinstance(device, Mapping) else None
 
 
 def backoff_ms(attempt: int, base_ms: int, cap_ms: int, rng: random.Random) -> int:

@@ -32,8 +32,9 @@ from rules.dedup import DEFAULT_DEDUP_KEY, parse_dedup_key
 from rules.engine import check_capacity, probe_condition
 from rules.errors import ExpressionError, RuleFileError, RuleSetError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
-from rules.model import DEFAULT_PRIORITY, ChannelRule, RuleBook, Template, TriggerRule
+from rules.model import DEFAULT_PRIORITY, SKIP, ChannelRule, RuleBook, Template, TriggerRule
 from rules.templating import compile_source
+from rules.versions import version_key
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
 
 __all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
@@ -67,7 +68,7 @@ class _Keys:
 TOP_LEVEL_KEYS = _Keys((), SECTIONS)
 TRIGGER_KEYS = _Keys(("id", "when", "template", "channels"), ("priority", "dedup_key", "description"))
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
-TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description"))
+TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback"))
 
 
 def rule_files(path: str | Path) -> list[Path]:
@@ -109,6 +110,7 @@ def load_rulebook(
     _check_duplicates(templates, problems)
     refs = [ref for content in contents for ref in content.template_refs]
     _check_template_refs(refs, {t.value.id for t in templates}, problems)
+    _check_fallback_cycles(templates, problems)
     _check_capacity(triggers, TRIGGER_FACT, problems)
     _check_capacity(channel_rules, CHANNEL_FACT, problems)
     if problems.errors:
@@ -361,10 +363,37 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
         name: _template_source(ctx, body, name, required=name != "html") for name in ("title", "text", "html")
     }
     _text(ctx, body, "description", required=False)
+    min_version, fallback = _app_version_gate(ctx, body)
     if ctx.count > before:
         return None
-    template = Template(template_id, fields["title"], fields["text"], fields["html"], f"{ctx.path}:{line}")
+    template = Template(
+        template_id,
+        fields["title"],
+        fields["text"],
+        fields["html"],
+        f"{ctx.path}:{line}",
+        min_version,
+        fallback,
+    )
     return _Entry(template, ctx.path, line)
+
+
+def _app_version_gate(ctx: _Context, body: LocatedMap) -> tuple[str, str]:
+    """``min_app_version`` (a version) and ``fallback`` (a template id, or ``skip``)."""
+    minimum = _text(ctx, body, "min_app_version", required=False).strip()
+    fallback = _text(ctx, body, "fallback", required=False).strip()
+    if minimum and version_key(minimum) is None:
+        ctx.error(
+            body.line_of("min_app_version"), f"'min_app_version' {minimum!r} is not a version (e.g. 1.9.0)"
+        )
+    if fallback and not minimum:
+        ctx.error(body.line_of("fallback"), "'fallback' needs 'min_app_version': it is what older apps get")
+    if fallback and fallback != SKIP:
+        if ID_PATTERN.fullmatch(fallback):
+            ctx.template_refs.append((fallback, ctx.path, body.line_of("fallback")))
+        else:
+            ctx.error(body.line_of("fallback"), f"'fallback' {fallback!r} must be a template id or {SKIP!r}")
+    return minimum, fallback or (SKIP if minimum else "")
 
 
 # --- field checks: report problems, return a usable default ------------------------
@@ -520,6 +549,19 @@ def _check_template_refs(
         if name not in known:
             listing = ", ".join(sorted(known)) or "none"
             problems.add(path, line, f"unknown template {name!r} (known: {listing})")
+
+
+def _check_fallback_cycles(templates: Sequence[_Entry], problems: _Problems) -> None:
+    by_id = {entry.value.id: entry for entry in templates}
+    for entry in templates:
+        seen, current = [entry.value.id], entry.value.fallback
+        while current in by_id and current != SKIP:
+            if current in seen:
+                chain = " -> ".join([*seen, current])
+                problems.add(entry.path, entry.line, f"template fallbacks loop: {chain}")
+                break
+            seen.append(current)
+            current = by_id[current].value.fallback
 
 
 def _check_capacity(entries: Sequence[_Entry], schema: FactSchema, problems: _Problems) -> None:

@@ -21,6 +21,7 @@ from rules.dedup import DEFAULT_DEDUP_KEY, DedupKey, parse_dedup_key
 from rules.errors import TemplateRenderError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, compile_expression
 from rules.templating import compile_source, render_field
+from rules.versions import version_key
 
 DEFAULT_PRIORITY = 5  # 0 is the lowest priority, 9 the highest
 
@@ -74,16 +75,26 @@ class ChannelRule:
         object.__setattr__(self, "condition", compile_expression(self.when, CHANNEL_FACT))
 
 
+#: a template's ``fallback`` meaning "older apps get nothing" (recorded as ``app_version_too_old``)
+SKIP = "skip"
+
+
 @dataclasses.dataclass(frozen=True)
 class Template:
     """Message content; ``render`` fills it from a context (the event fact).
-    ``source`` is ``file:line``."""
+    ``source`` is ``file:line``.
+
+    ``min_app_version``: the oldest app version that can show it; older apps get the
+    ``fallback`` template instead, or nothing when it is ``skip`` (see :func:`content_for`).
+    """
 
     id: str
     title: str
     text: str
     html: str = ""
     source: str = dataclasses.field(default="<memory>", compare=False)
+    min_app_version: str = ""
+    fallback: str = ""
     _compiled: tuple[jinja2.Template, jinja2.Template, jinja2.Template | None] = dataclasses.field(
         init=False, repr=False, compare=False
     )
@@ -137,3 +148,27 @@ class RuleBook:
             f"{len(self.triggers)} triggers, {len(self.channel_rules)} channel rules, "
             f"{len(self.templates)} templates"
         )
+
+
+def content_for(
+    templates: Mapping[str, Template], template_id: str, app_version: object
+) -> tuple[Template | None, str]:
+    """The template to render for an app at ``app_version``, and why when it is None.
+
+    Follows ``fallback`` while the app is below a template's ``min_app_version`` (the
+    loader refuses loops). An unknown or unreadable version shows the template as it is:
+    nothing says the app cannot. ``(None, "unknown_template")`` for a missing id,
+    ``(None, "app_version_too_old")`` when a fallback is ``skip``.
+    """
+    version = version_key(app_version)
+    current = templates.get(template_id)
+    for _ in range(len(templates) + 1):
+        if current is None:
+            return None, "unknown_template"
+        minimum = version_key(current.min_app_version) if current.min_app_version else None
+        if version is None or minimum is None or version >= minimum:
+            return current, ""
+        if current.fallback == SKIP:
+            return None, "app_version_too_old"
+        current = templates.get(current.fallback)
+    return None, "unknown_template"

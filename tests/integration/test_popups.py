@@ -379,3 +379,23 @@ def test_a_replayed_event_makes_one_popup(pipeline: Pipeline, api: Api) -> None:
 def test_the_popup_endpoints_are_documented(api: Api) -> None:
     paths = httpx.get(f"{api.base_url}/openapi.json", timeout=5).json()["paths"]
     assert {"/v1/users/{user_id}/popups", "/v1/users/{user_id}/popups/{message_id}/dismiss"} <= set(paths)
+
+
+def test_a_popup_older_apps_cannot_show_falls_back_as_declared(pipeline: Pipeline, api: Api) -> None:
+    user = add_user(pipeline, "popup-version-1")
+    for n, version in enumerate(["2.1.0", "1.6", "1.2"], 1):
+        body = {
+            "event_id": f"pv-{n}",
+            "user_id": user,
+            "name": "test_popup_by_version",
+            "ts": now_ms(),
+            "properties": {"n": n, "popup_show_once": False},
+            "device": {"platform": "ios", "app_version": version},
+        }
+        response = httpx.post(f"{api.base_url}/v1/events", content=orjson.dumps(body), timeout=10,
+                              headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code == 202, response.text
+    rows = wait_results(pipeline, user, 3)
+    assert sorted(rows) == [("failed", "app_version_too_old"), ("sent", ""), ("sent", "")]
+    titles = sorted(i["title"] for i in get_popups(api, user))
+    assert titles == ["classic popup 2", "new popup 1"]
