@@ -77,6 +77,8 @@ class ChannelRule:
 
 #: a template's ``fallback`` meaning "older apps get nothing" (recorded as ``app_version_too_old``)
 SKIP = "skip"
+#: fallbacks followed at most (the loader refuses loops; this bounds a hand-built mapping)
+MAX_FALLBACKS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,7 @@ def content_for(
     """
     version = version_key(app_version)
     current = templates.get(template_id)
-    for _ in range(len(templates) + 1):
+    for _ in range(MAX_FALLBACKS + 1):
         if current is None:
             return None, "unknown_template"
         minimum = version_key(current.min_app_version) if current.min_app_version else None
