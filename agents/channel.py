@@ -92,7 +92,7 @@ class ChannelSender:
         same ``batch`` after a failure: messages already decided are not sent twice."""
         pending = [m for m in messages if m.message_id not in batch.handled]
         now = self.rt.clock.now_ms()
-        fresh = await self._not_yet_sent(pending, now, batch)
+        fresh = await self.rt.taskgate.screen(await self._not_yet_sent(pending, now, batch), now, batch)
         try:
             for provider_name, group in self._route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
@@ -199,7 +199,7 @@ class ChannelSender:
         sendable, dead = await self._skip_dead_addresses(
             provider_name, provider.address_fields, messages, now
         )
-        templates = self.rt.rules.current.rulebook.templates
+        templates = self.rt.taskgate.templates(self.rt.rules.current.rulebook.templates)
         ready, failed = deliveries_for(sendable, templates, self.channel.max_content_bytes)
         labels = (self.channel.name, provider_name)
         self.rt.metrics.delivery_attempts.labels(*labels).inc(len(ready))
@@ -320,6 +320,7 @@ class ChannelSender:
         )
         await self.produce(rt.settings.delivery_dead_letter_topic, batch.dead_letters + refused)
         await rt.deferred.add(batch.deferred)
+        await rt.taskgate.count(batch.results)  # last: a retried persist must not count twice
 
     async def _store_results(
         self, results: list[DeliveryResult]
