@@ -153,16 +153,16 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 
 -- Every status change of a task: who (an API caller, the CLI, the scheduler) and when.
+-- Written in the transaction that holds the task row's lock, so seq is never taken twice.
 CREATE TABLE IF NOT EXISTS task_transitions (
   task_no        BIGINT        NOT NULL,
-  transition_id  CHAR(16)      NOT NULL,   -- random: two changes in one millisecond stay apart
+  seq            INT           NOT NULL,   -- 1, 2, ... per task: changes within one ms keep their order
   at             BIGINT        NOT NULL,
   from_status    VARCHAR(16)   NOT NULL,
   to_status      VARCHAR(16)   NOT NULL,
   actor          VARCHAR(128)  NOT NULL,
   reason         VARCHAR(512)  NOT NULL DEFAULT '',
-  PRIMARY KEY (task_no, transition_id),
-  KEY idx_transitions_at (task_no, at)
+  PRIMARY KEY (task_no, seq)
 );
 
 -- One row per run of a task (a cron occurrence, a local-time part, the one run of

@@ -222,7 +222,7 @@ class TaskStore:
     async def transitions(self, task_no: int) -> list[Transition]:
         rows = await self._query(
             "SELECT at, from_status, to_status, actor, reason FROM task_transitions "
-            "WHERE task_no = %s ORDER BY at, transition_id",
+            "WHERE task_no = %s ORDER BY seq",
             [task_no],
         )
         return [Transition(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
@@ -341,15 +341,7 @@ async def _record(
     cur: Any, task_no: int, now_ms: int, before: TaskStatus | None, to: TaskStatus, actor: str, reason: str
 ) -> None:
     await cur.execute(
-        "INSERT INTO task_transitions (task_no, transition_id, at, from_status, to_status, actor, reason) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        [
-            task_no,
-            secrets.token_hex(8),
-            now_ms,
-            before.value if before else "",
-            to.value,
-            actor[:128],
-            reason[:512],
-        ],
+        "INSERT INTO task_transitions (task_no, seq, at, from_status, to_status, actor, reason) "
+        "SELECT %s, COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s FROM task_transitions WHERE task_no = %s",
+        [task_no, now_ms, before.value if before else "", to.value, actor[:128], reason[:512], task_no],
     )
