@@ -196,3 +196,56 @@ def recipient_of(row: Sequence[Any]) -> Recipient:
         timezone=timezone or "",
         attributes=orjson.loads(attributes) if attributes else {},
     )
+
+
+class AudienceLists:
+    """Uploaded audiences: ``add`` chunks while the upload streams, ``complete`` at its end.
+    A task may name only complete lists; a failed upload is deleted whole."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def begin(self, now_ms: int) -> str:
+        list_id = secrets.token_hex(8)
+        await self._execute(
+            "INSERT INTO audience_lists (list_id, members, complete, created_at) VALUES (%s, 0, 0, %s)",
+            [list_id, now_ms],
+        )
+        return list_id
+
+    async def add(self, list_id: str, user_ids: Sequence[str]) -> None:
+        if user_ids:
+            marks = ",".join(["(%s,%s)"] * len(user_ids))
+            await self._execute(
+                f"INSERT IGNORE INTO audience_members (list_id, user_id) VALUES {marks}",
+                [v for user in user_ids for v in (list_id, user)],
+            )
+
+    async def complete(self, list_id: str) -> int:
+        """Mark the upload finished; returns the distinct members stored."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT COUNT(*) FROM audience_members WHERE list_id = %s", [list_id])
+            (members,) = await cur.fetchone()
+            await cur.execute(
+                "UPDATE audience_lists SET members = %s, complete = 1 WHERE list_id = %s", [members, list_id]
+            )
+        return int(members)
+
+    async def discard(self, list_id: str) -> None:
+        await self._execute("DELETE FROM audience_members WHERE list_id = %s", [list_id])
+        await self._execute("DELETE FROM audience_lists WHERE list_id = %s", [list_id])
+
+    async def complete_among(self, list_ids: Sequence[str]) -> set[str]:
+        if not list_ids:
+            return set()
+        marks = ",".join(["%s"] * len(list_ids))
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT list_id FROM audience_lists WHERE complete = 1 AND list_id IN ({marks})",
+                list(list_ids),
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+    async def _execute(self, sql: str, args: Sequence[Any]) -> None:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, list(args))
