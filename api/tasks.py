@@ -11,18 +11,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
+import pathlib
 from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 import orjson
 import structlog
+import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from api.errors import ApiError
 from api.receipts import read_limited
 from api.resources import Lists, Tasks
-from channels.config import load_channels
 from models.events import MAX_ID_LENGTH
 from models.tasks import (
     FINAL_STATUSES,
@@ -55,9 +55,14 @@ MAX_TASK_BODY = 1 << 20
 UPLOAD_CHUNK = 1000
 TASK_NO = Path(ge=1, lt=2**63)
 # From -> to for the operator's actions; the scheduler moves scheduled/running/completed.
+# A completed task may still have messages waiting (throttled, retrying): cancelling or
+# pausing it stops those.
 ACTIONS: dict[str, tuple[tuple[TaskStatus, ...], TaskStatus]] = {
-    "cancel": ((TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.PAUSED), TaskStatus.CANCELLED),
-    "pause": ((TaskStatus.SCHEDULED, TaskStatus.RUNNING), TaskStatus.PAUSED),
+    "cancel": (
+        (TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.COMPLETED),
+        TaskStatus.CANCELLED,
+    ),
+    "pause": ((TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.COMPLETED), TaskStatus.PAUSED),
     "resume": ((TaskStatus.PAUSED,), TaskStatus.RUNNING),
 }
 
@@ -77,7 +82,7 @@ class TaskChecks:
 def checks_from(settings: Settings) -> TaskChecks:
     """Load the channels file and the rule directory the worker uses. Templates added to the
     rule files later are known here after a restart of the API."""
-    channels = list(load_channels(settings.channels_file, os.environ).channels)
+    channels = channel_names(settings.channels_file)
     limits = RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes)
     try:
         templates: Mapping[str, Template] = load_rulebook(settings.rules_dir, channels, limits).templates
@@ -85,6 +90,14 @@ def checks_from(settings: Settings) -> TaskChecks:
         log.warning("tasks.rules_unavailable", error=str(exc)[:300])
         templates = {}
     return TaskChecks(channels, templates, settings.categories)
+
+
+def channel_names(path: pathlib.Path) -> list[str]:
+    """The channels the worker's channels file defines. Only the names: the API holds no
+    provider secrets, so ``${VAR}`` options are not expanded here."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    channels = data.get("channels") if isinstance(data, dict) else None
+    return [str(name) for name in channels] if isinstance(channels, dict) else []
 
 
 def router(checks: TaskChecks, clock: Clock) -> APIRouter:
@@ -187,9 +200,7 @@ def _action_route(action: str, clock: Clock) -> Any:
     async def act(
         tasks: Tasks, task_no: int = TASK_NO, x_reach_actor: str = Header("api", max_length=128)
     ) -> Response:
-        target = to
-        if action == "resume" and not await _has_started_run(tasks, task_no):
-            target = TaskStatus.SCHEDULED
+        target = await _resumed_status(tasks, task_no) if action == "resume" else to
         try:
             await tasks.transition(task_no, allowed, target, x_reach_actor, clock.now_ms(), action)
         except TransitionRefusedError as exc:
@@ -203,8 +214,13 @@ def _action_route(action: str, clock: Clock) -> Any:
     return act
 
 
-async def _has_started_run(tasks: TaskStore, task_no: int) -> bool:
-    return any(run.state == "expanding" for run in await tasks.runs(task_no))
+async def _resumed_status(tasks: TaskStore, task_no: int) -> TaskStatus:
+    """Where a resumed task goes: running (a run was expanding), scheduled (runs to come),
+    or completed (every run was planned before the pause)."""
+    states = {run.state for run in await tasks.runs(task_no)}
+    if "expanding" in states:
+        return TaskStatus.RUNNING
+    return TaskStatus.SCHEDULED if "pending" in states else TaskStatus.COMPLETED
 
 
 def parse_body(raw: bytes | None) -> Any:
