@@ -3,9 +3,9 @@ to the inbox channel, the task gate stops a cancelled task's messages at send ti
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -25,20 +25,17 @@ def post(base: str, path: str, body: Any = None, **headers: str) -> httpx.Respon
     return httpx.post(f"{base}{path}", content=content, headers=headers, timeout=10)
 
 
-def seed_segment(p: Pipeline, segment: str, users: list[str], **profile: Any) -> None:
-    produce_json(
-        p.settings,
-        p.settings.segments_topic,
-        [{"user_id": u, "segments": [segment], **profile} for u in users],
-    )
-    wait_until(
-        lambda: (
-            p.db.query("SELECT COUNT(*) FROM segment_members WHERE segment = %s", [segment])[0][0]
-            == len(users)
-        ),
-        30,
-        f"segment {segment} stored",
-    )
+def seed_segment(
+    p: Pipeline, segment: str, users: list[str], contact_of: Callable[[str], dict[str, str]] | None = None
+) -> None:
+    profiles = [
+        {"user_id": u, "segments": [segment], "contact": contact_of(u) if contact_of else {}} for u in users
+    ]
+    produce_json(p.settings, p.settings.segments_topic, profiles)
+    stored = lambda: p.db.query(  # noqa: E731
+        "SELECT COUNT(*) FROM segment_members WHERE segment = %s", [segment]
+    )[0][0]
+    wait_until(lambda: stored() == len(users), 30, f"segment {segment} stored")
 
 
 def inbox_task(segment: str, schedule: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -155,11 +152,17 @@ def test_an_uploaded_audience_is_stored_and_a_bad_one_leaves_nothing(pipeline: P
     assert pipeline.db.query("SELECT COUNT(*) FROM audience_members WHERE user_id = 'ok-1'") == [(0,)]
 
 
-@pytest.fixture
-def throttled(tmp_path: Path, smtp_server: SmtpTestServer) -> Iterator[tuple[Pipeline, ApiProcess]]:
-    """A pipeline whose inbox sends 20 a second: a task's messages wait on the outbox."""
-    p = start_pipeline(tmp_path, smtp_server, inbox_limit="limit_per_window: 20")
-    served = ApiProcess(p.settings, tmp_path / "api.log").start().wait_serving()
+@pytest.fixture(scope="module")
+def own(
+    tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServer
+) -> Iterator[tuple[Pipeline, ApiProcess]]:
+    """A pipeline of these tests' own, as they kill its worker: the inbox sends 20 a second
+    (so a task's messages wait on the outbox), pages are small and a dead worker's run is
+    taken over 2 s after its last checkpoint."""
+    tmp = tmp_path_factory.mktemp("tasks")
+    overrides = {"task_page_size": 50, "task_lease_seconds": 2.0}
+    p = start_pipeline(tmp, smtp_server, overrides, inbox_limit="limit_per_window: 20")
+    served = ApiProcess(p.settings, tmp / "api.log").start().wait_serving()
     try:
         yield p, served
     finally:
@@ -167,8 +170,8 @@ def throttled(tmp_path: Path, smtp_server: SmtpTestServer) -> Iterator[tuple[Pip
         stop_pipeline(p)
 
 
-def test_cancel_in_the_middle_of_a_run_sends_nothing_after_it(throttled: tuple[Pipeline, ApiProcess]) -> None:
-    p, served = throttled
+def test_cancel_in_the_middle_of_a_run_sends_nothing_after_it(own: tuple[Pipeline, ApiProcess]) -> None:
+    p, served = own
     users = [f"cx-{n:03d}" for n in range(200)]
     seed_segment(p, "cancel-seg", users)
     task_no = post(served.base_url, "/v1/tasks", inbox_task("cancel-seg", {"kind": "now"})).json()["task_no"]
@@ -199,3 +202,34 @@ def test_cancel_in_the_middle_of_a_run_sends_nothing_after_it(throttled: tuple[P
     assert inbox == view["counts"]["sent"]
     last = view["transitions"][-1]
     assert (last["to_status"], last["actor"], last["reason"]) == ("cancelled", "ops-test", "cancel")
+
+
+def test_kill_nine_during_an_expansion_resumes_with_no_recipient_sent_twice(
+    own: tuple[Pipeline, ApiProcess], smtp_server: SmtpTestServer
+) -> None:
+    """SMTP is not idempotent: a second send would be a second e-mail in the server's inbox."""
+    p, served = own
+    users = [f"kill-{n:04d}" for n in range(300)]
+    seed_segment(p, "kill-seg", users, contact_of=lambda u: {"email": f"{u}@reach.test"})
+    body = inbox_task("kill-seg", {"kind": "now"}, channels=["email"], rate_per_minute=6000)
+    task_no = post(served.base_url, "/v1/tasks", body).json()["task_no"]
+    planned = lambda: p.db.query(  # noqa: E731
+        "SELECT planned, state FROM task_runs WHERE task_no = %s", [task_no]
+    )[0]
+    wait_until(lambda: planned()[0] >= 100, 30, "a third of the audience planned")
+    p.worker.kill()
+    assert planned()[1] == "expanding", "the expansion ended before the kill"
+    p.worker.start()
+    wait_until(lambda: planned() == (300, "planned"), 60, "the expansion to finish after the restart")
+    final = lambda: p.db.query(  # noqa: E731
+        "SELECT user_id, status FROM delivery_results WHERE rule_id = %s AND status IN ('sent', 'unknown')",
+        [f"task:{task_no}"],
+    )
+    rows = wait_until(lambda: len(r := final()) >= 300 and r, 60, "every recipient's outcome")
+    assert sorted(user for user, _ in rows) == users, "a recipient has no outcome, or two"
+    received = collections.Counter(
+        rcpt.split("@")[0] for m in smtp_server.messages for rcpt in m.rcpt_tos if rcpt.startswith("kill-")
+    )
+    assert max(received.values()) == 1, "a recipient got the e-mail twice"
+    sent = {user for user, status in rows if status == "sent"}
+    assert sent <= set(received) and len(received) >= len(sent)
