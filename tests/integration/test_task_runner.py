@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from models.messages import DeliveryResult, DeliveryStatus
 from models.profiles import UserProfile
-from models.storage import create_pool
+from models.receipts import Receipt, ReceiptStatus, ReceiptStore
+from models.storage import ResultStore, create_pool
 from models.tasks import TaskStatus
 from models.taskstore import TaskStore
 from tests.integration.task_rig import RunnerRig, SimulatedCrashError, task_body
@@ -130,3 +132,15 @@ async def test_a_crash_mid_expansion_resumes_from_the_checkpoint(rig: RunnerRig)
     assert set(users.values()) == {1}, "a page acknowledged before the crash was planned again"
     runs = await TaskStore(rig.pool).runs(task_no)
     assert [(r.state, r.audience, r.planned) for r in runs] == [("planned", 400, 400)]
+
+
+async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -> None:
+    sent = DeliveryResult(
+        "m" * 24, 1, "u-1", "task:77", "sms", "sms-a", DeliveryStatus.SENT, "", 0, 1, 2,
+        provider_message_id="pm-77",
+    )  # fmt: skip
+    await ResultStore(rig.pool).upsert([sent])
+    receipt = Receipt(ReceiptStatus.DELIVERED, "DELIVRD", provider_message_id="pm-77")
+    for _ in range(2):  # the provider calls back twice
+        await ReceiptStore(rig.pool).record("sms-a", [receipt], rig.clock.now_ms())
+    assert await TaskStore(rig.pool).counts(77) == {"sms": {"delivered": 1}}
