@@ -81,6 +81,7 @@ def plan_recipient(
     engine: RuleEngine,
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
+    selections: dict[Any, tuple[str, ...]] | None = None,
 ) -> list[ReachMessage]:
     """The recipient's messages: one per candidate channel the channel rules keep and a
     provider can address. Ids derive from (task, run, user, channel), so a page planned
@@ -99,9 +100,24 @@ def plan_recipient(
     context = variables(plan, recipient)
     return [
         _message(plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms)
-        for channel in engine.select_channels(plan.spec.channels, fact)
+        for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
+
+
+def _selected(
+    plan: RunPlan, fact: dict[str, Any], engine: RuleEngine, selections: dict[Any, tuple[str, ...]] | None
+) -> tuple[str, ...]:
+    """The channel rules' choice. It depends on the recipient only through ``segments`` and
+    ``reachable`` (the rest is the task's), so one page asks the engine once per distinct
+    pair instead of once per recipient."""
+    if selections is None:
+        return engine.select_channels(plan.spec.channels, fact)
+    key = (tuple(fact["segments"]), tuple(fact["reachable"]))
+    chosen_channels = selections.get(key)
+    if chosen_channels is None:
+        chosen_channels = selections[key] = engine.select_channels(plan.spec.channels, fact)
+    return chosen_channels
 
 
 def _message(
@@ -139,10 +155,11 @@ def plan_page(
     """The messages of one audience page, and how many of its recipients the run reaches."""
     messages: list[ReachMessage] = []
     reached = 0
+    selections: dict[Any, tuple[str, ...]] = {}
     for recipient in page:
         if chosen(plan, recipient):
             reached += 1
-            messages += plan_recipient(plan, recipient, engine, choosers, now_ms)
+            messages += plan_recipient(plan, recipient, engine, choosers, now_ms, selections)
     return messages, reached
 
 

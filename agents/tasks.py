@@ -1,9 +1,10 @@
 """Task runner: due task runs -> audience pages -> messages on the outbox topics.
 
 A leader-only timer, every ``task_poll_interval`` seconds (0.2 s: a run fires within
-that of its time). Each tick claims the runs due by now (:class:`models.taskruns.RunStore`:
-a lease row, so with two workers each run fires once) and expands them page by page
-for up to ``task_tick_budget`` seconds: read the next keyset page of the audience,
+that of its time), starts a drive for each run due by now. A drive claims its run
+(:class:`models.taskruns.RunStore`: a lease row, so with two workers each run fires
+once; renewed every ``task_tick_budget`` seconds and with each checkpoint) and
+expands it page by page: read the next keyset page of the audience,
 plan its messages (:mod:`agents.taskplan`), pack them into outbox frames, wait for
 the broker's acks, and only then move the run's checkpoint past the page. A crash
 loses at most the page in flight: the run resumes from its checkpoint (after the
@@ -17,6 +18,7 @@ on the outbox.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,20 +56,46 @@ class TaskRunner:
         s = runtime.settings
         self.lease_ms = int(s.task_lease_seconds * 1000)
         self.limit = value_limit(s.kafka_max_message_bytes)
+        self.slice = s.task_tick_budget
+        self.driving: dict[tuple[int, int], asyncio.Task[int]] = {}
+
+    async def start_due(self) -> list[asyncio.Task[int]]:
+        """Start driving every due run not driven here yet; returns the drives started.
+
+        Each drive is its own asyncio task, so a long expansion neither holds the timer nor
+        keeps a run due a second later waiting for it."""
+        started = []
+        for key in await self.runs.due(self.rt.clock.now_ms(), CLAIMS_PER_TICK):
+            if key not in self.driving:
+                self.driving[key] = asyncio.create_task(self._drive(key))
+                started.append(self.driving[key])
+        return started
 
     async def tick(self) -> int:
-        """Advance every due run this worker can hold; returns the messages planned."""
-        deadline = time.monotonic() + self.rt.settings.task_tick_budget
-        planned = 0
-        for task_no, run_no in await self.runs.due(self.rt.clock.now_ms(), CLAIMS_PER_TICK):
-            run = await self.runs.claim(task_no, run_no, self.rt.clock.now_ms(), self.lease_ms)
-            if run is not None:
-                planned += await self._advance_or_fail(run, deadline)
-            if time.monotonic() > deadline:
-                break
-        return planned
+        """Start the due runs and wait for their drives; returns the messages planned.
+        (The worker's timer only starts them: :meth:`start_due`.)"""
+        return sum(await asyncio.gather(*await self.start_due()))
 
-    async def _advance_or_fail(self, run: RunRow, deadline: float) -> int:
+    async def _drive(self, key: tuple[int, int]) -> int:
+        """Expand one run slice by slice (claim renewed each time) until it is planned, stops
+        (paused, cancelled, lease lost) or waits for its rate; the next tick goes on."""
+        planned = 0
+        try:
+            while True:
+                run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
+                if run is None:
+                    return planned
+                count, more = await self._advance_or_fail(run, time.monotonic() + self.slice)
+                planned += count
+                if not more:
+                    return planned
+        except DEPENDENCY_ERRORS as exc:  # the next tick claims the run again
+            log.warning("tasks.drive_interrupted", task_no=key[0], run=key[1], error=type(exc).__name__)
+            return planned
+        finally:
+            self.driving.pop(key, None)
+
+    async def _advance_or_fail(self, run: RunRow, deadline: float) -> tuple[int, bool]:
         """A task that makes the runner raise (not a dependency outage) fails alone, with
         the reason in its transitions; it never stops the worker or the other tasks."""
         try:
@@ -77,7 +105,7 @@ class TaskRunner:
         except Exception as exc:
             log.exception("tasks.run_failed", task_no=run.task_no, run=run.run_no)
             await self._fail(run.task_no, describe(exc))
-            return 0
+            return 0, False
 
     async def _fail(self, task_no: int, reason: str) -> None:
         allowed = (TaskStatus.SCHEDULED, TaskStatus.RUNNING)
@@ -86,13 +114,15 @@ class TaskRunner:
                 task_no, allowed, TaskStatus.FAILED, ACTOR, self.rt.clock.now_ms(), reason
             )
 
-    async def advance(self, run: RunRow, deadline: float) -> int:
+    async def advance(self, run: RunRow, deadline: float) -> tuple[int, bool]:
+        """Plan pages of ``run`` until ``deadline``; returns the messages planned and whether
+        pages remain (the deadline cut it short)."""
         task = await self.tasks.get(run.task_no)
         if task is None or task.status in FINAL_STATUSES:
-            return 0
+            return 0, False
         if task.status is TaskStatus.PAUSED:
             await self.runs.release(run)
-            return 0
+            return 0, False
         if run.state == "pending":
             run = await self.begin(task, run)
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
@@ -100,10 +130,10 @@ class TaskRunner:
         while time.monotonic() < deadline:
             step = await self.page(task, plan, run)
             if step is None:
-                break
+                return planned, False
             run, count = step
             planned += count
-        return planned
+        return planned, True
 
     async def begin(self, task: TaskRow, run: RunRow) -> RunRow:
         """Start a run: store the next cron run first (a crash here must not lose it)."""
@@ -205,7 +235,7 @@ def register(app: Any, runtime: Runtime) -> TaskRunner:
     runner = TaskRunner(runtime, runtime.mysql_pool, produce)
 
     async def tick() -> None:
-        await runner.tick()
+        await runner.start_due()
 
     async def run_tasks() -> None:
         await run_step("tasks", tick)

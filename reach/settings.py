@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # Reach tasks (agents/tasks.py, agents/taskgate.py)
     task_poll_interval: float = Field(0.2, gt=0)  # seconds between the runner's looks for due runs
-    task_tick_budget: float = Field(0.5, gt=0)  # seconds of expansion per tick, shared by the due runs
+    task_tick_budget: float = Field(0.5, gt=0)  # seconds a run expands between renewals of its claim
     task_page_size: int = Field(1000, ge=1)  # recipients per audience page (one checkpoint each)
     task_lease_seconds: float = Field(15.0, gt=0)  # a crashed worker's run is taken over after this
     task_pause_recheck_ms: int = Field(2000, ge=100)  # a paused task's message is checked again after this
