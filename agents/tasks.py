@@ -30,8 +30,7 @@ from agents.guard import run_step
 from agents.narrow import describe
 from agents.produce import produce_all
 from agents.records import value_limit
-from agents.taskplan import RunPlan, page_allowance, plan_page
-from models.messages import ReachMessage
+from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
 from models.outbox import pack
 from models.taskruns import RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
@@ -126,9 +125,10 @@ class TaskRunner:
         if run.state == "pending":
             run = await self.begin(task, run)
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
+        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
         planned = 0
         while time.monotonic() < deadline:
-            step = await self.page(task, plan, run)
+            step = await self.page(task, encoder, run)
             if step is None:
                 return planned, False
             run, count = step
@@ -148,7 +148,7 @@ class TaskRunner:
         return RunRow(run.task_no, run.run_no, run.due_at, "expanding", run.checkpoint, run.audience,
                       run.planned, now, run.finished_at)  # fmt: skip
 
-    async def page(self, task: TaskRow, plan: RunPlan, run: RunRow) -> tuple[RunRow, int] | None:
+    async def page(self, task: TaskRow, encoder: PageEncoder, run: RunRow) -> tuple[RunRow, int] | None:
         """Plan one page; None when the run should stop for this tick."""
         statuses = await self.tasks.statuses([task.task_no])
         status = statuses.get(task.task_no)
@@ -166,29 +166,23 @@ class TaskRunner:
         if not recipients:
             await self.finish(task, run)
             return None
-        messages, reached = plan_page(plan, recipients, self.rt.rules.current, self.rt.choosers, now)
-        await self._produce(messages)
+        records, reached, made = encoder.page(recipients, now)
+        await self._produce(records)
         last = recipients[-1].user_id
-        if not await self.runs.checkpoint(
-            run, last, reached, len(messages), self.rt.clock.now_ms(), self.lease_ms
-        ):
+        if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
             log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
             return None
-        for message in messages:
-            self.rt.metrics.task_messages_planned.labels(message.channel).inc()
+        for channel, channel_records in records.items():
+            self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
         advanced = RunRow(run.task_no, run.run_no, run.due_at, run.state, last, run.audience + reached,
-                          run.planned + len(messages), run.started_at, run.finished_at)  # fmt: skip
-        return advanced, len(messages)
+                          run.planned + made, run.started_at, run.finished_at)  # fmt: skip
+        return advanced, made
 
-    async def _produce(self, messages: list[ReachMessage]) -> None:
-        by_channel: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        for message in messages:
-            by_channel.setdefault(message.channel, []).append((message.user_id.encode(), message.to_bytes()))
+    async def _produce(self, records: Records) -> None:
         frame_messages = self.rt.settings.outbox_frame_messages
-        for channel, records in by_channel.items():
-            await self.produce(
-                self.rt.settings.outbox_topic(channel), pack(records, frame_messages, self.limit)
-            )
+        for channel, channel_records in records.items():
+            frames = pack(channel_records, frame_messages, self.limit)
+            await self.produce(self.rt.settings.outbox_topic(channel), frames)
 
     async def finish(self, task: TaskRow, run: RunRow) -> None:
         now = self.rt.clock.now_ms()

@@ -7,6 +7,9 @@ prints a last line of JSON with ``messages_per_minute``, the bare app's
 ``bare_two_hop_per_minute`` and ``ratio_to_bare``, end-to-end latency p50/p99
 (event time to result row) and the worker's peak RSS.
 
+Then the reach-task scenario (``bench/tasks.py``): a task to a segment of BENCH_TASK_MEMBERS
+users (default 1000000, 0 skips it), its ``task_*`` figures added to the same JSON line.
+
 Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_BARE=0 to skip the bare app,
 BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the worker under
 pyinstrument (its report is written next to the worker log).
@@ -26,6 +29,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.tasks import task_scenario
 from models.storage import migrate
 from reach.producer import SyncProducer
 from reach.settings import REPO_ROOT
@@ -204,6 +208,9 @@ def main() -> int:
         summary["bare_two_hop_per_minute"] = bare
         summary["ratio_to_bare"] = round(summary["messages_per_minute"] / bare, 2)
         summary["load_avg_1m_after_bare"] = round(os.getloadavg()[0], 2)
+    task_members = int(os.environ.get("BENCH_TASK_MEMBERS", "1000000"))
+    if task_members > 0:
+        summary.update(task_scenario(task_members, timeout, settings.partitions))
     if os.environ.get("BENCH_PROFILE"):
         print(f"profile: {tmp / 'profile.txt'}", file=sys.stderr)
     else:

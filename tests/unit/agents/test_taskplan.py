@@ -9,9 +9,18 @@ import random
 import pytest
 
 from agents.taskgate import Verdict, verdict
-from agents.taskplan import RunPlan, chosen, due_at_for, page_allowance, plan_page, plan_recipient
+from agents.taskplan import (
+    PageEncoder,
+    RunPlan,
+    chosen,
+    due_at_for,
+    page_allowance,
+    plan_page,
+    plan_recipient,
+)
 from channels.base import ProviderConfig
 from channels.routing import WeightedChooser
+from models.messages import ReachMessage
 from models.taskruns import Recipient
 from models.tasks import TaskSpec, TaskStatus, ValidationContext, validate_task
 from rules.engine import RuleEngine
@@ -127,3 +136,23 @@ def test_page_allowance_paces_to_the_rate(rate: int, elapsed_ms: int, done: int,
 )
 def test_gate_verdicts(status: TaskStatus | None, expected: tuple[Verdict, str]) -> None:
     assert verdict(status) == expected
+
+
+def test_the_page_encoder_makes_exactly_the_reference_messages(engine: RuleEngine) -> None:
+    local = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
+    for task_spec, run_no in ((spec(), 1), (spec(schedule=local), 5)):
+        plan = RunPlan.of(7, run_no, NOW, task_spec, "UTC")
+        page = [
+            Recipient("u-1", ("s", "sms_ok"), {"phone": "+1555"}, attributes={"name": "Ada"}),
+            Recipient("u-2", ("s",), {"phone": "+1556"}, timezone="Asia/Tokyo"),
+            Recipient("u-3", ("s", "sms_ok"), {}, timezone="America/New_York"),
+        ]
+        reference, reached = plan_page(plan, page, engine, CHOOSERS, NOW)
+        records, encoded_reached, made = PageEncoder(plan, engine, CHOOSERS).page(page, NOW)
+        decoded = [ReachMessage.from_bytes(value) for channel in records for _key, value in records[channel]]
+        key = lambda m: (m.user_id, m.channel)  # noqa: E731
+        assert sorted(decoded, key=key) == sorted(reference, key=key)
+        assert (encoded_reached, made) == (reached, len(reference))
+        assert {ch: [k for k, _ in recs] for ch, recs in records.items()} == {
+            ch: [m.user_id.encode() for m in reference if m.channel == ch] for ch in records
+        }
