@@ -70,8 +70,9 @@ class TaskGate:
         self.pause_recheck_ms = pause_recheck_ms
         self.counter = counter  # reach_task_messages{channel, status}, or None
         self.store: TaskStore | None = None
-        self._inline: collections.OrderedDict[str, Template] = collections.OrderedDict()
-        self._loaded: set[int] = set()
+        self._inline: dict[str, Template] = {}
+        # task number -> its inline template (None: it uses a rule-file one), oldest first
+        self._tasks: collections.OrderedDict[int, Template | None] = collections.OrderedDict()
 
     def open(self, store: TaskStore) -> None:
         self.store = store
@@ -83,7 +84,7 @@ class TaskGate:
             return list(messages)
         assert self.store is not None, "TaskGate.open() was not called"
         statuses = await self.store.statuses(tasks)
-        await self._load_templates(tasks - self._loaded)
+        await self._load_templates(tasks - self._tasks.keys())
         send = []
         for message in messages:
             number = task_no_of(message.rule_id)
@@ -108,18 +109,23 @@ class TaskGate:
         batch.handled.add(message.message_id)
 
     async def _load_templates(self, tasks: set[int]) -> None:
+        """Remember the inline templates of tasks not seen yet (a task's content never
+        changes); the least recently loaded are forgotten past MAX_CACHED_TEMPLATES and
+        loaded again if one of their messages comes back."""
         if not tasks:
             return
         assert self.store is not None
-        for number, spec in (await self.store.specs(tasks)).items():
-            template = spec.content.inline(number)
+        specs = await self.store.specs(tasks)
+        for number in tasks:
+            spec = specs.get(number)
+            template = spec.content.inline(number) if spec is not None else None
+            self._tasks[number] = template
             if template is not None:
                 self._inline[template.id] = template
-        self._loaded |= tasks
-        while len(self._inline) > MAX_CACHED_TEMPLATES:
-            self._inline.popitem(last=False)
-        if len(self._loaded) > 4 * MAX_CACHED_TEMPLATES:
-            self._loaded.clear()  # forgotten tasks are loaded again on their next message
+        while len(self._tasks) > MAX_CACHED_TEMPLATES:
+            number, template = self._tasks.popitem(last=False)
+            if template is not None:
+                self._inline.pop(template.id, None)
 
     def templates(self, rule_templates: Mapping[str, Template]) -> Mapping[str, Template]:
         """The rule files' templates and the loaded tasks' inline ones (``task:<no>``)."""

@@ -190,6 +190,8 @@ class TaskRunner:
             return
         remaining = await self.runs.active(task.task_no)
         next_at = remaining[0] if remaining else None
+        if remaining and task.spec.schedule.kind is not ScheduleKind.CRON:  # local time: parts to come
+            await self.tasks.set_next_run(task.task_no, next_at, now)
         if not remaining:
             await self._move(task, (TaskStatus.RUNNING,), TaskStatus.COMPLETED, "every run planned", None)
         elif task.spec.schedule.kind is ScheduleKind.CRON:

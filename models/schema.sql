@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
   KEY idx_results_user (user_id, completed_at),
-  KEY idx_results_provider_msg (provider_message_id)
+  KEY idx_results_provider_msg (provider_message_id),
+  -- A reach task's recipients, paged by user (rule_id is task:<task_no>)
+  KEY idx_results_rule_user (rule_id, user_id, message_id)
 );
 
 -- Delivery receipts (provider status callbacks), one row per distinct receipt.

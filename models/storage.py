@@ -90,6 +90,12 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "ADD INDEX idx_results_provider_msg (provider_message_id)",
     ),
     ("user_profiles", "column", "attributes", "ADD COLUMN attributes TEXT NULL"),
+    (
+        "delivery_results",
+        "index",
+        "idx_results_rule_user",
+        "ADD INDEX idx_results_rule_user (rule_id, user_id, message_id)",
+    ),
     ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
     (
         "inbox_messages",

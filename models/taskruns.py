@@ -57,8 +57,10 @@ class RunStore:
         return [
             (int(r[0]), int(r[1]))
             for r in await self._query(
-                f"SELECT task_no, run_no FROM task_runs WHERE state IN {ACTIVE} AND due_at <= %s "
-                "AND (lease_until < %s OR lease_owner = %s) ORDER BY due_at LIMIT %s",
+                # A paused task's runs are not claimed (and released) at every tick.
+                f"SELECT r.task_no, r.run_no FROM task_runs r JOIN tasks t ON t.task_no = r.task_no "
+                f"WHERE r.state IN {ACTIVE} AND r.due_at <= %s AND t.status IN ('scheduled', 'running') "
+                "AND (r.lease_until < %s OR r.lease_owner = %s) ORDER BY r.due_at LIMIT %s",
                 [now_ms, now_ms, self.owner, limit],
             )
         ]

@@ -302,6 +302,13 @@ class TaskStore:
         result: TaskStatus = await self._tx(work)
         return result
 
+    async def set_next_run(self, task_no: int, next_run_at: int | None, now_ms: int) -> None:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE tasks SET next_run_at = %s, updated_at = %s WHERE task_no = %s",
+                [next_run_at, now_ms, task_no],
+            )
+
     async def add_counts(self, rows: Sequence[tuple[int, str, str, int]]) -> None:
         """Add ``(task_no, channel, status, n)`` to the counters (one statement)."""
         if not rows:
