@@ -87,7 +87,7 @@ class ChannelSender:
         same ``batch`` after a failure: messages already decided are not sent twice."""
         pending = [m for m in messages if m.message_id not in batch.handled]
         now = self.rt.clock.now_ms()
-        fresh = await self._not_yet_sent(pending, now, batch)
+        fresh = await self.rt.taskgate.screen(await self._not_yet_sent(pending, now, batch), now, batch)
         try:
             for provider_name, group in self.router.route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
@@ -98,6 +98,7 @@ class ChannelSender:
 
     async def persist(self, batch: BatchOutcome) -> None:
         await self.persister.persist(batch)
+        await self.rt.taskgate.count(batch.results)  # last: a retried persist must not count twice
 
     async def _not_yet_sent(
         self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
@@ -126,7 +127,7 @@ class ChannelSender:
     ) -> None:
         provider = self.rt.providers[self.channel.name][provider_name]
         sendable, dead = await self.addresses.skip(provider_name, provider.address_fields, messages, now)
-        templates = self.rt.rules.current.rulebook.templates
+        templates = self.rt.taskgate.templates(self.rt.rules.current.rulebook.templates)
         ready, failed = deliveries_for(sendable, templates, self.channel.max_content_bytes)
         outcomes = await self._provider_send(provider_name, provider, ready)
         done = self.rt.clock.now_ms()

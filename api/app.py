@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, receipts
+from api import events, health, inbox, popups, receipts, tasks
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
@@ -29,6 +29,8 @@ from api.resources import Resources
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from models.popups import PopupStore
 from models.storage import InboxStore, create_pool
+from models.taskruns import AudienceLists
+from models.taskstore import TaskStore
 from reach.clock import Clock, SystemClock
 from reach.errors import DEPENDENCY_ERRORS
 from reach.metrics import ApiMetrics
@@ -64,6 +66,7 @@ def create_app(
         popups.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
     )
     app.include_router(receipts.router(receipt_service, clock, metrics))
+    app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
 
     @app.get("/metrics", include_in_schema=False)
@@ -84,7 +87,9 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
         stack.push_async_callback(producer.stop)
         await receipt_service.open(pool)
         stack.push_async_callback(receipt_service.close)
-        app.state.resources = Resources(pool, InboxStore(pool), PopupStore(pool), producer)
+        app.state.resources = Resources(
+            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool)
+        )
         yield
 
 

@@ -17,6 +17,8 @@ from fastapi import Depends, Request
 from api.event_producer import EventProducer
 from models.popups import PopupStore
 from models.storage import InboxStore
+from models.taskruns import AudienceLists
+from models.taskstore import TaskStore
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -25,6 +27,8 @@ class Resources:
     inbox: InboxStore
     popups: PopupStore
     producer: EventProducer
+    tasks: TaskStore
+    lists: AudienceLists
 
 
 async def resources(request: Request) -> Resources:
@@ -45,7 +49,17 @@ async def event_producer(request: Request) -> EventProducer:
     return (await resources(request)).producer
 
 
+async def task_store(request: Request) -> TaskStore:
+    return (await resources(request)).tasks
+
+
+async def audience_lists(request: Request) -> AudienceLists:
+    return (await resources(request)).lists
+
+
 AppResources = Annotated[Resources, Depends(resources)]
 Inbox = Annotated[InboxStore, Depends(inbox_store)]
 Popups = Annotated[PopupStore, Depends(popup_store)]
 Producer = Annotated[EventProducer, Depends(event_producer)]
+Tasks = Annotated[TaskStore, Depends(task_store)]
+Lists = Annotated[AudienceLists, Depends(audience_lists)]

@@ -15,6 +15,9 @@ messages with their result rows. One run measures, in order:
 
 The last line is JSON with these figures and the load average beside each.
 
+Then the reach-task scenario (``bench/tasks.py``): a task to a segment of BENCH_TASK_MEMBERS
+users (default 1000000, 0 skips it), its ``task_*`` figures added to the same JSON line.
+
 Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_BARE=0 to skip the bare app,
 BENCH_TWO_WORKERS=0 to skip two workers, BENCH_SUSTAIN_SECONDS=0 to skip the sustained search,
 BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the (first) worker under pyinstrument (its
@@ -39,6 +42,7 @@ import orjson
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.tasks import task_scenario
 from models.storage import migrate
 from reach.producer import SyncProducer
 from reach.settings import REPO_ROOT, Settings
@@ -313,6 +317,9 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_SUSTAIN_SECONDS", "60"))
     if seconds > 0:
         summary.update(sustained(int(summary["messages_per_minute"] / 60 * 0.6), seconds))
+    task_members = int(os.environ.get("BENCH_TASK_MEMBERS", "1000000"))
+    if task_members > 0:
+        summary.update(task_scenario(task_members, timeout, int(os.environ.get("BENCH_PARTITIONS", "4"))))
     print(orjson.dumps(summary).decode())
     return 0
 

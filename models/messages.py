@@ -97,6 +97,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"  # permanent failure; will not be retried
     RETRYING = "retrying"  # temporary failure; another attempt is scheduled
     UNKNOWN = "unknown"  # the outcome could not be determined (connection lost after send)
+    SUPPRESSED = "suppressed"  # not sent on purpose: its reach task was cancelled (error_code says why)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

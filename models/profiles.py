@@ -4,7 +4,11 @@ Profiles arrive on the segments topic, keyed by user id (co-partitioned with
 the events), one JSON object per user that replaces the previous one::
 
     {"user_id": "u-1", "segments": ["vip", "new"],
-     "contact": {"email": "ada@example.com"}, "timezone": "Asia/Shanghai"}
+     "contact": {"email": "ada@example.com"}, "timezone": "Asia/Shanghai",
+     "attributes": {"country": "CN", "plan": "pro"}}
+
+``attributes`` is free-form: reach tasks filter audiences on it
+(``attributes.country == "CN"``) and their templates read it.
 
 A record with ``"deleted": true`` removes the user's profile.
 """
@@ -29,6 +33,7 @@ class UserProfile:
     contact: Mapping[str, str] = dataclasses.field(default_factory=dict)
     timezone: str = ""
     deleted: bool = False
+    attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
@@ -55,6 +60,7 @@ def profile_from_dict(data: Any) -> UserProfile:
         contact=_contact(data.get("contact", {})),
         timezone=_str(data.get("timezone", ""), "timezone"),
         deleted=bool(data.get("deleted", False)),
+        attributes=_attributes(data.get("attributes", {})),
     )
 
 
@@ -71,6 +77,12 @@ def _contact(value: Any) -> Mapping[str, str]:
     if unknown:
         raise EventError("bad_contact", f"unknown contact fields {sorted(unknown)}; known: {CONTACT_FIELDS}")
     return {k: _str(v, f"contact.{k}") for k, v in value.items() if v}
+
+
+def _attributes(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise EventError("bad_attributes", "'attributes' must be an object")
+    return value
 
 
 def _str(value: Any, field: str) -> str:

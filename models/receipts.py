@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from models.storage import in_transaction
+from models.tasks import task_no_of
 
 MAX_ERROR_LENGTH = 500
 MIN_PHONE_DIGITS = 7  # a shorter common suffix could belong to two different numbers
@@ -102,6 +103,8 @@ class _Row:
     user_id: str
     platform: str
     status: str
+    rule_id: str = ""
+    channel: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -305,7 +308,22 @@ async def _move(cur: Any, row: _Row, receipt: Receipt, at_ms: int) -> bool:
             *MOVABLE,
         ],
     )
-    return bool(cur.rowcount)
+    moved = bool(cur.rowcount)
+    if moved and receipt.status is ReceiptStatus.DELIVERED:
+        await _count_task_delivery(cur, row)
+    return moved
+
+
+async def _count_task_delivery(cur: Any, row: _Row) -> None:
+    """A reach task's message confirmed delivered adds to the task's ``delivered`` count, in
+    the transaction that moved its row (so a receipt applied once counts once)."""
+    task_no = task_no_of(row.rule_id)
+    if task_no is not None:
+        await cur.execute(
+            "INSERT INTO task_counts (task_no, channel, status, n) VALUES (%s, %s, 'delivered', 1) "
+            "ON DUPLICATE KEY UPDATE n = n + 1",
+            [task_no, row.channel],
+        )
 
 
 def _moved(receipt: Receipt, row: _Row, moved: bool) -> ReceiptResult:
@@ -385,7 +403,8 @@ async def _rows_by(cur: Any, provider: str, column: str, keys: set[str]) -> dict
     if not ordered:
         return {}
     await cur.execute(
-        f"SELECT {column}, message_id, attempt, user_id, platform, status FROM delivery_results "
+        f"SELECT {column}, message_id, attempt, user_id, platform, status, rule_id, channel "
+        "FROM delivery_results "
         f"WHERE provider = %s AND {column} IN ({_marks(ordered)}) ORDER BY attempt",
         [provider, *ordered],
     )

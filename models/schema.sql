@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS user_profiles (
   segments    TEXT         NOT NULL,   -- JSON array of segment names
   contact     TEXT         NOT NULL,   -- JSON object: email, phone
   timezone    VARCHAR(64)  NOT NULL DEFAULT '',
+  attributes  TEXT         NULL,       -- JSON object: what audience filters and task templates read
   updated_at  BIGINT       NOT NULL,
   PRIMARY KEY (user_id)
 );
@@ -68,7 +69,9 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
   KEY idx_results_user (user_id, completed_at),
-  KEY idx_results_provider_msg (provider_message_id)
+  KEY idx_results_provider_msg (provider_message_id),
+  -- A reach task's recipients, paged by user (rule_id is task:<task_no>)
+  KEY idx_results_rule_user (rule_id, user_id, message_id)
 );
 
 -- Delivery receipts (provider status callbacks), one row per distinct receipt.
@@ -129,3 +132,94 @@ CREATE TABLE IF NOT EXISTS dead_addresses (
   expires_at   BIGINT       NOT NULL,
   PRIMARY KEY (address_key)
 );
+
+-- Reach tasks (an operator's send to an audience). task_no is drawn at random from
+-- [1, 2^53) by the application, so TiDB spreads new tasks across regions (an
+-- AUTO_INCREMENT key would be a write hotspot) and JSON clients read it exactly.
+-- spec is the validated task as JSON (models/tasks.py); status is models.tasks.TaskStatus.
+CREATE TABLE IF NOT EXISTS tasks (
+  task_no        BIGINT        NOT NULL,
+  name           VARCHAR(128)  NOT NULL,
+  comment        VARCHAR(1000) NOT NULL DEFAULT '',
+  category       VARCHAR(32)   NOT NULL,
+  schedule_kind  VARCHAR(16)   NOT NULL,
+  spec           MEDIUMTEXT    NOT NULL,
+  status         VARCHAR(16)   NOT NULL,
+  next_run_at    BIGINT        NULL,      -- ms; the next run not yet started, NULL when none
+  created_by     VARCHAR(128)  NOT NULL,
+  created_at     BIGINT        NOT NULL,
+  updated_at     BIGINT        NOT NULL,
+  PRIMARY KEY (task_no),
+  KEY idx_tasks_created (created_at, task_no),
+  KEY idx_tasks_status (status, created_at, task_no)
+);
+
+-- Every status change of a task: who (an API caller, the CLI, the scheduler) and when.
+-- Written in the transaction that holds the task row's lock, so seq is never taken twice.
+CREATE TABLE IF NOT EXISTS task_transitions (
+  task_no        BIGINT        NOT NULL,
+  seq            INT           NOT NULL,   -- 1, 2, ... per task: changes within one ms keep their order
+  at             BIGINT        NOT NULL,
+  from_status    VARCHAR(16)   NOT NULL,
+  to_status      VARCHAR(16)   NOT NULL,
+  actor          VARCHAR(128)  NOT NULL,
+  reason         VARCHAR(512)  NOT NULL DEFAULT '',
+  PRIMARY KEY (task_no, seq)
+);
+
+-- One row per run of a task (a cron occurrence, a local-time part, the one run of
+-- now/at). A worker claims a due run by moving its lease forward in one conditional
+-- UPDATE (the row is the lock: two workers cannot both hold it), expands the
+-- audience by keyset pages after `checkpoint` (the last user id of the last page the
+-- broker acknowledged) and adds the page to audience and planned in the same UPDATE.
+CREATE TABLE IF NOT EXISTS task_runs (
+  task_no      BIGINT        NOT NULL,
+  run_no       INT           NOT NULL,
+  due_at       BIGINT        NOT NULL,
+  state        VARCHAR(16)   NOT NULL,   -- pending, expanding, planned, cancelled
+  checkpoint   VARCHAR(128)  NOT NULL DEFAULT '',
+  audience     BIGINT        NOT NULL DEFAULT 0,   -- recipients evaluated and chosen
+  planned      BIGINT        NOT NULL DEFAULT 0,   -- messages put on the outbox
+  started_at   BIGINT        NOT NULL DEFAULT 0,
+  finished_at  BIGINT        NOT NULL DEFAULT 0,
+  lease_owner  CHAR(16)      NOT NULL DEFAULT '',
+  lease_until  BIGINT        NOT NULL DEFAULT 0,
+  PRIMARY KEY (task_no, run_no),
+  KEY idx_runs_due (state, due_at)
+);
+
+-- Final outcomes of task messages per channel, added per channel-agent batch
+-- (sent, failed, unknown, suppressed), so a task's progress is read without
+-- scanning delivery_results.
+CREATE TABLE IF NOT EXISTS task_counts (
+  task_no   BIGINT       NOT NULL,
+  channel   VARCHAR(32)  NOT NULL,
+  status    VARCHAR(16)  NOT NULL,
+  n         BIGINT       NOT NULL,
+  PRIMARY KEY (task_no, channel, status)
+);
+
+-- POST /v1/tasks Idempotency-Key: the body it came with and the task it made
+-- (NULL while that task is being created).
+CREATE TABLE IF NOT EXISTS task_requests (
+  idempotency_key  VARCHAR(128)  NOT NULL,
+  body_hash        CHAR(64)      NOT NULL,
+  task_no          BIGINT        NULL,
+  created_at       BIGINT        NOT NULL,
+  PRIMARY KEY (idempotency_key)
+);
+
+-- Uploaded audiences (POST /v1/audiences): user ids, keyset-paged by the runner.
+CREATE TABLE IF NOT EXISTS audience_lists (
+  list_id    CHAR(16)      NOT NULL,
+  members    BIGINT        NOT NULL,
+  complete   TINYINT       NOT NULL,   -- 0 while the upload streams in
+  created_at BIGINT        NOT NULL,
+  PRIMARY KEY (list_id)
+);
+
+CREATE TABLE IF NOT EXISTS audience_members (
+  list_id  CHAR(16)      NOT NULL,
+  user_id  VARCHAR(128)  NOT NULL,
+  PRIMARY KEY (list_id, user_id)
+)

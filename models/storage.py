@@ -89,6 +89,13 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "idx_results_provider_msg",
         "ADD INDEX idx_results_provider_msg (provider_message_id)",
     ),
+    ("user_profiles", "column", "attributes", "ADD COLUMN attributes TEXT NULL"),
+    (
+        "delivery_results",
+        "index",
+        "idx_results_rule_user",
+        "ADD INDEX idx_results_rule_user (rule_id, user_id, message_id)",
+    ),
     ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
     (
         "inbox_messages",
@@ -449,15 +456,17 @@ async def _insert_profiles(cur: Any, profiles: list[UserProfile], now_ms: int) -
             orjson.dumps(list(p.segments)).decode(),
             orjson.dumps(dict(p.contact)).decode(),
             p.timezone,
+            orjson.dumps(dict(p.attributes)).decode() if p.attributes else None,
             now_ms,
         )
         for p in profiles
     ]
-    marks = ",".join(["(%s,%s,%s,%s,%s)"] * len(rows))
+    marks = ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(rows))
     await cur.execute(
-        f"INSERT INTO user_profiles (user_id, segments, contact, timezone, updated_at) VALUES {marks} "
+        f"INSERT INTO user_profiles (user_id, segments, contact, timezone, attributes, updated_at) "
+        f"VALUES {marks} "
         "ON DUPLICATE KEY UPDATE segments = VALUES(segments), contact = VALUES(contact), "
-        "timezone = VALUES(timezone), updated_at = VALUES(updated_at)",
+        "timezone = VALUES(timezone), attributes = VALUES(attributes), updated_at = VALUES(updated_at)",
         [v for row in rows for v in row],
     )
 

@@ -120,6 +120,26 @@ class WorkerMetrics:
         self.rules_loaded = Gauge(
             "reach_rules_loaded", "Rules currently serving, by kind", ["kind"], registry=registry
         )
+        # Reach tasks. No task number or user id is a label: per-task figures are the API's.
+        self.tasks = Gauge(
+            "reach_tasks",
+            "Reach tasks by status and schedule kind",
+            ["status", "schedule"],
+            registry=registry,
+        )
+        self.task_runs = Counter(
+            "reach_task_runs", "Task runs started, by schedule kind", ["schedule"], registry=registry
+        )
+        self.task_messages_planned = Counter(
+            "reach_task_messages_planned",
+            "Task messages put on the outbox (a page planned again after a crash counts again)",
+            ["channel"],
+            registry=registry,
+        )
+        # status: sent, failed, unknown, suppressed (the task was cancelled before it went)
+        self.task_messages = Counter(
+            "reach_task_messages", "Final outcomes of task messages", ["channel", "status"], registry=registry
+        )
         # step: channel.<name>; reason: bad_outbox_record, result_refused. Events and
         # profiles that fail alone are counted by reach_events_dead_lettered{reason}.
         self.items_refused = Counter(

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 import structlog
 from prometheus_client import CollectorRegistry
 
+from agents.taskgate import TaskGate
 from channels.base import Provider, ProviderContext
 from channels.config import ChannelConfig, ChannelsConfig
 from channels.registry import provider_class
@@ -16,6 +17,7 @@ from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
+from models.taskstore import TaskStore
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
@@ -34,6 +36,7 @@ class Runtime:
     metrics: WorkerMetrics
     clock: Clock = dataclasses.field(default_factory=SystemClock)
     choosers: dict[str, WeightedChooser] = dataclasses.field(default_factory=dict)
+    taskgate: TaskGate = dataclasses.field(default_factory=TaskGate)  # opened by start()
     # Opened by start():
     mysql_pool: Any = None
     redis: Any = None
@@ -58,6 +61,7 @@ class Runtime:
         )
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
+        runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)
         return runtime
 
     async def start(self) -> None:
@@ -77,6 +81,7 @@ class Runtime:
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
         self.dead_addresses = DeadAddressStore(self.mysql_pool, s.dead_address_ttl * 1000)
+        self.taskgate.open(TaskStore(self.mysql_pool))
         await self._start_providers()
 
     async def _start_providers(self) -> None:

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9464  # 0 disables the worker's /metrics, /healthz and /readyz
     worker_ready_commit_age: float = Field(60.0, gt=0)  # not ready when lagging with no commit for this long
 
+    # Reach tasks (agents/tasks.py, agents/taskgate.py)
+    task_poll_interval: float = Field(0.2, gt=0)  # seconds between the runner's looks for due runs
+    task_tick_budget: float = Field(0.5, gt=0)  # seconds a run expands between renewals of its claim
+    # Recipients per audience page (one checkpoint each). Big pages: the expansion shares the
+    # worker's event loop with the channel agents and advances about a page per their batch.
+    task_page_size: int = Field(5000, ge=1)
+    task_lease_seconds: float = Field(15.0, gt=0)  # a crashed worker's run is taken over after this
+    task_pause_recheck_ms: int = Field(2000, ge=100)  # a paused task's message is checked again after this
+    task_default_zone: str = "UTC"  # local-time tasks: the zone of a profile without a valid timezone
+    task_categories: str = "transactional,marketing,notification"  # comma-separated
+
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -73,6 +84,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The task categories an operator may choose from (``task_categories``)."""
+        return tuple(c.strip() for c in self.task_categories.split(",") if c.strip())
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

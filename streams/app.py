@@ -4,6 +4,7 @@
       │          ▲                                  │  │
       └─> dlq    │ profile table                    │  └─> results topic + delivery_results
     segments ──> segments agent ──> user_profiles   └─> deferred queue (Redis) ──> pump ──> outbox
+    task runs (MariaDB) ──> task runner (leader timer) ──> outbox.<channel>
 
 Wiring only; each agent lives in its own module under ``agents/``.
 """
@@ -17,7 +18,7 @@ import faust
 import structlog
 
 from agents import channel as channel_agent
-from agents import deferred, segments, trigger
+from agents import deferred, segments, tasks, trigger
 from reach.runtime import Runtime
 from reach.settings import Settings
 from streams.consumer import GuardedConsumer, GuardedTransport
@@ -90,6 +91,7 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
         topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name))
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
     deferred.register(app, runtime)
+    tasks.register(app, runtime)
     health = WorkerHealth(settings.worker_ready_commit_age)
     _register_housekeeping(app, runtime, health)
     return Topology(app, runtime, profiles, topics, health)

@@ -1,0 +1,244 @@
+"""Task runner: due task runs -> audience pages -> messages on the outbox topics.
+
+A leader-only timer, every ``task_poll_interval`` seconds (0.2 s: a run fires within
+that of its time), starts a drive for each run due by now. A drive claims its run
+(:class:`models.taskruns.RunStore`: a lease row, so with two workers each run fires
+once; renewed every ``task_tick_budget`` seconds and with each checkpoint) and
+expands it page by page: read the next keyset page of the audience,
+plan its messages (:mod:`agents.taskplan`), pack them into outbox frames, wait for
+the broker's acks, and only then move the run's checkpoint past the page. A crash
+loses at most the page in flight: the run resumes from its checkpoint (after the
+lease expires) and plans that page again with the same message ids, which the
+channel agent's sent markers skip.
+
+The task's status is read once per page: a pause or cancel stops the expansion at
+the next page, and the channel agent's :mod:`agents.taskgate` stops what is already
+on the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+
+from agents.guard import run_step
+from agents.narrow import describe
+from agents.produce import produce_all
+from agents.records import value_limit
+from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
+from models.outbox import pack
+from models.taskruns import RunStore, audience_page, new_owner
+from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
+from models.taskstore import RunRow, TaskRow, TaskStore, TransitionRefusedError
+from reach.errors import DEPENDENCY_ERRORS
+from reach.runtime import Runtime
+
+log = structlog.get_logger("reach.agents.tasks")
+
+Produce = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
+ACTOR = "scheduler"
+CLAIMS_PER_TICK = 16
+
+
+class TaskRunner:
+    def __init__(self, runtime: Runtime, pool: Any, produce: Produce, owner: str | None = None) -> None:
+        self.rt = runtime
+        self.pool = pool
+        self.produce = produce
+        self.tasks = TaskStore(pool)
+        self.runs = RunStore(pool, owner or new_owner())
+        s = runtime.settings
+        self.lease_ms = int(s.task_lease_seconds * 1000)
+        self.limit = value_limit(s.kafka_max_message_bytes)
+        self.slice = s.task_tick_budget
+        self.driving: dict[tuple[int, int], asyncio.Task[int]] = {}
+
+    async def start_due(self) -> list[asyncio.Task[int]]:
+        """Start driving every due run not driven here yet; returns the drives started.
+
+        Each drive is its own asyncio task, so a long expansion neither holds the timer nor
+        keeps a run due a second later waiting for it."""
+        started = []
+        for key in await self.runs.due(self.rt.clock.now_ms(), CLAIMS_PER_TICK):
+            if key not in self.driving:
+                self.driving[key] = asyncio.create_task(self._drive(key))
+                started.append(self.driving[key])
+        return started
+
+    async def tick(self) -> int:
+        """Start the due runs and wait for their drives; returns the messages planned.
+        (The worker's timer only starts them: :meth:`start_due`.)"""
+        return sum(await asyncio.gather(*await self.start_due()))
+
+    async def _drive(self, key: tuple[int, int]) -> int:
+        """Expand one run slice by slice (claim renewed each time) until it is planned, stops
+        (paused, cancelled, lease lost) or waits for its rate; the next tick goes on."""
+        planned = 0
+        try:
+            while True:
+                run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
+                if run is None:
+                    return planned
+                count, more = await self._advance_or_fail(run, time.monotonic() + self.slice)
+                planned += count
+                if not more:
+                    return planned
+        except DEPENDENCY_ERRORS as exc:  # the next tick claims the run again
+            log.warning("tasks.drive_interrupted", task_no=key[0], run=key[1], error=type(exc).__name__)
+            return planned
+        finally:
+            self.driving.pop(key, None)
+
+    async def _advance_or_fail(self, run: RunRow, deadline: float) -> tuple[int, bool]:
+        """A task that makes the runner raise (not a dependency outage) fails alone, with
+        the reason in its transitions; it never stops the worker or the other tasks."""
+        try:
+            return await self.advance(run, deadline)
+        except DEPENDENCY_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("tasks.run_failed", task_no=run.task_no, run=run.run_no)
+            await self._fail(run.task_no, describe(exc))
+            return 0, False
+
+    async def _fail(self, task_no: int, reason: str) -> None:
+        allowed = (TaskStatus.SCHEDULED, TaskStatus.RUNNING)
+        with contextlib.suppress(TransitionRefusedError):
+            await self.tasks.transition(
+                task_no, allowed, TaskStatus.FAILED, ACTOR, self.rt.clock.now_ms(), reason
+            )
+
+    async def advance(self, run: RunRow, deadline: float) -> tuple[int, bool]:
+        """Plan pages of ``run`` until ``deadline``; returns the messages planned and whether
+        pages remain (the deadline cut it short)."""
+        task = await self.tasks.get(run.task_no)
+        if task is None or task.status in FINAL_STATUSES:
+            return 0, False
+        if task.status is TaskStatus.PAUSED:
+            await self.runs.release(run)
+            return 0, False
+        if run.state == "pending":
+            run = await self.begin(task, run)
+        plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
+        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
+        planned = 0
+        while time.monotonic() < deadline:
+            step = await self.page(task, encoder, run)
+            if step is None:
+                return planned, False
+            run, count = step
+            planned += count
+        return planned, True
+
+    async def begin(self, task: TaskRow, run: RunRow) -> RunRow:
+        """Start a run: store the next cron run first (a crash here must not lose it)."""
+        now = self.rt.clock.now_ms()
+        following = next_cron_run(task.spec.schedule, PlannedRun(run.run_no, run.due_at))
+        if following is not None:
+            await self.runs.add(task.task_no, following)
+        await self.runs.start(run, now)
+        if task.status is TaskStatus.SCHEDULED:
+            await self._move(task, (TaskStatus.SCHEDULED,), TaskStatus.RUNNING, f"run {run.run_no} started")
+        self.rt.metrics.task_runs.labels(task.spec.schedule.kind.value).inc()
+        return RunRow(run.task_no, run.run_no, run.due_at, "expanding", run.checkpoint, run.audience,
+                      run.planned, now, run.finished_at)  # fmt: skip
+
+    async def page(self, task: TaskRow, encoder: PageEncoder, run: RunRow) -> tuple[RunRow, int] | None:
+        """Plan one page; None when the run should stop for this tick."""
+        statuses = await self.tasks.statuses([task.task_no])
+        status = statuses.get(task.task_no)
+        if status is not TaskStatus.RUNNING:
+            if status is TaskStatus.PAUSED:
+                await self.runs.release(run)
+            return None
+        now = self.rt.clock.now_ms()
+        size = page_allowance(
+            task.spec.rate_per_minute, run.started_at, now, run.audience, self.rt.settings.task_page_size
+        )
+        if size == 0:
+            return None
+        recipients = await audience_page(self.pool, task.spec.audience, run.checkpoint, size)
+        if not recipients:
+            await self.finish(task, run)
+            return None
+        records, reached, made = encoder.page(recipients, now)
+        await self._produce(records)
+        last = recipients[-1].user_id
+        if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
+            log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
+            return None
+        for channel, channel_records in records.items():
+            self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
+        advanced = RunRow(run.task_no, run.run_no, run.due_at, run.state, last, run.audience + reached,
+                          run.planned + made, run.started_at, run.finished_at)  # fmt: skip
+        return advanced, made
+
+    async def _produce(self, records: Records) -> None:
+        frame_messages = self.rt.settings.outbox_frame_messages
+        for channel, channel_records in records.items():
+            frames = pack(channel_records, frame_messages, self.limit)
+            await self.produce(self.rt.settings.outbox_topic(channel), frames)
+
+    async def finish(self, task: TaskRow, run: RunRow) -> None:
+        now = self.rt.clock.now_ms()
+        if not await self.runs.finish(run, now):
+            return
+        remaining = await self.runs.active(task.task_no)
+        next_at = remaining[0] if remaining else None
+        if remaining and task.spec.schedule.kind is not ScheduleKind.CRON:  # local time: parts to come
+            await self.tasks.set_next_run(task.task_no, next_at, now)
+        if not remaining:
+            await self._move(task, (TaskStatus.RUNNING,), TaskStatus.COMPLETED, "every run planned", None)
+        elif task.spec.schedule.kind is ScheduleKind.CRON:
+            await self._move(
+                task, (TaskStatus.RUNNING,), TaskStatus.SCHEDULED, f"run {run.run_no} planned", next_at
+            )
+        log.info("tasks.run_planned", task_no=task.task_no, run=run.run_no, planned=run.planned)
+
+    async def _move(
+        self, task: TaskRow, allowed: tuple[TaskStatus, ...], to: TaskStatus, reason: str,
+        next_run_at: int | bool | None = False,
+    ) -> None:  # fmt: skip
+        try:
+            await self.tasks.transition(
+                task.task_no, allowed, to, ACTOR, self.rt.clock.now_ms(), reason, next_run_at
+            )
+        except TransitionRefusedError as exc:  # cancelled or paused meanwhile: theirs wins
+            log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
+
+
+async def export_task_gauges(runtime: Runtime, pool: Any) -> None:
+    """``reach_tasks{status, schedule}``: one grouped count over the tasks index."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT status, schedule_kind, COUNT(*) FROM tasks GROUP BY status, schedule_kind")
+        rows = await cur.fetchall()
+    seen = {(status.value, kind.value): 0 for status in TaskStatus for kind in ScheduleKind}
+    for status, kind, count in rows:
+        seen[(status, kind)] = int(count)
+    for (status, kind), count in seen.items():
+        runtime.metrics.tasks.labels(status, kind).set(count)
+
+
+def register(app: Any, runtime: Runtime) -> TaskRunner:
+    async def produce(topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        await produce_all(app, topic, records)
+
+    runner = TaskRunner(runtime, runtime.mysql_pool, produce)
+
+    async def tick() -> None:
+        await runner.start_due()
+
+    async def run_tasks() -> None:
+        await run_step("tasks", tick)
+
+    async def task_gauges() -> None:
+        await run_step("tasks.gauges", lambda: export_task_gauges(runtime, runtime.mysql_pool))
+
+    app.timer(interval=runtime.settings.task_poll_interval, on_leader=True)(run_tasks)
+    app.timer(interval=10.0, on_leader=True)(task_gauges)
+    return runner

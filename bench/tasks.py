@@ -1,0 +1,168 @@
+"""The reach-task scenario of ``make bench``: a task "now" to one segment of BENCH_TASK_MEMBERS
+(default 1,000,000) users, through a fresh worker to the inbox channel.
+
+Measures the time from the task's creation until every recipient is planned onto the
+outbox (target <= 60 s), the delivered rate through the inbox, and the worker's peak RSS
+(target < 300 MB during the expansion). ``python -m bench.tasks`` runs it alone and prints
+its JSON; ``bench/pipeline.py`` adds the same figures to its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pymysql
+
+from models.storage import create_pool, migrate
+from models.tasks import ValidationContext, first_runs, validate_task
+from models.taskstore import TaskStore
+from reach.settings import Settings
+from tests.integration.harness import Db, WorkerProcess, clear_redis, make_settings, unique_run_id, wait_until
+
+CHANNELS = """
+channels:
+  inbox:
+    window_seconds: 1
+    providers:
+      - name: mariadb
+        type: inbox
+"""
+SEED_ROWS = 5000  # rows per INSERT while seeding
+TASK = {
+    "name": "bench task",
+    "category": "marketing",
+    "audience": {"segments": ["bench-seg"]},
+    "content": {"title": "Hello", "text": "A task message for {{ user_id }}"},
+    "channels": ["inbox"],
+    "schedule": {"kind": "now"},
+}
+
+
+def seed(settings: Settings, members: int) -> None:
+    """``members`` profiles in one segment, written straight to MariaDB (the profiles topic
+    would measure the segments agent, not the task)."""
+    conn = pymysql.connect(
+        host=settings.mysql_host,
+        port=settings.mysql_port,
+        user=settings.mysql_user,
+        password=settings.mysql_password.get_secret_value(),
+        database=settings.mysql_database,
+        autocommit=True,
+    )
+    try:
+        with conn.cursor() as cur:
+            for start in range(0, members, SEED_ROWS):
+                users = [f"bt-{n:08d}" for n in range(start, min(members, start + SEED_ROWS))]
+                marks = ",".join(["(%s,'[\"bench-seg\"]','{}','',NULL,0)"] * len(users))
+                cur.execute(
+                    "INSERT INTO user_profiles (user_id, segments, contact, timezone, attributes, "
+                    f"updated_at) VALUES {marks}",
+                    users,
+                )
+                cur.execute(
+                    f"INSERT INTO segment_members (segment, user_id, updated_at) VALUES "
+                    f"{','.join(['(%s,%s,0)'] * len(users))}",
+                    [v for user in users for v in ("bench-seg", user)],
+                )
+    finally:
+        conn.close()
+
+
+async def create_task(settings: Settings) -> int:
+    pool = await create_pool(settings)
+    try:
+        now = int(time.time() * 1000)
+        spec = validate_task(TASK, ValidationContext(now, ["inbox"], {}, settings.categories))
+        task_no, _ = await TaskStore(pool).create(spec, first_runs(spec.schedule, now), "bench", now)
+        return task_no
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+def ready(settings: Settings) -> bool:
+    try:
+        url = f"http://127.0.0.1:{settings.worker_metrics_port}/readyz"
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="reach-bench-task-"))
+    (tmp / "rules").mkdir()  # no trigger rules: only the task sends
+    (tmp / "rules" / "bench.yaml").write_text("templates:\n  unused: {title: t, text: t}\n")
+    settings = make_settings(tmp, unique_run_id(), CHANNELS, partitions=partitions, batch_within=0.05)
+    asyncio.run(migrate(settings))
+    db = Db(settings)
+    seeded = time.time()
+    seed(settings, members)
+    seed_s = time.time() - seeded
+    worker = WorkerProcess(settings, tmp / "worker.log").start()
+    try:
+        wait_until(lambda: ready(settings), 120, "the worker's partitions (readyz)", interval=0.2)
+        created = time.time()
+        task_no = asyncio.run(create_task(settings))
+        run = lambda: db.query("SELECT state, planned FROM task_runs WHERE task_no = %s", [task_no])[0]  # noqa: E731
+        wait_until(lambda: run()[0] == "planned", timeout, "every recipient planned", interval=0.2)
+        planned_s = time.time() - created
+        started_at, finished_at = db.query(
+            "SELECT started_at, finished_at FROM task_runs WHERE task_no = %s", [task_no]
+        )[0]
+        rss_planned = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
+        sent = lambda: int(  # noqa: E731
+            db.query(
+                "SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE task_no = %s AND status = 'sent'",
+                [task_no],
+            )[0][0]
+        )
+        wait_until(lambda: sent() >= members, timeout, "every task message sent", interval=1.0)
+        first, last = db.query(
+            "SELECT MIN(completed_at), MAX(completed_at) FROM delivery_results WHERE rule_id = %s",
+            [f"task:{task_no}"],
+        )[0]
+        rss = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
+    finally:
+        worker.stop()
+        db.drop()
+        clear_redis(settings)
+        shutil.rmtree(tmp, ignore_errors=True)
+    delivery_s = max(0.001, (last - first) / 1000)
+    return {
+        "task_members": members,
+        "task_seed_s": round(seed_s, 1),
+        "task_planned_s": round(planned_s, 2),  # from the task's creation
+        "task_expansion_s": round((finished_at - started_at) / 1000, 2),  # the run's own time
+        "task_planned_per_s": round(members / planned_s),
+        "task_planned_peak_rss_mb": round(rss_planned, 1),
+        "task_delivered_per_minute": round(members / delivery_s * 60),
+        "task_worker_peak_rss_mb": round(rss, 1),
+    }
+
+
+def main() -> int:
+    members = int(os.environ.get("BENCH_TASK_MEMBERS", "1000000"))
+    summary = task_scenario(members, float(os.environ.get("BENCH_TIMEOUT", "900")))
+    summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

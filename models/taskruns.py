@@ -1,0 +1,253 @@
+"""Task runs in MariaDB / TiDB: claiming due runs, checkpoints, and audience pages.
+
+A run belongs to whichever worker holds its lease (``lease_owner`` until
+``lease_until``). Claiming is one conditional UPDATE per run, so of two workers that
+see the same due run exactly one gets it; every later write (checkpoint, finish)
+again requires the lease, so a worker that lost it (it stalled past the lease, and
+another took over) changes nothing. A crashed worker's runs are taken over once its
+lease expires, from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from models.tasks import Audience, PlannedRun
+from models.taskstore import RUN_COLUMNS, RunRow
+
+ACTIVE = "('pending', 'expanding')"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recipient:
+    user_id: str
+    segments: tuple[str, ...] = ()
+    contact: dict[str, str] = dataclasses.field(default_factory=dict)
+    timezone: str = ""
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def fact(self) -> dict[str, Any]:
+        """What an audience filter reads."""
+        return {
+            "user_id": self.user_id,
+            "segments": list(self.segments),
+            "timezone": self.timezone,
+            "attributes": self.attributes,
+        }
+
+
+def new_owner() -> str:
+    """A lease owner id: one per worker process."""
+    return secrets.token_hex(8)
+
+
+class RunStore:
+    def __init__(self, pool: Any, owner: str) -> None:
+        self.pool = pool
+        self.owner = owner
+
+    async def due(self, now_ms: int, limit: int) -> list[tuple[int, int]]:
+        """Runs due by ``now_ms`` that nobody else holds, earliest first."""
+        return [
+            (int(r[0]), int(r[1]))
+            for r in await self._query(
+                # A paused task's runs are not claimed (and released) at every tick.
+                f"SELECT r.task_no, r.run_no FROM task_runs r JOIN tasks t ON t.task_no = r.task_no "
+                f"WHERE r.state IN {ACTIVE} AND r.due_at <= %s AND t.status IN ('scheduled', 'running') "
+                "AND (r.lease_until < %s OR r.lease_owner = %s) ORDER BY r.due_at LIMIT %s",
+                [now_ms, now_ms, self.owner, limit],
+            )
+        ]
+
+    async def claim(self, task_no: int, run_no: int, now_ms: int, lease_ms: int) -> RunRow | None:
+        """Take or renew the lease of one run; None when another worker holds it."""
+        changed = await self._execute(
+            f"UPDATE task_runs SET lease_owner = %s, lease_until = %s WHERE task_no = %s AND run_no = %s "
+            f"AND state IN {ACTIVE} AND (lease_until < %s OR lease_owner = %s)",
+            [self.owner, now_ms + lease_ms, task_no, run_no, now_ms, self.owner],
+        )
+        if not changed:
+            return None
+        rows = await self._query(
+            f"SELECT {RUN_COLUMNS} FROM task_runs WHERE task_no = %s AND run_no = %s", [task_no, run_no]
+        )
+        return RunRow.from_row(rows[0]) if rows else None
+
+    async def start(self, run: RunRow, now_ms: int) -> bool:
+        return await self._owned("state = 'expanding', started_at = %s", [now_ms], run, "pending")
+
+    async def checkpoint(
+        self, run: RunRow, last_user: str, audience: int, planned: int, now_ms: int, lease_ms: int
+    ) -> bool:
+        """Record a page the broker acknowledged; False when the lease was lost."""
+        return await self._owned(
+            "checkpoint = %s, audience = audience + %s, planned = planned + %s, lease_until = %s",
+            [last_user, audience, planned, now_ms + lease_ms],
+            run,
+            "expanding",
+        )
+
+    async def finish(self, run: RunRow, now_ms: int) -> bool:
+        return await self._owned(
+            "state = 'planned', finished_at = %s, lease_until = 0", [now_ms], run, "expanding"
+        )
+
+    async def release(self, run: RunRow) -> None:
+        """Give the lease up now (the task is paused): any worker may pick the run up later."""
+        await self._execute(
+            "UPDATE task_runs SET lease_until = 0 WHERE task_no = %s AND run_no = %s AND lease_owner = %s",
+            [run.task_no, run.run_no, self.owner],
+        )
+
+    async def add(self, task_no: int, run: PlannedRun) -> None:
+        """Store the next run of a task; already stored (a repeated start) is fine."""
+        await self._execute(
+            "INSERT IGNORE INTO task_runs (task_no, run_no, due_at, state) VALUES (%s, %s, %s, 'pending')",
+            [task_no, run.run_no, run.due_at],
+        )
+
+    async def active(self, task_no: int) -> list[int]:
+        """Due times of the task's runs not yet planned."""
+        rows = await self._query(
+            f"SELECT due_at FROM task_runs WHERE task_no = %s AND state IN {ACTIVE} ORDER BY due_at",
+            [task_no],
+        )
+        return [int(r[0]) for r in rows]
+
+    async def _owned(self, sets: str, args: list[Any], run: RunRow, state: str) -> bool:
+        return bool(
+            await self._execute(
+                f"UPDATE task_runs SET {sets} WHERE task_no = %s AND run_no = %s AND lease_owner = %s "
+                "AND state = %s",
+                [*args, run.task_no, run.run_no, self.owner, state],
+            )
+        )
+
+    async def _execute(self, sql: str, args: Sequence[Any]) -> int:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            return int(await cur.execute(sql, list(args)))
+
+    async def _query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, list(args))
+            return list(await cur.fetchall())
+
+
+# -- audience pages ------------------------------------------------------------------------
+PROFILE = "p.segments, p.contact, p.timezone, p.attributes"
+_SEGMENT_PAGE = (
+    f"SELECT m.user_id, {PROFILE} FROM segment_members m LEFT JOIN user_profiles p ON p.user_id = m.user_id "
+    "WHERE m.segment = %s AND m.user_id > %s ORDER BY m.user_id LIMIT %s"
+)
+_LIST_PAGE = (
+    f"SELECT m.user_id, {PROFILE} FROM audience_members m LEFT JOIN user_profiles p ON p.user_id = m.user_id "
+    "WHERE m.list_id = %s AND m.user_id > %s ORDER BY m.user_id LIMIT %s"
+)
+_EVERYONE_PAGE = (
+    f"SELECT p.user_id, {PROFILE} FROM user_profiles p WHERE p.user_id > %s ORDER BY p.user_id LIMIT %s"
+)
+
+
+def _sources(audience: Audience) -> list[tuple[str, list[Any]]]:
+    sources = [(_SEGMENT_PAGE, [s]) for s in audience.segments] + [(_LIST_PAGE, [x]) for x in audience.lists]
+    return sources or [(_EVERYONE_PAGE, [])]
+
+
+async def audience_page(pool: Any, audience: Audience, after: str, limit: int) -> list[Recipient]:
+    """The next ``limit`` distinct recipients after user id ``after``, in user id order, over
+    every source (segments, lists; every profile when neither is named). Each source is
+    read by keyset over its primary key, so a page costs the same at any depth."""
+    pages = []
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        for sql, args in _sources(audience):
+            await cur.execute(sql, [*args, after, limit])
+            pages.append(list(await cur.fetchall()))
+    return merge_pages(pages, limit)
+
+
+def merge_pages(pages: Iterable[Sequence[Sequence[Any]]], limit: int) -> list[Recipient]:
+    """The first ``limit`` distinct user ids of sorted pages (binary collation: the
+    database orders user ids as Python orders ``str``). Valid only up to the shortest
+    full page's last id, so a source that filled its page bounds the result."""
+    full_page_ends = [page[-1][0] for page in pages if len(page) >= limit]
+    bound = min(full_page_ends) if full_page_ends else None
+    out: list[Recipient] = []
+    last = None
+    for row in heapq.merge(*pages, key=lambda row: row[0]):
+        if row[0] == last:
+            continue
+        if (bound is not None and row[0] > bound) or len(out) >= limit:
+            break
+        last = row[0]
+        out.append(recipient_of(row))
+    return out
+
+
+def recipient_of(row: Sequence[Any]) -> Recipient:
+    user_id, segments, contact, timezone, attributes = row
+    return Recipient(
+        user_id=user_id,
+        segments=tuple(orjson.loads(segments)) if segments else (),
+        contact=orjson.loads(contact) if contact else {},
+        timezone=timezone or "",
+        attributes=orjson.loads(attributes) if attributes else {},
+    )
+
+
+class AudienceLists:
+    """Uploaded audiences: ``add`` chunks while the upload streams, ``complete`` at its end.
+    A task may name only complete lists; a failed upload is deleted whole."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def begin(self, now_ms: int) -> str:
+        list_id = secrets.token_hex(8)
+        await self._execute(
+            "INSERT INTO audience_lists (list_id, members, complete, created_at) VALUES (%s, 0, 0, %s)",
+            [list_id, now_ms],
+        )
+        return list_id
+
+    async def add(self, list_id: str, user_ids: Sequence[str]) -> None:
+        if user_ids:
+            marks = ",".join(["(%s,%s)"] * len(user_ids))
+            await self._execute(
+                f"INSERT IGNORE INTO audience_members (list_id, user_id) VALUES {marks}",
+                [v for user in user_ids for v in (list_id, user)],
+            )
+
+    async def complete(self, list_id: str) -> int:
+        """Mark the upload finished; returns the distinct members stored."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT COUNT(*) FROM audience_members WHERE list_id = %s", [list_id])
+            (members,) = await cur.fetchone()
+            await cur.execute(
+                "UPDATE audience_lists SET members = %s, complete = 1 WHERE list_id = %s", [members, list_id]
+            )
+        return int(members)
+
+    async def discard(self, list_id: str) -> None:
+        await self._execute("DELETE FROM audience_members WHERE list_id = %s", [list_id])
+        await self._execute("DELETE FROM audience_lists WHERE list_id = %s", [list_id])
+
+    async def complete_among(self, list_ids: Sequence[str]) -> set[str]:
+        if not list_ids:
+            return set()
+        marks = ",".join(["%s"] * len(list_ids))
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT list_id FROM audience_lists WHERE complete = 1 AND list_id IN ({marks})",
+                list(list_ids),
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+    async def _execute(self, sql: str, args: Sequence[Any]) -> None:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, list(args))
