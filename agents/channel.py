@@ -38,7 +38,7 @@ import structlog
 from agents.claims import send_isolated, split_by_marker
 from agents.guard import run_step
 from agents.narrow import describe, narrow
-from agents.plan import STATUS_OF, backoff_ms, deliveries_for, result_for
+from agents.plan import STATUS_OF, backoff_ms, deliveries_for, end_to_end_seconds, result_for
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
 from channels.base import Delivery, Outcome, OutcomeKind, Provider, no_start_hook
@@ -48,6 +48,7 @@ from channels.routing import NoProviderAvailableError
 from models.addresses import DeadAddress, address_key, address_of
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
 from models.outbox import unpack
+from reach.metrics import platform_label
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -280,13 +281,16 @@ class ChannelSender:
             # Final, whatever it is: an unknown outcome may have reached the user, and a
             # failure would fail again. A replayed batch must not send it a second time.
             batch.done_ids.append(message.message_id)
+        platform = platform_label(message.platform)
         if status is DeliveryStatus.SENT:
-            self.rt.metrics.messages_sent.labels(*labels).inc()
+            self.rt.metrics.messages_sent.labels(*labels, platform).inc()
             self.rt.metrics.end_to_end_latency.labels(self.channel.name).observe(
-                max(0, done - message.event_ts) / 1000
+                end_to_end_seconds(message, done)
             )
         else:
-            self.rt.metrics.messages_failed.labels(*labels, outcome.kind.value, outcome.code[:64]).inc()
+            self.rt.metrics.messages_failed.labels(
+                *labels, platform, outcome.kind.value, outcome.code[:64]
+            ).inc()
         batch.results.append(result_for(message, outcome, status, now, done))
 
     def _retry(self, message: ReachMessage, outcome: Outcome, now: int) -> tuple[int, bytes]:
