@@ -288,9 +288,8 @@ class ChannelSender:
                 end_to_end_seconds(message, done)
             )
         else:
-            self.rt.metrics.messages_failed.labels(
-                *labels, platform, outcome.kind.value, outcome.code[:64]
-            ).inc()
+            self.rt.metrics.messages_failed.labels(*labels, platform, outcome.kind.value).inc()
+            self.rt.metrics.messages_failed_codes.labels(*labels, outcome.code[:64]).inc()
         batch.results.append(result_for(message, outcome, status, now, done))
 
     def _retry(self, message: ReachMessage, outcome: Outcome, now: int) -> tuple[int, bytes]:

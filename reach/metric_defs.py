@@ -84,11 +84,19 @@ METRICS: tuple[MetricDef, ...] = (
     _c("reach_messages_sent", "Messages accepted by a provider", "channel", "provider", "platform"),
     _c(
         "reach_messages_failed",
-        "Delivery attempts that did not succeed, by outcome and the provider's error code",
+        "Delivery attempts that did not succeed, by outcome",
         "channel",
         "provider",
         "platform",
         "outcome",
+    ),
+    # Apart from reach_messages_failed: a code's series starts at its first failure, and
+    # Prometheus sees no increase in a series' first sample, so ratios must not depend on it.
+    _c(
+        "reach_messages_failed_codes",
+        "Failed delivery attempts by the provider's error code (SMTP reply, vendor code)",
+        "channel",
+        "provider",
         "code",
     ),
     _c(

@@ -90,6 +90,7 @@ class WorkerMetrics:
         self.delivery_attempts = build(registry, "reach_delivery_attempts")
         self.messages_sent = build(registry, "reach_messages_sent")
         self.messages_failed = build(registry, "reach_messages_failed")
+        self.messages_failed_codes = build(registry, "reach_messages_failed_codes")
         self.messages_unroutable = build(registry, "reach_messages_unroutable")
         self.messages_rerouted = build(registry, "reach_messages_rerouted")
         self.messages_dead_lettered = build(registry, "reach_messages_dead_lettered")
@@ -107,14 +108,13 @@ class WorkerMetrics:
             self.rules_reloads.labels(result)
 
     def start_series(self, providers: Mapping[str, Sequence[str]]) -> None:
-        """Series at zero for every channel's providers, platforms and failed outcomes.
-
-        The ``code`` of a failure is the provider's own; the zero series carry ``""``.
-        """
+        """Series at zero for every channel's providers, platforms and failed outcomes."""
         for channel, names in providers.items():
             self.rule_matches.labels(channel)
             self.messages_deduplicated.labels(channel)
             self.messages_unroutable.labels(channel)
+            for reason in ("bad_outbox_record", "result_refused"):
+                self.items_refused.labels(f"channel.{channel}", reason)
             for provider in names:
                 self._start_provider(channel, provider)
 
@@ -124,7 +124,7 @@ class WorkerMetrics:
         for platform in (*PLATFORMS, "other"):
             self.messages_sent.labels(channel, provider, platform)
             for outcome in FAILED_OUTCOMES:
-                self.messages_failed.labels(channel, provider, platform, outcome, "")
+                self.messages_failed.labels(channel, provider, platform, outcome)
 
 
 class ApiMetrics:

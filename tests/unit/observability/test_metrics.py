@@ -52,7 +52,6 @@ def test_failure_counters_have_series_before_the_first_failure(tmp_path: Path) -
         "reach_messages_failed_total",
         (
             ("channel", "inbox"),
-            ("code", ""),
             ("outcome", "permanent"),
             ("platform", "ios"),
             ("provider", "mariadb"),
