@@ -243,3 +243,16 @@ def test_a_dead_worker_inhibits_its_lag_alerts(observed: tuple[Processes, Any, A
 
 def annotations() -> dict[str, str]:
     return {"summary": "s", "description": "d", "runbook": "docs/operations.md"}
+
+
+def test_promtool_finds_nothing_wrong_with_what_each_process_exports(
+    observed: tuple[Processes, Any, Any, Any],
+) -> None:
+    processes, _, _, _ = observed
+    for job, target in processes.targets().items():
+        exposition = httpx.get(f"http://{target}/metrics", timeout=10).content
+        assert b"reach_build_info{" in exposition and b"process_resident_memory_bytes" in exposition, job
+        result = subprocess.run(
+            ["promtool", "check", "metrics"], input=exposition, capture_output=True, check=False
+        )
+        assert result.returncode == 0, f"{job}: {result.stdout.decode()}{result.stderr.decode()}"
