@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.grafana.dashboards import BOARDS
 from models.storage import migrate
@@ -81,17 +82,20 @@ class Processes:
     def start(self) -> None:
         asyncio.run(migrate(self.settings))
         self.worker.start()
-        self.spawn("api", {"REACH_API_PORT": str(self.api_port)}, f"http://127.0.0.1:{self.api_port}/healthz")
-        self.spawn("exporter", {}, f"http://127.0.0.1:{self.settings.exporter_port}/healthz")
+        # One API process, as in deploy/k8s: the scrapes need no multiprocess mode.
+        api = ["api", "--workers", "1"]
+        self.spawn(api, {"REACH_API_PORT": str(self.api_port)}, f"http://127.0.0.1:{self.api_port}/healthz")
+        self.spawn(["exporter"], {}, f"http://127.0.0.1:{self.settings.exporter_port}/healthz")
 
-    def spawn(self, command: str, env: dict[str, str], health: str) -> None:
+    def spawn(self, args: list[str], env: dict[str, str], health: str) -> None:
+        command = args[0]
         log = open(self.tmp / f"{command}.log", "ab")  # noqa: SIM115 - owned by the subprocess
         full_env = {**os.environ, **settings_env(self.settings), **env}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reach.cli", command], env=full_env, stdout=log, stderr=log, cwd=REPO_ROOT
+            [sys.executable, "-m", "reach.cli", *args], env=full_env, stdout=log, stderr=log, cwd=REPO_ROOT
         )
         self.procs.append(proc)
-        wait_until(lambda: answers(health) or proc.poll() is not None, 30, f"reach {command} to answer")
+        wait_until(lambda: answers(health) or proc.poll() is not None, 60, f"reach {command} to answer")
         assert proc.poll() is None, (self.tmp / f"{command}.log").read_text()[-3000:]
 
     def targets(self) -> dict[str, str]:
@@ -117,6 +121,9 @@ def answers(url: str) -> bool:
         return False
 
 
+EIGHT_HOURS_MS = 8 * 3600 * 1000
+
+
 def traffic(settings: Settings, api_port: int) -> None:
     """Inbox messages that succeed, e-mails that fail, a bad event, one matching no rule."""
     # 15 e-mails failing: more than the alert's one final outcome a minute over its 10-minute window.
@@ -126,6 +133,7 @@ def traffic(settings: Settings, api_port: int) -> None:
     # The profiles are on their own topic; the signup rule needs their e-mail addresses first.
     wait_until(lambda: profiles_loaded(settings, users), 30, "the profiles to be stored")
     events = [event(f"signup-{u}", u, "signup", first_name="Ada") for u in users]
+    events[0]["ts"] -= EIGHT_HOURS_MS  # buffered on a phone: old, but not reach's latency
     produce_json(
         settings, settings.events_topic, [*events, event("nothing", "obs-0", "no_rule_matches_this")]
     )
@@ -243,6 +251,32 @@ def test_a_dead_worker_inhibits_its_lag_alerts(observed: tuple[Processes, Any, A
 
 def annotations() -> dict[str, str]:
     return {"summary": "s", "description": "d", "runbook": "docs/operations.md"}
+
+
+def test_latency_starts_at_ingestion_and_the_old_events_age_is_apart(
+    observed: tuple[Processes, Any, Any, Any],
+) -> None:
+    processes, _, _, _ = observed
+    inbox = {"channel": "inbox"}
+
+    def worker_metrics() -> dict[tuple[str, str], float]:
+        text = httpx.get(f"http://{processes.targets()['reach-worker']}/metrics", timeout=10).text
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("channel", "inbox") == inbox["channel"]:
+                    found[(sample.name, sample.labels.get("le", ""))] = sample.value
+        return found
+
+    found = wait_until(
+        lambda: (m := worker_metrics()).get(("reach_end_to_end_seconds_count", ""), 0) >= 15 and m,
+        60,
+        "15 inbox sends",
+    )
+    # Every inbox message, the one of the 8-hour-old event too, took under a minute from ingestion.
+    assert found[("reach_end_to_end_seconds_bucket", "60.0")] == found[("reach_end_to_end_seconds_count", "")]
+    ages = found[("reach_event_age_seconds_count", "")] - found[("reach_event_age_seconds_bucket", "14400.0")]
+    assert ages == 1  # only that event was more than 4 hours old when reach took it in
 
 
 def test_promtool_finds_nothing_wrong_with_what_each_process_exports(

@@ -22,14 +22,7 @@ from reach.metric_defs import METRICS, exported_names
 from reach.metrics import ApiMetrics, WorkerMetrics, platform_label
 from reach.runtime import Runtime
 from reach.settings import Settings
-
-RULES = """
-triggers:
-  - {id: hello, when: 'name == "hello"', template: hello, channels: [inbox], dedup_key: "{event_id}"}
-templates:
-  hello: {title: "Hello", text: "Hi {{ user_id }}"}
-"""
-CHANNELS = "channels:\n  inbox:\n    window_seconds: 1\n    providers: [{name: mariadb, type: inbox}]\n"
+from tests.unit.agents.test_trigger import CHANNELS, RULES  # one rule, one inbox channel
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
