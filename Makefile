@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status run demo test test-unit test-integration chaos bench bench-api lint fmt clean
+.PHONY: help install up down status run observe observe-down demo test test-unit test-integration chaos bench bench-api lint fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ status: ## show which stack services answer
 
 run: $(STAMP) up ## run the pipeline (worker + API + local SMTP sink) with the example rules, until Ctrl-C
 	bash deploy/run-local.sh
+
+observe: up ## start Prometheus (:9090, /alerts) and Alertmanager (:9094) with reach's rules, beside make run
+	bash deploy/stack.sh observe
+
+observe-down: ## stop the Prometheus and Alertmanager of make observe
+	bash deploy/stack.sh observe-down
 
 demo: $(STAMP) ## send sample profiles and events to a running `make run`, then show what they caused
 	bash deploy/demo.sh

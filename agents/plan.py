@@ -36,18 +36,25 @@ def plan_event(
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
     unroutable: Callable[[str, str], None] | None = None,
+    ingested_ms: int = 0,
+    unmatched: Callable[[], None] | None = None,
 ) -> list[ReachMessage]:
     """The messages an event causes: one per matching trigger and selected channel.
 
     A selected channel with no provider that can address the user (SMS for a
     user without a phone number) yields no message; ``unroutable(rule_id,
-    channel)`` is told, so the agent can count it.
+    channel)`` is told, so the agent can count it. ``ingested_ms`` is when reach took the
+    event in (its record's time on the events topic), carried for the end-to-end latency.
+    ``unmatched()`` is told when no trigger rule matches the event.
     """
     fact = trigger_fact(event, profile)
     contact = dict(profile.contact) if profile else {}
     reachable = reachable_channels(choosers, contact)
     messages = []
-    for rule in engine.match_triggers(fact):
+    rules = engine.match_triggers(fact)
+    if not rules and unmatched is not None:
+        unmatched()
+    for rule in rules:
         selection_fact = {
             "rule_id": rule.id,
             "template": rule.template,
@@ -79,9 +86,23 @@ def plan_event(
                     variables=_variables(event),
                     contact=contact,
                     platform=event.platform,
+                    ingested_ts=ingested_ms,
                 )
             )
     return messages
+
+
+def end_to_end_seconds(message: ReachMessage, done_ms: int) -> float:
+    """From reach's ingestion of the event to ``done_ms``; from the rule match for messages
+    planned before ingestion times were carried. Never from the client's ``ts``, which
+    may be hours old (that age is ``reach_event_age_seconds``)."""
+    start = message.ingested_ts or message.created_ts
+    return max(0, done_ms - start) / 1000
+
+
+def event_age_seconds(event: Event, ingested_ms: int) -> float:
+    """How old the event was when reach took it in; a client clock ahead of ours counts 0."""
+    return max(0, ingested_ms - event.ts) / 1000
 
 
 def _variables(event: Event) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import structlog
 
 from agents.guard import run_step
 from agents.narrow import describe
-from agents.plan import plan_event
+from agents.plan import event_age_seconds, plan_event
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
 from models.events import EventError, parse_event
@@ -47,6 +47,13 @@ def dead_letter(message: Any, error: EventError, limit: int = 1 << 20) -> bytes:
     return dumps_within(record, "value", limit)
 
 
+def ingested_ms(record: Any, now_ms: int) -> int:
+    """The events topic's time of ``record`` (the broker's append time: the topic is created
+    with LogAppendTime), or ``now_ms`` when the record carries none."""
+    timestamp = getattr(record, "timestamp", None)
+    return int(timestamp * 1000) if timestamp else now_ms
+
+
 def as_event_error(exc: Exception) -> EventError:
     """Why an event could not be planned: its contract error, or ``plan_error``."""
     return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
@@ -68,7 +75,7 @@ class TriggerStep:
         dead: list[DeadLetter] = []
         for event in events:
             try:
-                records += self._plan_one(event.message.value, engine, now)
+                records += self._plan_one(event.message, engine, now)
             except Exception as exc:  # whatever one event does, it fails alone
                 error = as_event_error(exc)
                 if error.reason == "plan_error":
@@ -78,16 +85,23 @@ class TriggerStep:
         self.rt.metrics.versions_unparsable.inc(max(0, engine.unparsable_versions - unparsable))
         return records, dead
 
-    def _plan_one(self, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:
-        parsed = parse_event(raw, self.rt.settings.event_max_depth)
+    def _plan_one(self, record: Any, engine: RuleEngine, now: int) -> list[OutboxRecord]:
+        parsed = parse_event(record.value, self.rt.settings.event_max_depth)
+        ingested = ingested_ms(record, now)
+        self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
         profile = self._profile(parsed.user_id)
-        messages = plan_event(parsed, profile, engine, self.rt.choosers, now, self._unroutable)
+        messages = plan_event(
+            parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched
+        )
         records = [(m.channel, m.user_id.encode(), m.to_bytes()) for m in messages]
         for channel, _, value in records:
             if len(value) > self.limit:
                 detail = f"its {channel} message is {len(value)} bytes; the outbox takes {self.limit}"
                 raise EventError("message_too_large", detail)
         return records
+
+    def _unmatched(self) -> None:
+        self.rt.metrics.events_unmatched.inc()
 
     def _unroutable(self, _rule_id: str, channel: str) -> None:
         self.rt.metrics.messages_unroutable.labels(channel).inc()

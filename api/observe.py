@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reach.metrics import ApiMetrics
+from reach.metrics import ApiMetrics, add_standard_collectors
 
 
 class RequestMetrics:
@@ -67,6 +67,9 @@ def exposition(registry: CollectorRegistry, multiprocess_dir: Path | None) -> by
         return bytes(generate_latest(registry))
     merged = CollectorRegistry()
     MultiProcessCollector(merged, path=str(multiprocess_dir))
+    # process_* and python_* of the process that answers this scrape: each scrape may reach
+    # another worker (the per-process values cannot be summed meaningfully).
+    add_standard_collectors(merged)
     return bytes(generate_latest(merged))
 
 

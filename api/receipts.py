@@ -109,6 +109,9 @@ class ReceiptService:
 def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRouter:
     """The receipt and delivery-stats routes over ``service`` (which the lifespan opens)."""
     routes = APIRouter()
+    for endpoint in service.endpoints.values():  # series from the start, for ratios
+        for status in ("delivered", "failed"):
+            metrics.receipts.labels(endpoint.channel, endpoint.name, "", status)
 
     @routes.post(
         "/v1/receipts/{provider_name}",

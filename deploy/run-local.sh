@@ -11,6 +11,7 @@ mkdir -p "$var"
 export REACH_API_PORT=${REACH_API_PORT:-8080}
 export REACH_WORKER_METRICS_PORT=${REACH_WORKER_METRICS_PORT:-9464}
 export REACH_SMTP_PORT=${REACH_SMTP_PORT:-2525}
+export REACH_EXPORTER_PORT=${REACH_EXPORTER_PORT:-9465}
 
 pids=()
 cleanup() {
@@ -35,6 +36,8 @@ pids+=($!)
 pids+=($!)
 "$bin/reach" api >"$var/api.log" 2>&1 &
 pids+=($!)
+"$bin/reach" exporter >"$var/exporter.log" 2>&1 &
+pids+=($!)
 
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$REACH_API_PORT/healthz" >/dev/null 2>&1 && break
@@ -47,6 +50,8 @@ cat <<MSG
     HTTP API         http://127.0.0.1:$REACH_API_PORT   (OpenAPI: /docs, /openapi.json)
     API metrics      http://127.0.0.1:$REACH_API_PORT/metrics
     worker metrics   http://127.0.0.1:$REACH_WORKER_METRICS_PORT/metrics
+    consumer lag     http://127.0.0.1:$REACH_EXPORTER_PORT/metrics   (reach exporter)
+    alerts           make observe, then http://127.0.0.1:9090/alerts
     rules            ${REACH_RULES_DIR:-$root/rules/examples}  (edit a file: it reloads)
     sent email       $var/smtp.log
     logs             $var/worker.log, $var/api.log

@@ -11,11 +11,17 @@
 #   deploy/stack.sh down      stop the services this script started
 #   deploy/stack.sh status    one line per service
 #   deploy/stack.sh wrk       install the wrk load generator (make bench-api)
+#   deploy/stack.sh observe   start Prometheus and Alertmanager (Debian packages) on the
+#                             local pipeline's ports, with reach's rules (make observe)
+#   deploy/stack.sh observe-down
+#                             stop them
 #
 # State (data, logs, pid files) lives under $REACH_STACK_DIR (default
 # ./.stack). Ports: REACH_KAFKA_PORT (9092), REACH_KAFKA_CONTROLLER_PORT
 # (9093), REACH_MYSQL_PORT (3306), REACH_REDIS_PORT (6379). REACH_KAFKA_LIB
 # points at already-resolved broker jars (default $REACH_STACK_DIR/kafka/lib).
+# REACH_PROMETHEUS_PORT (9090), REACH_ALERTMANAGER_PORT (9094: Kafka's controller
+# has 9093).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +31,8 @@ kafka_port=${REACH_KAFKA_PORT:-9092}
 controller_port=${REACH_KAFKA_CONTROLLER_PORT:-9093}
 mysql_port=${REACH_MYSQL_PORT:-3306}
 redis_port=${REACH_REDIS_PORT:-6379}
+prometheus_port=${REACH_PROMETHEUS_PORT:-9090}
+alertmanager_port=${REACH_ALERTMANAGER_PORT:-9094}
 mysql_user=${REACH_MYSQL_USER:-reach}
 mysql_password=${REACH_MYSQL_PASSWORD:-reach}
 kafka_lib=${REACH_KAFKA_LIB:-$stack/kafka/lib}  # throwaway stacks share the jars
@@ -50,11 +58,15 @@ install_debian() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   # openssl makes the self-signed certificates of the TLS test servers (SMTP, APNs).
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  # promtool and amtool check the alert rules and the routing in the tests; the servers run
+  # the end-to-end alert test and make observe. Debian's packages start nothing here.
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q "${missing[@]}"
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
 install_wrk() {
@@ -153,6 +165,32 @@ GRANT ALL PRIVILEGES ON *.* TO '$mysql_user'@'localhost';
 SQL
 }
 
+start_alertmanager() {
+  if port_open "$alertmanager_port"; then log "alertmanager: reusing :$alertmanager_port"; return 0; fi
+  local dir=$stack/alertmanager
+  mkdir -p "$dir/data"
+  log "alertmanager: starting on :$alertmanager_port"
+  # No cluster listener: one local instance, and its default port 9094 is ours.
+  nohup prometheus-alertmanager --config.file="$here/alertmanager/alertmanager.yml" \
+    --storage.path="$dir/data" --web.listen-address="127.0.0.1:$alertmanager_port" \
+    --cluster.listen-address= >"$dir/server.out" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_port "$alertmanager_port" alertmanager 30 "$dir/server.out"
+}
+
+start_prometheus() {
+  if port_open "$prometheus_port"; then log "prometheus: reusing :$prometheus_port"; return 0; fi
+  local dir=$stack/prometheus
+  mkdir -p "$dir/data"
+  sed -e "s#@RULES@#$here/prometheus/rules#" -e "s#@ALERTMANAGER@#127.0.0.1:$alertmanager_port#" \
+    "$here/prometheus/prometheus.local.yml" >"$dir/prometheus.yml"
+  log "prometheus: starting on :$prometheus_port"
+  nohup prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$prometheus_port" >"$dir/server.out" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_port "$prometheus_port" prometheus 30 "$dir/server.out"
+}
+
 stop_pidfile() { # name, pid file
   [ -f "$2" ] || return 0
   local pid
@@ -172,6 +210,16 @@ status_line() { if port_open "$2"; then echo "$1 up :$2"; else echo "$1 down :$2
 case "${1:-up}" in
   install) install_debian; install_kafka ;;
   wrk) install_wrk ;;
+  observe)
+    install_debian
+    start_alertmanager
+    start_prometheus
+    log "prometheus http://127.0.0.1:$prometheus_port/alerts, alertmanager http://127.0.0.1:$alertmanager_port"
+    ;;
+  observe-down)
+    stop_pidfile prometheus "$stack/prometheus/pid"
+    stop_pidfile alertmanager "$stack/alertmanager/pid"
+    ;;
   up)
     install_debian
     install_kafka
@@ -193,6 +241,8 @@ case "${1:-up}" in
     status_line kafka "$kafka_port"
     status_line mariadb "$mysql_port"
     status_line redis "$redis_port"
+    status_line prometheus "$prometheus_port"
+    status_line alertmanager "$alertmanager_port"
     ;;
-  *) echo "usage: $0 install|up|start SERVICE...|down|status|wrk" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|start SERVICE...|down|status|wrk|observe|observe-down" >&2; exit 2 ;;
 esac

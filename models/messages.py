@@ -44,6 +44,9 @@ class ReachMessage:
     platform: str = ""  # device platform from the event, "" when unknown
     attempt: int = 1
     not_before: int = 0  # ms since epoch; 0 = send now
+    # ms since epoch: the events topic's append time of the event's record (reach's own
+    # clock, unlike event_ts); 0 in records written before it existed
+    ingested_ts: int = 0
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
@@ -73,7 +76,7 @@ _TEXT_FIELDS = (
     "message_id", "user_id", "rule_id", "template", "channel", "provider",
     "event_id", "event_name", "platform",
 )  # fmt: skip
-_INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before")
+_INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before", "ingested_ts")
 
 
 def _check_types(data: Mapping[str, Any]) -> None:

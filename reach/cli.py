@@ -2,6 +2,7 @@
 
 reach worker                      run the stream-processing worker
 reach api [--workers N]           run the HTTP API (N processes, default one per core)
+reach exporter                    serve the consumer group's lag, read from the broker
 reach rules validate PATH...      check rule files; non-zero exit on any error
 reach events send [FILE]          produce events (JSON object, array or JSON lines; stdin by default)
 reach profiles send [FILE]        produce user profiles (segments, contact) the same way
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         help="API processes sharing the port (default: one per CPU core)",
     )
     api.set_defaults(run=_api)
+    sub.add_parser(
+        "exporter", help="serve the consumer group's lag from the broker (lives when the worker is down)"
+    ).set_defaults(run=_exporter)
     rules = sub.add_parser("rules", help="rule files").add_subparsers(title="rules commands")
     validate = rules.add_parser("validate", help="validate rule files or directories")
     validate.add_argument("paths", nargs="+")
@@ -114,6 +118,13 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     from reach import worker
 
     worker.run(settings)
+    return 0
+
+
+def _exporter(settings: Settings, _args: argparse.Namespace) -> int:
+    from reach import exporter
+
+    exporter.run(settings)
     return 0
 
 

@@ -1,180 +1,145 @@
-"""Every metric reach exports, declared once.
+"""The collectors of every metric reach exports, built from :mod:`reach.metric_defs`.
 
 Collectors are built against a registry passed in, so each test gets a fresh
-one. Labels are bounded sets (channel, provider, reason, status, platform,
-route): never a user id, address or token.
+one. A counter whose label values are known up front (channels, providers,
+outcomes, platforms) is given its series at zero from the start, so a ratio
+such as failed / attempted has a value before the first failure.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform as _platform
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from typing import Any
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from reach.metric_defs import BUILD_INFO, BY_NAME, LATENCY_BUCKETS, PLATFORMS, MetricDef
+
+__all__ = ["LATENCY_BUCKETS", "ApiMetrics", "WorkerMetrics", "build", "platform_label"]
+
+#: outcomes of a failed attempt (channels.base.OutcomeKind without ``sent``)
+FAILED_OUTCOMES = ("retry", "permanent", "invalid_address", "unknown")
+
+
+def build(registry: CollectorRegistry, name: str) -> Any:
+    """The collector of the declared metric ``name``; a name not declared raises KeyError."""
+    spec = BY_NAME[name]
+    if spec.kind == "counter":
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "histogram":
+        return Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)
+    raise ValueError(f"{name} is an {spec.kind} metric; it has its own collector")
+
+
+def platform_label(platform: str) -> str:
+    """A bounded label value for a device platform taken from an event."""
+    return platform if platform in PLATFORMS else "other"
+
+
+class BuildInfo(Collector):
+    """``reach_build_info{version, python} 1``, computed once; a plain collector, so it works
+    in prometheus_client's multiprocess mode too (a Gauge there would gain a pid label)."""
+
+    def __init__(self, spec: MetricDef = BUILD_INFO) -> None:
+        self.spec = spec
+        self.values = (_version(), _platform.python_version())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+        family.add_metric(list(self.values), 1)
+        yield family
+
+
+def _version() -> str:
+    try:
+        return metadata.version("reach")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_standard_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, file descriptors), python_* (GC, version) and reach_build_info."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, BuildInfo()):
+        registry.register(collector)
 
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.events_consumed = Counter(
-            "reach_events_consumed", "Behaviour events read from the events topic", registry=registry
-        )
-        self.events_dead_lettered = Counter(
-            "reach_events_dead_lettered",
-            "Events sent to the dead-letter topic, by reason",
-            ["reason"],
-            registry=registry,
-        )
-        self.versions_unparsable = Counter(
-            "reach_rule_versions_unparsable",
-            "Event or message values of a version(...) field that were not a version (read as absent)",
-            registry=registry,
-        )
-        self.rule_matches = Counter(
-            "reach_rule_matches", "Reach messages created by trigger rules", ["channel"], registry=registry
-        )
-        self.messages_sent = Counter(
-            "reach_messages_sent",
-            "Messages accepted by a provider",
-            ["channel", "provider"],
-            registry=registry,
-        )
-        self.messages_failed = Counter(
-            "reach_messages_failed",
-            "Delivery attempts that did not succeed, by outcome and the provider's error code",
-            ["channel", "provider", "outcome", "code"],
-            registry=registry,
-        )
-        self.delivery_attempts = Counter(
-            "reach_delivery_attempts",
-            "Messages handed to a provider (each retry counts again)",
-            ["channel", "provider"],
-            registry=registry,
-        )
-        self.messages_unroutable = Counter(
-            "reach_messages_unroutable",
-            "Messages a rule chose a channel for that no provider of it can address",
-            ["channel"],
-            registry=registry,
-        )
-        self.messages_rerouted = Counter(
-            "reach_messages_rerouted",
-            "Messages moved to another provider of their channel, by reason",
-            ["channel", "from_provider", "to_provider", "reason"],
-            registry=registry,
-        )
-        self.messages_dead_lettered = Counter(
-            "reach_messages_dead_lettered",
-            "Messages that exhausted their retry budget, written to the delivery dead-letter topic",
-            ["channel", "provider"],
-            registry=registry,
-        )
-        self.addresses_dead = Counter(
-            "reach_addresses_dead",
-            "Addresses or device tokens recorded as unusable, and messages skipped because of one",
-            ["channel", "provider", "event"],
-            registry=registry,
-        )
-        self.circuit_state = Gauge(
-            "reach_provider_circuit_state",
-            "Circuit breaker per provider: 0 closed (sending), 1 half-open (probing), 2 open (paused)",
-            ["channel", "provider"],
-            registry=registry,
-        )
-        self.messages_throttled = Counter(
-            "reach_messages_throttled",
-            "Messages deferred to a later throttle window",
-            ["channel", "provider"],
-            registry=registry,
-        )
-        self.messages_deduplicated = Counter(
-            "reach_messages_deduplicated",
-            "Messages skipped because their id was already sent",
-            ["channel"],
-            registry=registry,
-        )
-        self.send_latency = Histogram(
-            "reach_send_batch_seconds",
-            "Time a provider took to send one batch (its requests run concurrently)",
-            ["channel", "provider"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.end_to_end_latency = Histogram(
-            "reach_end_to_end_seconds",
-            "Event time to delivery result, per message",
-            ["channel"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.consumer_lag = Gauge(
-            "reach_consumer_lag",
-            "Messages behind the end of each assigned partition",
-            ["topic", "partition"],
-            registry=registry,
-        )
-        self.deferred_pending = Gauge(
-            "reach_deferred_pending", "Messages waiting for a later window or retry", registry=registry
-        )
-        self.rules_reloads = Counter(
-            "reach_rules_reloads", "Rule-file reloads, by result", ["result"], registry=registry
-        )
-        self.rules_loaded = Gauge(
-            "reach_rules_loaded", "Rules currently serving, by kind", ["kind"], registry=registry
-        )
-        # Reach tasks. No task number or user id is a label: per-task figures are the API's.
-        self.tasks = Gauge(
-            "reach_tasks",
-            "Reach tasks by status and schedule kind",
-            ["status", "schedule"],
-            registry=registry,
-        )
-        self.task_runs = Counter(
-            "reach_task_runs", "Task runs started, by schedule kind", ["schedule"], registry=registry
-        )
-        self.task_messages_planned = Counter(
-            "reach_task_messages_planned",
-            "Task messages put on the outbox (a page planned again after a crash counts again)",
-            ["channel"],
-            registry=registry,
-        )
-        # status: sent, failed, unknown, suppressed (the task was cancelled before it went)
-        self.task_messages = Counter(
-            "reach_task_messages", "Final outcomes of task messages", ["channel", "status"], registry=registry
-        )
+        add_standard_collectors(registry)
+        self.events_consumed = build(registry, "reach_events_consumed")
+        self.events_unmatched = build(registry, "reach_events_unmatched")
+        self.events_dead_lettered = build(registry, "reach_events_dead_lettered")
+        self.event_age = build(registry, "reach_event_age_seconds")
+        self.rule_matches = build(registry, "reach_rule_matches")
+        self.rules_reloads = build(registry, "reach_rules_reloads")
+        self.rules_loaded = build(registry, "reach_rules_loaded")
+        self.versions_unparsable = build(registry, "reach_rule_versions_unparsable")
+        self.tasks = build(registry, "reach_tasks")
+        self.task_runs = build(registry, "reach_task_runs")
+        self.task_messages_planned = build(registry, "reach_task_messages_planned")
+        self.task_messages = build(registry, "reach_task_messages")
+        self.delivery_attempts = build(registry, "reach_delivery_attempts")
+        self.messages_sent = build(registry, "reach_messages_sent")
+        self.messages_failed = build(registry, "reach_messages_failed")
+        self.messages_failed_codes = build(registry, "reach_messages_failed_codes")
+        self.messages_unroutable = build(registry, "reach_messages_unroutable")
+        self.messages_rerouted = build(registry, "reach_messages_rerouted")
+        self.messages_dead_lettered = build(registry, "reach_messages_dead_lettered")
+        self.addresses_dead = build(registry, "reach_addresses_dead")
+        self.circuit_state = build(registry, "reach_provider_circuit_state")
+        self.messages_throttled = build(registry, "reach_messages_throttled")
+        self.messages_deduplicated = build(registry, "reach_messages_deduplicated")
+        self.send_latency = build(registry, "reach_send_batch_seconds")
+        self.end_to_end_latency = build(registry, "reach_end_to_end_seconds")
+        self.deferred_pending = build(registry, "reach_deferred_pending")
         # step: channel.<name>; reason: bad_outbox_record, result_refused. Events and
         # profiles that fail alone are counted by reach_events_dead_lettered{reason}.
-        self.items_refused = Counter(
-            "reach_items_refused",
-            "Items isolated from their batch because they could not be processed or stored",
-            ["step", "reason"],
-            registry=registry,
-        )
+        self.items_refused = build(registry, "reach_items_refused")
+        for result in ("ok", "refused"):
+            self.rules_reloads.labels(result)
+
+    def start_series(self, providers: Mapping[str, Sequence[str]]) -> None:
+        """Series at zero for every channel's providers, platforms and failed outcomes."""
+        for channel, names in providers.items():
+            self.rule_matches.labels(channel)
+            self.messages_deduplicated.labels(channel)
+            self.messages_unroutable.labels(channel)
+            for reason in ("bad_outbox_record", "result_refused"):
+                self.items_refused.labels(f"channel.{channel}", reason)
+            for provider in names:
+                self._start_provider(channel, provider)
+
+    def _start_provider(self, channel: str, provider: str) -> None:
+        for counter in (self.delivery_attempts, self.messages_dead_lettered, self.messages_throttled):
+            counter.labels(channel, provider)
+        for platform in (*PLATFORMS, "other"):
+            self.messages_sent.labels(channel, provider, platform)
+            for outcome in FAILED_OUTCOMES:
+                self.messages_failed.labels(channel, provider, platform, outcome)
 
 
 class ApiMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Histogram(
-            "reach_api_request_seconds",
-            "HTTP API latency by route template and status",
-            ["method", "route", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.events_accepted = Counter(
-            "reach_api_events_accepted", "Events accepted by POST /v1/events", registry=registry
-        )
+        add_standard_collectors(registry)
+        self.requests = build(registry, "reach_api_request_seconds")
+        self.events_accepted = build(registry, "reach_api_events_accepted")
         # status: delivered | failed (the receipt made the message final; each message at most
         # once, so delivered / (delivered + failed) is the success rate), stale (the message was
         # already final), progress (a non-final provider status), unmatched (no send result for
         # it yet), duplicate (the same receipt again). platform is "" unless a result row matched.
-        self.receipts = Counter(
-            "reach_receipts",
-            "Provider delivery receipts accepted, by what they did",
-            ["channel", "provider", "platform", "status"],
-            registry=registry,
-        )
-        self.receipts_rejected = Counter(
-            "reach_receipts_rejected",
-            "Receipt callbacks refused, by reason (bad_signature, bad_token, not_configured, bad_body)",
-            ["provider", "reason"],
-            registry=registry,
-        )
+        self.receipts = build(registry, "reach_receipts")
+        self.receipts_rejected = build(registry, "reach_receipts_rejected")

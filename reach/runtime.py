@@ -59,6 +59,7 @@ class Runtime:
             on_error=lambda _exc: metrics.rules_reloads.labels("refused").inc(),
             limits=RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes),
         )
+        metrics.start_series({name: [p.name for p in c.providers] for name, c in channels.channels.items()})
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     breaker_cooldown_ms: int = Field(30_000, ge=1)  # how long an open breaker pauses a provider
     dead_address_ttl: int = Field(30 * 24 * 3600, ge=60)  # seconds a dead address/token is skipped
     worker_metrics_port: int = 9464  # 0 disables the worker's /metrics, /healthz and /readyz
+    worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for probes and scrapes
     worker_ready_commit_age: float = Field(60.0, gt=0)  # not ready when lagging with no commit for this long
 
     # Reach tasks (agents/tasks.py, agents/taskgate.py)
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     task_pause_recheck_ms: int = Field(2000, ge=100)  # a paused task's message is checked again after this
     task_default_zone: str = "UTC"  # local-time tasks: the zone of a profile without a valid timezone
     task_categories: str = "transactional,marketing,notification"  # comma-separated
+
+    # Lag exporter (reach exporter): the consumer group's lag read from the broker
+    exporter_host: str = "127.0.0.1"
+    exporter_port: int = 9465
+    exporter_kafka_timeout: float = Field(5.0, gt=0)  # seconds one scrape waits for the broker
 
     # HTTP API
     api_host: str = "127.0.0.1"

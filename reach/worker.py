@@ -36,7 +36,12 @@ def prepare(settings: Settings, env: Mapping[str, str]) -> tuple[asyncio.Abstrac
 def run(settings: Settings) -> None:
     loop, topology = prepare(settings, os.environ)
     if settings.worker_metrics_port:
-        serve(settings.worker_metrics_port, topology.runtime.registry, topology.health)
+        serve(
+            settings.worker_metrics_port,
+            topology.runtime.registry,
+            topology.health,
+            settings.worker_metrics_host,
+        )
     log.info(
         "worker.ready",
         events_topic=settings.events_topic,

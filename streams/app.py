@@ -111,17 +111,6 @@ def _register_housekeeping(app: faust.App, runtime: Runtime, health: WorkerHealt
             runtime.metrics.rules_reloads.labels("ok").inc()
         _export_rule_counts(runtime)
 
-    @app.timer(interval=5.0)
-    async def consumer_lag() -> None:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp) or 0  # type: ignore[attr-defined]
-            if highwater is not None:
-                runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - committed)
-                )
-
 
 def _export_rule_counts(runtime: Runtime) -> None:
     book = runtime.rules.current.rulebook

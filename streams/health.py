@@ -92,12 +92,12 @@ def _json(start_response: Callable[..., Any], status: int, body: dict[str, Any])
     return [orjson.dumps(body)]
 
 
-class _QuietHandler(WSGIRequestHandler):
+class QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not worth a log line."""
 
 
 def serve(port: int, registry: CollectorRegistry, health: WorkerHealth, addr: str = "127.0.0.1") -> None:
     """Serve /metrics, /healthz and /readyz on a daemon thread."""
-    server = make_server(addr, port, health_app(registry, health), ThreadingWSGIServer, _QuietHandler)
+    server = make_server(addr, port, health_app(registry, health), ThreadingWSGIServer, QuietHandler)
     threading.Thread(target=server.serve_forever, name="reach-health", daemon=True).start()

@@ -25,6 +25,19 @@ def topic_names(settings: Settings, channels: Iterable[str]) -> list[str]:
     return names + [settings.outbox_topic(channel) for channel in channels]
 
 
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """The configuration a topic is created with.
+
+    The record size limit is set, not inherited, so the API's 413 and the topic agree. The
+    events topic stamps records with the broker's append time: that is reach's ingestion
+    time, which the end-to-end latency starts from (a client's ``ts`` may be hours old).
+    """
+    config = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
+    if name == settings.events_topic:
+        config["message.timestamp.type"] = "LogAppendTime"
+    return config
+
+
 class BrokerUnreachableError(RuntimeError):
     """Kafka did not answer at start-up within ``kafka_connect_timeout``."""
 
@@ -55,10 +68,13 @@ async def _ensure_topics(settings: Settings, channels: Iterable[str]) -> list[st
         existing = set(await admin.list_topics())
         wanted = [n for n in topic_names(settings, channels) if n not in existing]
         if wanted:
-            # The record size limit is set, not inherited, so the API's 413 and the topic agree.
-            config = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
             new = [
-                NewTopic(n, num_partitions=settings.partitions, replication_factor=1, topic_configs=config)
+                NewTopic(
+                    n,
+                    num_partitions=settings.partitions,
+                    replication_factor=1,
+                    topic_configs=topic_config(settings, n),
+                )
                 for n in wanted
             ]
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first

@@ -14,11 +14,11 @@ import random
 from collections.abc import Callable
 
 from agents.delivery.batch import BatchOutcome
-from agents.plan import STATUS_OF, backoff_ms, result_for
+from agents.plan import STATUS_OF, backoff_ms, end_to_end_seconds, result_for
 from agents.records import dumps_within
 from channels.base import Outcome, OutcomeKind
 from models.messages import DeliveryStatus, ReachMessage
-from reach.metrics import WorkerMetrics
+from reach.metrics import WorkerMetrics, platform_label
 from reach.settings import Settings
 
 #: another provider for a message, avoiding these names (None when there is none)
@@ -74,12 +74,13 @@ class Recorder:
 
     def _count(self, message: ReachMessage, outcome: Outcome, status: DeliveryStatus, done: int) -> None:
         labels = (self.channel, message.provider)
+        platform = platform_label(message.platform)
         if status is DeliveryStatus.SENT:
-            self.metrics.messages_sent.labels(*labels).inc()
-            latency = max(0, done - message.event_ts) / 1000
-            self.metrics.end_to_end_latency.labels(self.channel).observe(latency)
+            self.metrics.messages_sent.labels(*labels, platform).inc()
+            self.metrics.end_to_end_latency.labels(self.channel).observe(end_to_end_seconds(message, done))
         else:
-            self.metrics.messages_failed.labels(*labels, outcome.kind.value, outcome.code[:64]).inc()
+            self.metrics.messages_failed.labels(*labels, platform, outcome.kind.value).inc()
+            self.metrics.messages_failed_codes.labels(*labels, outcome.code[:64]).inc()
 
     def retry(self, message: ReachMessage, outcome: Outcome, now: int) -> tuple[int, bytes]:
         """The next attempt's due time and message."""

@@ -30,6 +30,7 @@ def message(n: int = 1, provider: str = "primary", **changes: Any) -> ReachMessa
         "created_ts": NOW - 4_000,
         "variables": {},
         "contact": {"phone": f"+8613800000{n:03d}"},
+        "platform": "ios",
     }
     fields.update(changes)
     return ReachMessage(**fields)

@@ -40,11 +40,8 @@ def test_a_sent_message_is_final_with_a_sent_row(metrics: WorkerMetrics, registr
     assert not batch.deferred and not batch.released_ids and not batch.dead_letters
     (row,) = batch.results
     assert (row.status, row.provider_message_id, row.completed_at) == (DeliveryStatus.SENT, "pm-1", NOW + 40)
-    assert counted(registry, "reach_messages_sent", channel="sms", provider="primary") == 1
-    assert (
-        counted(registry, "reach_messages_failed", channel="sms", provider="primary", outcome="sent", code="")
-        == 0
-    )
+    assert counted(registry, "reach_messages_sent", channel="sms", provider="primary", platform="ios") == 1
+    assert counted(registry, "reach_messages_failed_codes", channel="sms", provider="primary", code="") == 0
 
 
 def test_a_retry_within_the_budget_is_deferred_through_another_provider(
@@ -62,11 +59,10 @@ def test_a_retry_within_the_budget_is_deferred_through_another_provider(
     assert r.excluded == [{"primary"}]  # type: ignore[attr-defined]
     labels = {"channel": "sms", "from_provider": "primary", "to_provider": "backup", "reason": "failover"}
     assert counted(registry, "reach_messages_rerouted", **labels) == 1
+    failed = {"channel": "sms", "provider": "primary", "platform": "ios", "outcome": "retry"}
+    assert counted(registry, "reach_messages_failed", **failed) == 1
     assert (
-        counted(
-            registry, "reach_messages_failed", channel="sms", provider="primary", outcome="retry", code="503"
-        )
-        == 1
+        counted(registry, "reach_messages_failed_codes", channel="sms", provider="primary", code="503") == 1
     )
 
 
@@ -114,17 +110,8 @@ def test_the_last_attempt_gives_up_final_failed_and_dead_lettered(
     assert letter["detail"] == "gave up after 3 attempts: busy"
     assert letter["failed_at"] == NOW + 5
     assert counted(registry, "reach_messages_dead_lettered", channel="sms", provider="primary") == 1
-    assert (
-        counted(
-            registry,
-            "reach_messages_failed",
-            channel="sms",
-            provider="primary",
-            outcome="permanent",
-            code="503",
-        )
-        == 1
-    )
+    failed = {"channel": "sms", "provider": "primary", "platform": "ios", "outcome": "permanent"}
+    assert counted(registry, "reach_messages_failed", **failed) == 1
 
 
 def test_unknown_and_permanent_outcomes_are_final_and_never_retried(metrics: WorkerMetrics) -> None:
@@ -141,8 +128,10 @@ def test_unknown_and_permanent_outcomes_are_final_and_never_retried(metrics: Wor
     ]
 
 
-def test_latency_is_measured_from_the_event(metrics: WorkerMetrics, registry: CollectorRegistry) -> None:
-    recorder(metrics).record(message(event_ts=NOW - 2_500), Outcome.sent(), NOW, NOW, BatchOutcome())
+def test_latency_is_measured_from_ingestion(metrics: WorkerMetrics, registry: CollectorRegistry) -> None:
+    recorder(metrics).record(
+        message(event_ts=NOW - 99_000, ingested_ts=NOW - 2_500), Outcome.sent(), NOW, NOW, BatchOutcome()
+    )
     assert registry.get_sample_value("reach_end_to_end_seconds_sum", {"channel": "sms"}) == 2.5
 
 
@@ -160,10 +149,10 @@ def test_an_oversized_dead_letter_is_cut_in_its_message_not_dropped(metrics: Wor
     assert isinstance(letter["message"], str) and letter["message"].startswith('{"message_id":"m-1"')
 
 
-def test_an_event_stamped_in_the_future_counts_zero_latency(
+def test_an_ingestion_time_in_the_future_counts_zero_latency(
     metrics: WorkerMetrics, registry: CollectorRegistry
 ) -> None:
-    recorder(metrics).record(message(event_ts=NOW + 60_000), Outcome.sent(), NOW, NOW, BatchOutcome())
+    recorder(metrics).record(message(ingested_ts=NOW + 60_000), Outcome.sent(), NOW, NOW, BatchOutcome())
     assert registry.get_sample_value("reach_end_to_end_seconds_sum", {"channel": "sms"}) == 0
 
 
@@ -172,5 +161,5 @@ def test_a_long_provider_code_is_cut_to_64_characters_as_a_label(
 ) -> None:
     code = "E" * 100
     recorder(metrics).record(message(), Outcome.permanent(code, "no"), NOW, NOW, BatchOutcome())
-    labels = {"channel": "sms", "provider": "primary", "outcome": "permanent", "code": "E" * 64}
-    assert counted(registry, "reach_messages_failed", **labels) == 1
+    labels = {"channel": "sms", "provider": "primary", "code": "E" * 64}
+    assert counted(registry, "reach_messages_failed_codes", **labels) == 1
