@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import structlog
 
+from agents.cancels import CancelGate
 from agents.claims import send_isolated, split_by_marker
 from agents.guard import run_step
 from agents.narrow import describe, narrow
@@ -79,6 +80,7 @@ class ChannelSender:
         self.produce = produce
         self.window_ms = int(channel.window_seconds * 1000)
         self.rng = random.Random()
+        self.cancels = CancelGate(runtime, channel.name)
         self.configs = {p.name: p for p in channel.providers}
         s = runtime.settings
         self.breakers = {
@@ -92,7 +94,7 @@ class ChannelSender:
         same ``batch`` after a failure: messages already decided are not sent twice."""
         pending = [m for m in messages if m.message_id not in batch.handled]
         now = self.rt.clock.now_ms()
-        fresh = await self._not_yet_sent(pending, now, batch)
+        fresh = await self.cancels.keep_live(await self._not_yet_sent(pending, now, batch), now, batch)
         try:
             for provider_name, group in self._route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
@@ -283,7 +285,7 @@ class ChannelSender:
         if status is DeliveryStatus.SENT:
             self.rt.metrics.messages_sent.labels(*labels).inc()
             self.rt.metrics.end_to_end_latency.labels(self.channel.name).observe(
-                max(0, done - message.event_ts) / 1000
+                max(0, done - max(message.event_ts, message.due_ts)) / 1000
             )
         else:
             self.rt.metrics.messages_failed.labels(*labels, outcome.kind.value, outcome.code[:64]).inc()

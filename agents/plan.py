@@ -5,6 +5,7 @@ Nothing here does I/O; the agents call these functions and do the sending.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
 from rules.engine import RuleEngine
-from rules.model import Template
+from rules.model import Template, TriggerRule
 
 
 def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
@@ -29,6 +30,15 @@ def reachable_channels(choosers: Mapping[str, WeightedChooser], contact: Mapping
     return [name for name, chooser in choosers.items() if chooser.can_reach(contact)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventPlan:
+    """What one event causes: its messages (delayed ones have ``due_ts``) and the ids of
+    the triggers whose ``cancel_if`` it matched (their waiting messages are cancelled)."""
+
+    messages: list[ReachMessage]
+    cancels: list[str]
+
+
 def plan_event(
     event: Event,
     profile: UserProfile | None,
@@ -37,17 +47,46 @@ def plan_event(
     now_ms: int,
     unroutable: Callable[[str, str], None] | None = None,
 ) -> list[ReachMessage]:
-    """The messages an event causes: one per matching trigger and selected channel.
+    """The messages of :func:`plan_event_fully`."""
+    return plan_event_fully(event, profile, engine, choosers, now_ms, unroutable).messages
+
+
+def plan_event_fully(
+    event: Event,
+    profile: UserProfile | None,
+    engine: RuleEngine,
+    choosers: Mapping[str, WeightedChooser],
+    now_ms: int,
+    unroutable: Callable[[str, str], None] | None = None,
+) -> EventPlan:
+    """The messages an event causes, one per matching trigger and selected channel, and
+    the triggers it cancels. A trigger with a ``delay`` makes messages due that long
+    after ``now_ms`` (``due_ts`` and ``not_before``).
 
     A selected channel with no provider that can address the user (SMS for a
     user without a phone number) yields no message; ``unroutable(rule_id,
     channel)`` is told, so the agent can count it.
     """
     fact = trigger_fact(event, profile)
+    matches = engine.match_event(fact)
+    messages = _messages(event, profile, fact, matches.triggers, engine, choosers, now_ms, unroutable)
+    return EventPlan(messages, [rule.id for rule in matches.cancels])
+
+
+def _messages(
+    event: Event,
+    profile: UserProfile | None,
+    fact: Mapping[str, Any],
+    rules: Sequence[TriggerRule],
+    engine: RuleEngine,
+    choosers: Mapping[str, WeightedChooser],
+    now_ms: int,
+    unroutable: Callable[[str, str], None] | None,
+) -> list[ReachMessage]:
     contact = dict(profile.contact) if profile else {}
     reachable = reachable_channels(choosers, contact)
     messages = []
-    for rule in engine.match_triggers(fact):
+    for rule in rules:
         selection_fact = {
             "rule_id": rule.id,
             "template": rule.template,
@@ -58,6 +97,7 @@ def plan_event(
             "reachable": reachable,
         }
         dedup = rule.dedup_for(fact)
+        due = now_ms + rule.delay_ms if rule.delay_ms else 0
         for channel in engine.select_channels(rule.channels, selection_fact):
             if channel not in reachable:
                 if unroutable is not None:
@@ -79,6 +119,9 @@ def plan_event(
                     variables=_variables(event),
                     contact=contact,
                     platform=event.platform,
+                    not_before=due,
+                    due_ts=due,
+                    cancellable=rule.cancel_condition is not None,
                 )
             )
     return messages

@@ -109,6 +109,31 @@ class WorkerMetrics:
         self.deferred_pending = Gauge(
             "reach_deferred_pending", "Messages waiting for a later window or retry", registry=registry
         )
+        self.messages_delayed = Counter(
+            "reach_messages_delayed",
+            "Messages of a trigger with `delay` scheduled on the deferred queue",
+            ["channel"],
+            registry=registry,
+        )
+        self.delayed_lateness = Histogram(
+            "reach_delayed_lateness_seconds",
+            "How long after its due time a delayed message first reached its channel agent",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # reason: cancelled (a later event of the user matched the trigger's cancel_if)
+        self.messages_suppressed = Counter(
+            "reach_messages_suppressed",
+            "Messages deliberately not sent, recorded with status suppressed, by reason",
+            ["channel", "reason"],
+            registry=registry,
+        )
+        self.cancels_recorded = Counter(
+            "reach_cancels_recorded",
+            "Waiting delayed messages marked cancelled by a later event matching cancel_if",
+            registry=registry,
+        )
         self.rules_reloads = Counter(
             "reach_rules_reloads", "Rule-file reloads, by result", ["result"], registry=registry
         )

@@ -14,6 +14,7 @@ from channels.config import ChannelConfig, ChannelsConfig
 from channels.registry import provider_class
 from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
+from models.cancel_markers import CANCEL_GRACE_MS, CancelMarkers
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
@@ -44,6 +45,7 @@ class Runtime:
     sent: SentMarkers | None = None
     deferred: DeferredQueue | None = None
     dead_addresses: DeadAddressStore | None = None
+    cancel_markers: CancelMarkers | None = None
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
@@ -54,7 +56,11 @@ class Runtime:
             settings.rules_dir,
             known_channels=list(channels.channels),
             on_error=lambda _exc: metrics.rules_reloads.labels("refused").inc(),
-            limits=RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes),
+            limits=RuleLimits(
+                settings.rules_max_file_bytes,
+                settings.rules_max_total_bytes,
+                settings.rules_max_delay * 1000,
+            ),
         )
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
@@ -77,6 +83,9 @@ class Runtime:
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
         self.dead_addresses = DeadAddressStore(self.mysql_pool, s.dead_address_ttl * 1000)
+        # A cancelled marker must outlive the longest delay plus the grace after it.
+        cancelled_ttl_ms = s.rules_max_delay * 1000 + CANCEL_GRACE_MS
+        self.cancel_markers = CancelMarkers(self.redis, s.redis_prefix, cancelled_ttl_ms)
         await self._start_providers()
 
     async def _start_providers(self) -> None:
