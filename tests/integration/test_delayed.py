@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis
 
+from tests.chaos.services import ThrowawayService
 from tests.integration.conftest import Pipeline, start_pipeline, stop_pipeline
 from tests.integration.harness import WorkerProcess, event, free_port, produce_json, wait_until
 from tests.integration.test_rules_reload import assert_old_rules_match, loaded_triggers, refusals_since
@@ -134,48 +135,52 @@ def test_a_bad_delay_or_cancel_if_is_refused_and_the_old_rules_keep_running(pipe
         path.unlink()
 
 
-def test_a_delayed_message_survives_a_worker_crash_and_two_workers_send_it_once(
+def test_delayed_messages_survive_a_worker_crash_and_a_redis_restart_and_two_workers_send_them_once(
     tmp_path, smtp_server: SmtpTestServer
 ) -> None:
-    p = start_pipeline(tmp_path, smtp_server)
-    second: WorkerProcess | None = None
     users = [f"delay-mail-{n}" for n in range(6)]
-    try:
-        produce_json(
-            p.settings,
-            p.settings.segments_topic,
-            [{"user_id": u, "segments": [], "contact": {"email": f"{u}@example.com"}} for u in users],
-        )
-        wait_until(lambda: len(p.db.query("SELECT 1 FROM user_profiles")) == len(users), 30, "the profiles")
-        produce_json(
-            p.settings,
-            p.settings.events_topic,
-            [event(f"dm-{u}", u, "test_delayed_mail", n=5) for u in users],
-        )
-        queue = redis.Redis.from_url(p.settings.redis_url.get_secret_value())
-        deferred = f"{p.settings.redis_prefix}deferred"
-        wait_until(
-            lambda: queue.zcard(deferred) >= len(users), 30, "the messages to wait on the deferred queue"
-        )
-        p.worker.kill()  # before they are due: nothing was sent yet
-        assert not any(smtp_server.messages_to(f"{u}@example.com") for u in users)
+    # A throwaway Redis (append-only file, as deployed), so the shared one keeps running.
+    with ThrowawayService("redis", tmp_path / "stack") as service:
+        p = start_pipeline(tmp_path, smtp_server, {"redis_url": service.endpoints().redis_url})
+        second: WorkerProcess | None = None
+        try:
+            produce_json(
+                p.settings,
+                p.settings.segments_topic,
+                [{"user_id": u, "segments": [], "contact": {"email": f"{u}@example.com"}} for u in users],
+            )
+            wait_until(
+                lambda: len(p.db.query("SELECT 1 FROM user_profiles")) == len(users), 30, "the profiles"
+            )
+            events = [event(f"dm-{u}", u, "test_delayed_mail", n=5) for u in users]
+            produce_json(p.settings, p.settings.events_topic, events)
+            queue = redis.Redis.from_url(service.endpoints().redis_url)
+            deferred = f"{p.settings.redis_prefix}deferred"
+            wait_until(lambda: queue.zcard(deferred) >= len(users), 30, "the messages on the deferred queue")
+            queue.close()
+            p.worker.kill()  # before they are due: nothing was sent yet
+            assert not any(smtp_server.messages_to(f"{u}@example.com") for u in users)
+            service.stop()  # SIGTERM: Redis writes its append-only file and exits
+            service.start()  # and reads it back
 
-        p.worker.start()
-        other = p.settings.model_copy(
-            update={"worker_metrics_port": free_port(), "data_dir": tmp_path / "worker-2"}
-        )
-        second = WorkerProcess(other, tmp_path / "worker-2.log", p.worker.extra_env).start()
-        wait_until(
-            lambda: all(smtp_server.messages_to(f"{u}@example.com") for u in users),
-            60,
-            "every delayed email after the restart",
-        )
-        wait_until(lambda: queue.zcard(deferred) == 0, 30, "the deferred queue to drain")
-        # Sent once each, though a worker died and two took over (a republish is deduplicated).
-        assert [len(smtp_server.messages_to(f"{u}@example.com")) for u in users] == [1] * len(users)
-        statuses = p.db.query("SELECT status, COUNT(*) FROM delivery_results GROUP BY status")
-        assert statuses == [("sent", len(users))]
-    finally:
-        if second is not None:
-            second.stop()
-        stop_pipeline(p)
+            p.worker.start()
+            other = p.settings.model_copy(
+                update={"worker_metrics_port": free_port(), "data_dir": tmp_path / "worker-2"}
+            )
+            second = WorkerProcess(other, tmp_path / "worker-2.log", p.worker.extra_env).start()
+            wait_until(
+                lambda: all(smtp_server.messages_to(f"{u}@example.com") for u in users),
+                60,
+                "every delayed email after the restarts",
+            )
+            queue = redis.Redis.from_url(service.endpoints().redis_url)
+            wait_until(lambda: queue.zcard(deferred) == 0, 30, "the deferred queue to drain")
+            queue.close()
+            # Sent once each, though a worker died and two took over (a republish is deduplicated).
+            assert [len(smtp_server.messages_to(f"{u}@example.com")) for u in users] == [1] * len(users)
+            statuses = p.db.query("SELECT status, COUNT(*) FROM delivery_results GROUP BY status")
+            assert statuses == [("sent", len(users))]
+        finally:
+            if second is not None:
+                second.stop()
+            stop_pipeline(p)
