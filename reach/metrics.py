@@ -107,7 +107,9 @@ class WorkerMetrics:
             registry=registry,
         )
         self.deferred_pending = Gauge(
-            "reach_deferred_pending", "Messages waiting for a later window or retry", registry=registry
+            "reach_deferred_pending",
+            "Messages waiting for a later window, a retry or their trigger's delay",
+            registry=registry,
         )
         self.messages_delayed = Counter(
             "reach_messages_delayed",
