@@ -16,7 +16,7 @@ from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
 from rules.engine import RuleEngine
-from rules.model import Template, TriggerRule
+from rules.model import Template
 
 
 def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
@@ -68,25 +68,11 @@ def plan_event_fully(
     channel)`` is told, so the agent can count it.
     """
     fact = trigger_fact(event, profile)
-    matches = engine.match_event(fact)
-    messages = _messages(event, profile, fact, matches.triggers, engine, choosers, now_ms, unroutable)
-    return EventPlan(messages, [rule.id for rule in matches.cancels])
-
-
-def _messages(
-    event: Event,
-    profile: UserProfile | None,
-    fact: Mapping[str, Any],
-    rules: Sequence[TriggerRule],
-    engine: RuleEngine,
-    choosers: Mapping[str, WeightedChooser],
-    now_ms: int,
-    unroutable: Callable[[str, str], None] | None,
-) -> list[ReachMessage]:
     contact = dict(profile.contact) if profile else {}
     reachable = reachable_channels(choosers, contact)
+    matches = engine.match_event(fact)
     messages = []
-    for rule in rules:
+    for rule in matches.triggers:
         selection_fact = {
             "rule_id": rule.id,
             "template": rule.template,
@@ -124,7 +110,7 @@ def _messages(
                     cancellable=rule.cancel_condition is not None,
                 )
             )
-    return messages
+    return EventPlan(messages, [rule.id for rule in matches.cancels])
 
 
 def _variables(event: Event) -> dict[str, Any]:
