@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 import structlog
 
+from agents.cancels import CancelGate
 from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
@@ -80,6 +81,7 @@ class ChannelSender:
         )
         stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
+        self.cancels = CancelGate(runtime, channel.name)
         self.configs = {p.name: p for p in channel.providers}
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
@@ -87,7 +89,9 @@ class ChannelSender:
         same ``batch`` after a failure: messages already decided are not sent twice."""
         pending = [m for m in messages if m.message_id not in batch.handled]
         now = self.rt.clock.now_ms()
-        fresh = await self.rt.taskgate.screen(await self._not_yet_sent(pending, now, batch), now, batch)
+        fresh = await self._not_yet_sent(pending, now, batch)
+        fresh = await self.rt.taskgate.screen(fresh, now, batch)
+        fresh = await self.cancels.keep_live(fresh, now, batch)
         try:
             for provider_name, group in self.router.route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)

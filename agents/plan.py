@@ -5,6 +5,7 @@ Nothing here does I/O; the agents call these functions and do the sending.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,15 @@ def reachable_channels(choosers: Mapping[str, WeightedChooser], contact: Mapping
     return [name for name, chooser in choosers.items() if chooser.can_reach(contact)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventPlan:
+    """What one event causes: its messages (delayed ones have ``due_ts``) and the ids of
+    the triggers whose ``cancel_if`` it matched (their waiting messages are cancelled)."""
+
+    messages: list[ReachMessage]
+    cancels: list[str]
+
+
 def plan_event(
     event: Event,
     profile: UserProfile | None,
@@ -39,7 +49,25 @@ def plan_event(
     ingested_ms: int = 0,
     unmatched: Callable[[], None] | None = None,
 ) -> list[ReachMessage]:
-    """The messages an event causes: one per matching trigger and selected channel.
+    """The messages of :func:`plan_event_fully`."""
+    return plan_event_fully(
+        event, profile, engine, choosers, now_ms, unroutable, ingested_ms, unmatched
+    ).messages
+
+
+def plan_event_fully(
+    event: Event,
+    profile: UserProfile | None,
+    engine: RuleEngine,
+    choosers: Mapping[str, WeightedChooser],
+    now_ms: int,
+    unroutable: Callable[[str, str], None] | None = None,
+    ingested_ms: int = 0,
+    unmatched: Callable[[], None] | None = None,
+) -> EventPlan:
+    """The messages an event causes, one per matching trigger and selected channel, and
+    the triggers it cancels. A trigger with a ``delay`` makes messages due that long
+    after ``now_ms`` (``due_ts`` and ``not_before``).
 
     A selected channel with no provider that can address the user (SMS for a
     user without a phone number) yields no message; ``unroutable(rule_id,
@@ -50,11 +78,11 @@ def plan_event(
     fact = trigger_fact(event, profile)
     contact = dict(profile.contact) if profile else {}
     reachable = reachable_channels(choosers, contact)
+    matches = engine.match_event(fact)
     messages = []
-    rules = engine.match_triggers(fact)
-    if not rules and unmatched is not None:
+    if not matches.triggers and unmatched is not None:
         unmatched()
-    for rule in rules:
+    for rule in matches.triggers:
         selection_fact = {
             "rule_id": rule.id,
             "template": rule.template,
@@ -65,6 +93,7 @@ def plan_event(
             "reachable": reachable,
         }
         dedup = rule.dedup_for(fact)
+        due = now_ms + rule.delay_ms if rule.delay_ms else 0
         for channel in engine.select_channels(rule.channels, selection_fact):
             if channel not in reachable:
                 if unroutable is not None:
@@ -87,16 +116,21 @@ def plan_event(
                     contact=contact,
                     platform=event.platform,
                     ingested_ts=ingested_ms,
+                    not_before=due,
+                    due_ts=due,
+                    cancellable=rule.cancel_condition is not None,
                 )
             )
-    return messages
+    return EventPlan(messages, [rule.id for rule in matches.cancels])
 
 
 def end_to_end_seconds(message: ReachMessage, done_ms: int) -> float:
     """From reach's ingestion of the event to ``done_ms``; from the rule match for messages
     planned before ingestion times were carried. Never from the client's ``ts``, which
     may be hours old (that age is ``reach_event_age_seconds``)."""
-    start = message.ingested_ts or message.created_ts
+    start = max(
+        message.ingested_ts or message.created_ts, message.due_ts
+    )  # a delayed send: from its due time
     return max(0, done_ms - start) / 1000
 
 

@@ -5,21 +5,35 @@ planning raises for any reason (``plan_error``), or that would make a message
 too large for its topic (``message_too_large``), goes to the dead-letter topic
 with its reason while the rest of the batch carries on. Nothing an event
 holds can stop the agent.
+
+Messages of a trigger with ``delay`` are not put on the outbox: they go to the
+deferred queue (Redis), due at their ``due_ts``, and the leader's deferred pump
+moves them to the outbox then, like throttled and retried messages. One
+durable scheduler for everything that waits: a second one would need its own
+leader election, durability and tests, and the queue already survives worker
+restarts (Redis with its append-only file) and fires once with two workers
+(the pump runs on the leader; the sent markers absorb a republish). The
+cancel bookkeeping of ``cancel_if`` is written in the same step, in event
+order (:mod:`agents.cancels`). All of it is written before the batch's
+offsets may be committed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
+from agents.cancels import cancel_ops
 from agents.guard import run_step
 from agents.narrow import describe
-from agents.plan import event_age_seconds, plan_event
+from agents.plan import event_age_seconds, plan_event_fully
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
+from models.cancel_markers import CancelOp
 from models.events import EventError, parse_event
 from models.outbox import pack
 from models.profiles import UserProfile
@@ -59,6 +73,16 @@ def as_event_error(exc: Exception) -> EventError:
     return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
 
 
+@dataclasses.dataclass
+class PlannedBatch:
+    """What a batch of events makes, to be written before its offsets are committed."""
+
+    records: list[OutboxRecord] = dataclasses.field(default_factory=list)
+    dead: list[DeadLetter] = dataclasses.field(default_factory=list)
+    delayed: list[tuple[int, bytes, str]] = dataclasses.field(default_factory=list)  # due, value, channel
+    cancel_ops: list[CancelOp] = dataclasses.field(default_factory=list)
+
+
 class TriggerStep:
     def __init__(self, app: Any, runtime: Runtime, profiles: Any) -> None:
         self.app = app
@@ -66,39 +90,44 @@ class TriggerStep:
         self.profiles = profiles
         self.limit = value_limit(runtime.settings.kafka_max_message_bytes)
 
-    def plan(self, events: Sequence[Any]) -> tuple[list[OutboxRecord], list[DeadLetter]]:
-        """The outbox records of a batch, and a dead letter per event that could not be planned."""
+    def plan(self, events: Sequence[Any]) -> PlannedBatch:
+        """The outbox records, delayed messages and cancel bookkeeping of a batch (in event
+        order), and a dead letter per event that could not be planned."""
         engine = self.rt.rules.current
         now = self.rt.clock.now_ms()
         unparsable = engine.unparsable_versions
-        records: list[OutboxRecord] = []
-        dead: list[DeadLetter] = []
+        batch = PlannedBatch()
         for event in events:
             try:
-                records += self._plan_one(event.message, engine, now)
+                self._plan_one(event.message, engine, now, batch)
             except Exception as exc:  # whatever one event does, it fails alone
                 error = as_event_error(exc)
                 if error.reason == "plan_error":
                     log.warning("trigger.plan_error", error=error.detail[:120])
                 self.rt.metrics.events_dead_lettered.labels(error.reason).inc()
-                dead.append((event.message.key, dead_letter(event.message, error, self.limit)))
+                batch.dead.append((event.message.key, dead_letter(event.message, error, self.limit)))
         self.rt.metrics.versions_unparsable.inc(max(0, engine.unparsable_versions - unparsable))
-        return records, dead
+        return batch
 
-    def _plan_one(self, record: Any, engine: RuleEngine, now: int) -> list[OutboxRecord]:
+    def _plan_one(self, record: Any, engine: RuleEngine, now: int, batch: PlannedBatch) -> None:
         parsed = parse_event(record.value, self.rt.settings.event_max_depth)
         ingested = ingested_ms(record, now)
         self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
         profile = self._profile(parsed.user_id)
-        messages = plan_event(
+        plan = plan_event_fully(
             parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched
         )
-        records = [(m.channel, m.user_id.encode(), m.to_bytes()) for m in messages]
-        for channel, _, value in records:
+        encoded = [(m, m.to_bytes()) for m in plan.messages]
+        for message, value in encoded:
             if len(value) > self.limit:
-                detail = f"its {channel} message is {len(value)} bytes; the outbox takes {self.limit}"
+                detail = f"its {message.channel} message is {len(value)} bytes; the outbox takes {self.limit}"
                 raise EventError("message_too_large", detail)
-        return records
+        for message, value in encoded:  # only once the whole event is known to fit
+            if message.due_ts:
+                batch.delayed.append((message.due_ts, value, message.channel))
+            else:
+                batch.records.append((message.channel, message.user_id.encode(), value))
+        batch.cancel_ops += cancel_ops(parsed.user_id, record.offset, plan.cancels, plan.messages, now)
 
     def _unmatched(self) -> None:
         self.rt.metrics.events_unmatched.inc()
@@ -110,16 +139,30 @@ class TriggerStep:
         raw = self.profiles.get(user_id.encode())
         return UserProfile.from_bytes(raw) if raw else None
 
-    async def send(self, records: list[OutboxRecord], dead: list[DeadLetter]) -> None:
+    async def send(self, batch: PlannedBatch) -> None:
+        await self._schedule(batch)
         settings = self.rt.settings
         by_channel: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        for channel, key, value in records:
+        for channel, key, value in batch.records:
             by_channel.setdefault(channel, []).append((key, value))
         for channel, outbox in by_channel.items():
             self.rt.metrics.rule_matches.labels(channel).inc(len(outbox))
             frames = pack(outbox, settings.outbox_frame_messages, self.limit)
             await produce_all(self.app, settings.outbox_topic(channel), frames)
-        await produce_all(self.app, settings.dead_letter_topic, dead)
+        await produce_all(self.app, settings.dead_letter_topic, batch.dead)
+
+    async def _schedule(self, batch: PlannedBatch) -> None:
+        """Cancel bookkeeping first, then the delayed messages: both before the next batch,
+        which is all the order needs (a later event is in a later batch or later in this one)."""
+        if not batch.cancel_ops and not batch.delayed:
+            return
+        assert self.rt.cancel_markers is not None and self.rt.deferred is not None
+        cancelled = await self.rt.cancel_markers.apply(batch.cancel_ops)
+        self.rt.metrics.cancels_recorded.inc(cancelled)
+        await self.rt.deferred.add([(due, value) for due, value, _ in batch.delayed])
+        for _, _, channel in batch.delayed:
+            self.rt.metrics.rule_matches.labels(channel).inc()
+            self.rt.metrics.messages_delayed.labels(channel).inc()
 
 
 def register(app: Any, topic: Any, runtime: Runtime, profiles: Any) -> Any:
@@ -129,7 +172,7 @@ def register(app: Any, topic: Any, runtime: Runtime, profiles: Any) -> Any:
     async def trigger(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
             runtime.metrics.events_consumed.inc(len(events))
-            records, dead = step.plan(events)
-            await run_step("trigger", functools.partial(step.send, records, dead))
+            batch = step.plan(events)
+            await run_step("trigger", functools.partial(step.send, batch))
 
     return app.agent(topic, name="reach.trigger")(trigger)

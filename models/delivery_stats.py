@@ -10,9 +10,11 @@ Per group:
 * ``messages``: messages in the range;
 * ``sent`` / ``delivered`` / ``failed`` / ``unknown``: by the latest attempt's status;
 * ``pending``: the latest attempt is ``retrying`` (another attempt is scheduled);
+* ``suppressed``: reach decided not to send it (a delayed message cancelled by ``cancel_if``);
 * ``success_rate`` = delivered / (delivered + failed), None when both are 0. Meaningful
   for providers that send receipts: elsewhere nothing is ever delivered;
-* ``accepted_rate`` = (sent + delivered) / messages: the share a provider took.
+* ``accepted_rate`` = (sent + delivered) / (messages - suppressed): the share a provider took
+  of the messages offered to it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _COUNTED: dict[str, str] = {
     DeliveryStatus.FAILED.value: "failed",
     DeliveryStatus.UNKNOWN.value: "unknown",
     DeliveryStatus.RETRYING.value: "pending",
+    DeliveryStatus.SUPPRESSED.value: "suppressed",
 }
 
 
@@ -41,6 +44,7 @@ class DeliveryCounts:
     failed: int = 0
     unknown: int = 0
     pending: int = 0
+    suppressed: int = 0
 
     def add(self, status: str, count: int) -> None:
         self.messages += count
@@ -55,7 +59,8 @@ class DeliveryCounts:
 
     @property
     def accepted_rate(self) -> float | None:
-        return (self.sent + self.delivered) / self.messages if self.messages else None
+        offered = self.messages - self.suppressed  # a suppressed message never reached a provider
+        return (self.sent + self.delivered) / offered if offered else None
 
     def as_dict(self) -> dict[str, Any]:
         """The counts and both rates."""

@@ -47,6 +47,10 @@ class ReachMessage:
     # ms since epoch: the events topic's append time of the event's record (reach's own
     # clock, unlike event_ts); 0 in records written before it existed
     ingested_ts: int = 0
+    # A delayed trigger send (a rule's `delay`): when it is due, ms since epoch; 0 = not delayed.
+    # Unlike not_before it never moves, so lateness and end-to-end latency count from it.
+    due_ts: int = 0
+    cancellable: bool = False  # its rule has a `cancel_if`: checked at send time (agents/cancels.py)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
@@ -76,7 +80,7 @@ _TEXT_FIELDS = (
     "message_id", "user_id", "rule_id", "template", "channel", "provider",
     "event_id", "event_name", "platform",
 )  # fmt: skip
-_INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before", "ingested_ts")
+_INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before", "ingested_ts", "due_ts")
 
 
 def _check_types(data: Mapping[str, Any]) -> None:
@@ -87,6 +91,8 @@ def _check_types(data: Mapping[str, Any]) -> None:
         value = data.get(name, 0)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"'{name}' must be an integer")
+    if not isinstance(data.get("cancellable", False), bool):
+        raise ValueError("'cancellable' must be a boolean")
     if not isinstance(data.get("variables", {}), dict):
         raise ValueError("'variables' must be an object")
     contact = data.get("contact", {})
@@ -100,7 +106,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"  # permanent failure; will not be retried
     RETRYING = "retrying"  # temporary failure; another attempt is scheduled
     UNKNOWN = "unknown"  # the outcome could not be determined (connection lost after send)
-    SUPPRESSED = "suppressed"  # not sent on purpose: its reach task was cancelled (error_code says why)
+    SUPPRESSED = "suppressed"  # deliberately not sent (error_code says why, e.g. cancelled); final
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

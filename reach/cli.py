@@ -145,7 +145,9 @@ def _rules_validate(settings: Settings, args: argparse.Namespace) -> int:
     from rules.cli import validate_like_worker
     from rules.loader import RuleLimits
 
-    limits = RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes)
+    limits = RuleLimits(
+        settings.rules_max_file_bytes, settings.rules_max_total_bytes, settings.rules_max_delay * 1000
+    )
     channels_file = args.channels or settings.channels_file
     return validate_like_worker(args.paths, channels_file, os.environ, limits)
 

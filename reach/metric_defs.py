@@ -78,6 +78,28 @@ METRICS: tuple[MetricDef, ...] = (
         "reach_rule_versions_unparsable",
         "Event or message values of a version(...) field that were not a version (read as absent)",
     ),
+    # -- worker: delayed trigger sends (a rule's delay and cancel_if)
+    _c(
+        "reach_messages_delayed",
+        "Messages of a trigger with `delay` scheduled on the deferred queue",
+        "channel",
+    ),
+    _h(
+        "reach_delayed_lateness_seconds",
+        "How long after its due time a delayed message first reached its channel agent",
+        "channel",
+    ),
+    # reason: cancelled (a later event of the user matched the trigger's cancel_if)
+    _c(
+        "reach_messages_suppressed",
+        "Messages deliberately not sent, recorded with status suppressed, by reason",
+        "channel",
+        "reason",
+    ),
+    _c(
+        "reach_cancels_recorded",
+        "Waiting delayed messages marked cancelled by a later event matching cancel_if",
+    ),
     # -- worker: reach tasks. No task number or user id is a label: per-task figures are the API's.
     _g("reach_tasks", "Reach tasks by status and schedule kind", "status", "schedule"),
     _c("reach_task_runs", "Task runs started, by schedule kind", "schedule"),

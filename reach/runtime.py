@@ -15,6 +15,7 @@ from channels.config import ChannelConfig, ChannelsConfig
 from channels.registry import provider_class
 from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
+from models.cancel_markers import CANCEL_GRACE_MS, CancelMarkers
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from models.taskstore import TaskStore
@@ -47,6 +48,7 @@ class Runtime:
     sent: SentMarkers | None = None
     deferred: DeferredQueue | None = None
     dead_addresses: DeadAddressStore | None = None
+    cancel_markers: CancelMarkers | None = None
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
@@ -57,7 +59,11 @@ class Runtime:
             settings.rules_dir,
             known_channels=list(channels.channels),
             on_error=lambda _exc: metrics.rules_reloads.labels("refused").inc(),
-            limits=RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes),
+            limits=RuleLimits(
+                settings.rules_max_file_bytes,
+                settings.rules_max_total_bytes,
+                settings.rules_max_delay * 1000,
+            ),
         )
         metrics.start_series({name: [p.name for p in c.providers] for name, c in channels.channels.items()})
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
@@ -83,6 +89,9 @@ class Runtime:
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
         self.dead_addresses = DeadAddressStore(self.mysql_pool, s.dead_address_ttl * 1000)
         self.taskgate.open(TaskStore(self.mysql_pool))
+        # A cancelled marker must outlive the longest delay plus the grace after it.
+        cancelled_ttl_ms = s.rules_max_delay * 1000 + CANCEL_GRACE_MS
+        self.cancel_markers = CancelMarkers(self.redis, s.redis_prefix, cancelled_ttl_ms)
         await self._start_providers()
 
     async def _start_providers(self) -> None:

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     event_max_depth: int = Field(32, ge=2)  # nesting of objects and arrays in one event
     rules_max_file_bytes: int = Field(1 << 20, ge=1024)  # one rule file
     rules_max_total_bytes: int = Field(16 << 20, ge=1024)  # all rule files together
+    rules_max_delay: int = Field(7 * 24 * 3600, ge=1)  # seconds: the longest `delay` a trigger may have
 
     # Rules and channels
     rules_dir: Path = REPO_ROOT / "rules" / "examples"

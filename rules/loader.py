@@ -29,6 +29,7 @@ import jinja2
 import yaml
 
 from rules.dedup import DEFAULT_DEDUP_KEY, parse_dedup_key
+from rules.durations import DurationError, format_duration, parse_duration
 from rules.engine import check_capacity, probe_condition
 from rules.errors import ExpressionError, RuleFileError, RuleSetError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
@@ -47,16 +48,20 @@ SECTIONS = ("triggers", "channel_rules", "templates")
 
 @dataclasses.dataclass(frozen=True)
 class RuleLimits:
-    """Byte limits on rule files (``Settings.rules_max_file_bytes`` and
-    ``rules_max_total_bytes``; the defaults are theirs). Parsing YAML costs
-    about 40 times a file's size in memory and a second per megabyte, so the
-    limits keep a reload short and bounded."""
+    """Limits on rule files (``Settings.rules_max_file_bytes``,
+    ``rules_max_total_bytes`` and ``rules_max_delay``; the defaults are theirs).
+    Parsing YAML costs about 40 times a file's size in memory and a second per
+    megabyte, so the byte limits keep a reload short and bounded; the delay
+    limit bounds how long a delayed message (and its cancel bookkeeping) waits
+    in Redis."""
 
     max_file_bytes: int = 1 << 20
     max_total_bytes: int = 16 << 20
+    max_delay_ms: int = 7 * 86_400_000
 
     FILE_SETTING = "REACH_RULES_MAX_FILE_BYTES"
     TOTAL_SETTING = "REACH_RULES_MAX_TOTAL_BYTES"
+    DELAY_SETTING = "REACH_RULES_MAX_DELAY"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +71,9 @@ class _Keys:
 
 
 TOP_LEVEL_KEYS = _Keys((), SECTIONS)
-TRIGGER_KEYS = _Keys(("id", "when", "template", "channels"), ("priority", "dedup_key", "description"))
+TRIGGER_KEYS = _Keys(
+    ("id", "when", "template", "channels"), ("priority", "dedup_key", "delay", "cancel_if", "description")
+)
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
 TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback"))
 
@@ -102,7 +109,7 @@ def load_rulebook(
     """
     problems = _Problems()
     files = _sized_files(_list_files(Path(directory), problems), Path(directory), limits, problems)
-    contents = [_parse_file(path, problems, known_channels, limits.max_file_bytes) for path in files]
+    contents = [_parse_file(path, problems, known_channels, limits) for path in files]
     triggers = [entry for content in contents for entry in content.triggers]
     channel_rules = [entry for content in contents for entry in content.channel_rules]
     templates = [entry for content in contents for entry in content.templates]
@@ -111,8 +118,8 @@ def load_rulebook(
     refs = [ref for content in contents for ref in content.template_refs]
     _check_template_refs(refs, {t.value.id for t in templates}, problems)
     _check_fallback_cycles(templates, problems)
-    _check_capacity(triggers, TRIGGER_FACT, problems)
-    _check_capacity(channel_rules, CHANNEL_FACT, problems)
+    _check_capacity(_event_conditions(triggers), TRIGGER_FACT, problems)
+    _check_capacity([(e.value.condition, e) for e in channel_rules], CHANNEL_FACT, problems)
     if problems.errors:
         raise RuleSetError(problems.errors)
     return RuleBook(
@@ -167,6 +174,7 @@ class _Context:
     path: str
     problems: _Problems
     known_channels: Collection[str] | None
+    max_delay_ms: int = RuleLimits.max_delay_ms
     template_refs: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
     def error(self, line: int | None, reason: str) -> None:
@@ -250,12 +258,12 @@ def _fingerprint(contents: Iterable[_FileContent]) -> str:
 
 
 def _parse_file(
-    path: Path, problems: _Problems, known_channels: Collection[str] | None, max_bytes: int
+    path: Path, problems: _Problems, known_channels: Collection[str] | None, limits: RuleLimits
 ) -> _FileContent:
-    ctx = _Context(str(path), problems, known_channels)
+    ctx = _Context(str(path), problems, known_channels, limits.max_delay_ms)
     content = _FileContent(str(path))
     try:
-        raw = _read_bounded(path, max_bytes)
+        raw = _read_bounded(path, limits.max_file_bytes)
         text = raw.decode("utf-8")
     except _TooLarge as exc:
         ctx.error(None, _too_large(f"more than {exc.limit}", exc.limit))
@@ -316,10 +324,13 @@ def _parse_trigger(ctx: _Context, item: LocatedMap) -> _Entry | None:
     channels = _channels(ctx, item, "channels")
     priority = _priority(ctx, item)
     dedup_key = _dedup_key(ctx, item)
+    delay_ms = _delay(ctx, item)
+    cancel_if = _cancel_if(ctx, item)
     _text(ctx, item, "description", required=False)
     if ctx.count > before:
         return None
-    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, f"{ctx.path}:{item.line}")
+    source = f"{ctx.path}:{item.line}"
+    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, source, delay_ms, cancel_if)
     return _Entry(rule, ctx.path, item.line)
 
 
@@ -518,6 +529,33 @@ def _dedup_key(ctx: _Context, item: LocatedMap) -> str:
     return source
 
 
+def _delay(ctx: _Context, item: LocatedMap) -> int:
+    if "delay" not in item:
+        return 0
+    try:
+        delay_ms = parse_duration(item["delay"])
+    except DurationError as exc:
+        ctx.error(item.line_of("delay"), f"'delay' {exc}")
+        return 0
+    if delay_ms > ctx.max_delay_ms:
+        limit = format_duration(ctx.max_delay_ms)
+        ctx.error(
+            item.line_of("delay"),
+            f"'delay' {item['delay']} is over the limit of {limit} ({RuleLimits.DELAY_SETTING})",
+        )
+    return delay_ms
+
+
+def _cancel_if(ctx: _Context, item: LocatedMap) -> str:
+    if "cancel_if" not in item:
+        return ""
+    if "delay" not in item:
+        # Without a delay the message is sent while the event is planned: no later event can
+        # reach it, and a cancel_if that never cancels anything would mislead its reader.
+        ctx.error(item.line_of("cancel_if"), "'cancel_if' needs a 'delay' (e.g. delay: 30m)")
+    return _expression(ctx, item, "cancel_if", TRIGGER_FACT)
+
+
 def _template_source(ctx: _Context, body: LocatedMap, key: str, required: bool) -> str:
     source = _text(ctx, body, key, required=required)
     try:
@@ -564,14 +602,24 @@ def _check_fallback_cycles(templates: Sequence[_Entry], problems: _Problems) -> 
             current = by_id[current].value.fallback
 
 
-def _check_capacity(entries: Sequence[_Entry], schema: FactSchema, problems: _Problems) -> None:
-    if not entries:
+def _event_conditions(triggers: Sequence[_Entry]) -> list[tuple[Condition, _Entry]]:
+    """The conditions of the events' rule set, in the engine's order (every ``when``,
+    then every ``cancel_if``: see :func:`rules.engine.event_conditions`)."""
+    whens = [(entry.value.condition, entry) for entry in triggers]
+    cancels = [(e.value.cancel_condition, e) for e in triggers if e.value.cancel_condition is not None]
+    return whens + cancels
+
+
+def _check_capacity(
+    pairs: Sequence[tuple[Condition, _Entry]], schema: FactSchema, problems: _Problems
+) -> None:
+    if not pairs:
         return
-    conditions = [entry.value.condition for entry in entries]
+    conditions = [condition for condition, _ in pairs]
     # Grouped by file, so that a problem is blamed on the file that contributes most to it
     # (a big new file, not the last rule of whichever file happens to sort last).
-    for problem in check_capacity(conditions, schema, groups=[entry.path for entry in entries]):
-        blamed = entries[problem.rule_index]
+    for problem in check_capacity(conditions, schema, groups=[entry.path for _, entry in pairs]):
+        blamed = pairs[problem.rule_index][1]
         problems.add(blamed.path, blamed.line, problem.reason)
 
 

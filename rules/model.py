@@ -29,7 +29,13 @@ DEFAULT_PRIORITY = 5  # 0 is the lowest priority, 9 the highest
 @dataclasses.dataclass(frozen=True)
 class TriggerRule:
     """When an event matches ``when``, reach the user with ``template`` on one of
-    ``channels`` (preference order). ``source`` is ``file:line``."""
+    ``channels`` (preference order). ``source`` is ``file:line``.
+
+    With ``delay_ms`` the message is sent that long after the event was planned
+    instead of at once; ``cancel_if`` (only with a delay) is matched against the
+    user's later events, and one that matches drops the messages of this
+    trigger still waiting for that user (:mod:`agents.cancels`).
+    """
 
     id: str
     when: str
@@ -38,12 +44,19 @@ class TriggerRule:
     priority: int = DEFAULT_PRIORITY
     dedup_key: str = DEFAULT_DEDUP_KEY
     source: str = "<memory>"
+    delay_ms: int = 0
+    cancel_if: str = ""
     condition: Condition = dataclasses.field(init=False, repr=False, compare=False)
     dedup: DedupKey = dataclasses.field(init=False, repr=False, compare=False)
+    cancel_condition: Condition | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.cancel_if and self.delay_ms <= 0:
+            raise ValueError(f"trigger {self.id!r}: cancel_if needs a delay")
+        cancel = compile_expression(self.cancel_if, TRIGGER_FACT) if self.cancel_if else None
         object.__setattr__(self, "condition", compile_expression(self.when, TRIGGER_FACT))
         object.__setattr__(self, "dedup", parse_dedup_key(self.dedup_key, TRIGGER_FACT))
+        object.__setattr__(self, "cancel_condition", cancel)
 
     def dedup_for(self, fact: Mapping[str, Any]) -> str:
         """The dedup key of the message this trigger makes from event ``fact``.
@@ -144,6 +157,11 @@ class RuleBook:
     templates: Mapping[str, Template]
     fingerprint: str
     files: tuple[str, ...]
+
+    @property
+    def cancelling(self) -> tuple[TriggerRule, ...]:
+        """The triggers with a ``cancel_if``, in file order."""
+        return tuple(t for t in self.triggers if t.cancel_condition is not None)
 
     def summary(self) -> str:
         return (

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,10 @@ TEST_RULES = Path(__file__).parent / "rules"
 
 
 def start_pipeline(
-    tmp: Path, smtp: SmtpTestServer, settings_overrides: dict[str, Any] | None = None, **channel_args: str
+    tmp: Path, smtp: SmtpTestServer, settings_overrides: Mapping[str, Any] | None = None, **channel_args: str
 ) -> Pipeline:
-    settings = make_settings(
-        tmp, unique_run_id(), channels_yaml(smtp.port, **channel_args), **(settings_overrides or {})
-    )
+    yaml = channels_yaml(smtp.port, **channel_args)
+    settings = make_settings(tmp, unique_run_id(), yaml, **(settings_overrides or {}))
     for rule_file in TEST_RULES.glob("*.yaml"):
         shutil.copy(rule_file, settings.rules_dir / rule_file.name)
     asyncio.run(migrate(settings))

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from models.cancel_markers import Cancel, CancelMarkers, Pending
 from models.messages import DeliveryResult, DeliveryStatus
 from models.profiles import UserProfile
 from models.redis_state import DeferredQueue, MarkerState, SentMarkers, WindowThrottle
@@ -131,3 +132,45 @@ async def test_sent_markers_track_sending_then_done_or_released(redis_client) ->
     assert await markers.states(["a", "b", "c", "d"]) == {"a": MarkerState.DONE, "c": MarkerState.SENDING}
     assert await markers.already_sent(["a", "b", "c"]) == {"a"}
     assert 0 < await client.ttl(f"{prefix}sent:c") <= 60
+
+
+async def test_cancel_markers_apply_a_batch_in_event_order(redis_client) -> None:
+    client, prefix = redis_client
+    markers = CancelMarkers(client, prefix, cancelled_ttl_ms=600_000)
+    ops = [  # the events at positions 10..14 of their partition
+        Pending("cart", "u-1", "m1", 60_000, 10),
+        Pending("cart", "u-2", "m9", 60_000, 11),
+        Cancel("cart", "u-1", 12),  # cancels m1 (planned before it), not m2 (after it), not u-2's m9
+        Pending("cart", "u-1", "m2", 60_000, 13),
+        Cancel("other", "u-2", 14),
+    ]
+    assert await markers.apply(ops) == 1
+    assert await markers.cancelled(["m1", "m2", "m9", "unknown"]) == {"m1"}
+    assert await client.zrange(f"{prefix}cxp:cart:u-1", 0, -1) == [b"m2"]
+    assert 590_000 < await client.pttl(f"{prefix}cx:m1") <= 600_000
+    # A batch replayed after a crash runs on top of its own effects: m2, pending from it,
+    # must not be reached by the replayed cancel of an earlier event.
+    assert await markers.apply(ops) == 1
+    assert await markers.cancelled(["m1", "m2", "m9"]) == {"m1"}
+    assert await markers.apply([Cancel("cart", "u-1", 15)]) == 1
+    assert await markers.cancelled(["m1", "m2", "m9"]) == {"m1", "m2"}
+
+
+async def test_a_cancel_with_nothing_pending_writes_nothing(redis_client) -> None:
+    client, prefix = redis_client
+    markers = CancelMarkers(client, prefix, cancelled_ttl_ms=600_000)
+    assert await markers.apply([Cancel("cart", "u-1", 3)]) == 0
+    assert [k async for k in client.scan_iter(f"{prefix}*")] == []
+    assert await markers.apply([]) == 0
+    assert await markers.cancelled([]) == set()
+
+
+async def test_a_pending_set_lives_as_long_as_its_longest_wait(redis_client) -> None:
+    client, prefix = redis_client
+    markers = CancelMarkers(client, prefix, cancelled_ttl_ms=600_000)
+    key = f"{prefix}cxp:cart:u-1"
+    await markers.apply([Pending("cart", "u-1", "m1", 500_000, 1)])
+    await markers.apply([Pending("cart", "u-1", "m2", 100_000, 2)])  # shorter: must not cut m1's wait
+    assert 490_000 < await client.pttl(key) <= 500_000
+    await markers.apply([Pending("cart", "u-1", "m3", 900_000, 3)])
+    assert 890_000 < await client.pttl(key) <= 900_000

@@ -16,6 +16,12 @@ from reach.settings import Settings
 RULES = """
 triggers:
   - {id: hello, when: 'name == "hello"', template: hello, channels: [inbox], dedup_key: "{event_id}"}
+  - id: cart
+    when: name == "cart_abandoned"
+    template: hello
+    channels: [inbox]
+    delay: 30m
+    cancel_if: name == "order_paid"
 templates:
   hello: {title: "Hello", text: "Hi {{ user_id }}"}
 """
@@ -31,6 +37,10 @@ def step(tmp_path: Path, **settings: object) -> TriggerStep:
 def record(value: bytes, offset: int) -> types.SimpleNamespace:
     message = types.SimpleNamespace(value=value, key=b"u-1", topic="reach.events", partition=0, offset=offset)
     return types.SimpleNamespace(message=message)
+
+
+def named(event_id: str, name: str, user: str = "u-1") -> bytes:
+    return orjson.dumps({"event_id": event_id, "user_id": user, "name": name, "ts": 1_790_000_000_000})
 
 
 def hello(event_id: str, properties: object = None, raw_properties: bytes = b"") -> bytes:
@@ -60,16 +70,18 @@ def test_an_event_that_makes_planning_raise_is_dead_lettered_and_the_batch_goes_
         record(b"{no", 3),
         record(hello("e-4"), 4),
     ]
-    records, dead = trigger.plan(batch)
+    planned = trigger.plan(batch)
+    records, dead = planned.records, planned.dead
     assert reasons(dead) == [("plan_error", 2), ("invalid_json", 3)]
     assert "Recursion" in orjson.loads(dead[0][1])["detail"]  # RecursionError, or orjson's TypeError
     assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-1", "e-4"]
 
 
 def test_a_deep_event_is_refused_by_the_contract_with_the_default_limit(tmp_path: Path) -> None:
-    records, dead = step(tmp_path).plan(
+    planned = step(tmp_path).plan(
         [record(hello("e-1", raw_properties=nested(500)), 7), record(hello("e-2"), 8)]
     )
+    records, dead = planned.records, planned.dead
     assert reasons(dead) == [("too_deep", 7)]
     assert len(records) == 1
 
@@ -77,7 +89,8 @@ def test_a_deep_event_is_refused_by_the_contract_with_the_default_limit(tmp_path
 def test_an_event_whose_message_would_not_fit_the_outbox_is_dead_lettered(tmp_path: Path) -> None:
     trigger = step(tmp_path, kafka_max_message_bytes=20_000)
     big = hello("e-big", {"blob": "x" * 19_500})  # fits the events topic, not once wrapped as a message
-    records, dead = trigger.plan([record(big, 1), record(hello("e-2"), 2)])
+    planned = trigger.plan([record(big, 1), record(hello("e-2"), 2)])
+    records, dead = planned.records, planned.dead
     assert reasons(dead) == [("message_too_large", 1)]
     assert len(dead[0][1]) <= 20_000
     assert len(records) == 1
@@ -86,6 +99,42 @@ def test_an_event_whose_message_would_not_fit_the_outbox_is_dead_lettered(tmp_pa
 @pytest.mark.parametrize("value", [b"\xff" * 30_000, b'"' + b"\x01" * 30_000 + b'"'])
 def test_a_dead_letter_always_fits_its_topic(tmp_path: Path, value: bytes) -> None:
     trigger = step(tmp_path, kafka_max_message_bytes=20_000)
-    _, dead = trigger.plan([record(value, 1)])
+    dead = trigger.plan([record(value, 1)]).dead
     assert len(dead[0][1]) <= 20_000 - 1024
     assert orjson.loads(dead[0][1])["truncated"] is True
+
+
+def test_delayed_messages_wait_on_the_deferred_queue_with_their_cancels_in_event_order(
+    tmp_path: Path,
+) -> None:
+    trigger = step(tmp_path)
+    now = trigger.rt.clock.now_ms()
+    planned = trigger.plan(
+        [
+            record(named("e-1", "cart_abandoned"), 1),
+            record(named("e-2", "order_paid"), 2),
+            record(named("e-3", "cart_abandoned"), 3),
+            record(named("e-4", "order_paid", user="u-2"), 4),
+            record(named("e-5", "hello"), 5),
+        ]
+    )
+    assert [orjson.loads(v)["event_id"] for _, _, v in planned.records] == ["e-5"]  # sent at once
+    later = trigger.rt.clock.now_ms()
+    due = [(when, orjson.loads(value)) for when, value, _ in planned.delayed]
+    assert [m["event_id"] for _, m in due] == ["e-1", "e-3"]
+    for when, m in due:
+        assert when == m["due_ts"] == m["not_before"]
+        assert now <= when - 30 * 60_000 <= later  # 30m after planning
+        assert m["cancellable"] is True
+    first, second = (m["message_id"] for _, m in due)
+    ops = [
+        (type(op).__name__, op.user_id, getattr(op, "message_id", ""), op.position)
+        for op in planned.cancel_ops
+    ]
+    assert ops == [
+        ("Pending", "u-1", first, 1),
+        ("Cancel", "u-1", "", 2),
+        ("Pending", "u-1", second, 3),
+        ("Cancel", "u-2", "", 4),
+    ]
+    assert {op.trigger_id for op in planned.cancel_ops} == {"cart"}

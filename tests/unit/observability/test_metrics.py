@@ -136,15 +136,15 @@ def event_record(name: str, offset: int) -> types.SimpleNamespace:
 
 def test_events_matching_no_rule_are_counted_and_their_age_observed(tmp_path: Path) -> None:
     rt = runtime(tmp_path)
-    records, _ = TriggerStep(None, rt, {}).plan(
+    batch = TriggerStep(None, rt, {}).plan(
         [event_record("hello", 1), event_record("other", 2), event_record("x", 3)]
     )
     found = samples(rt.registry)
-    assert len(records) == 1
+    assert len(batch.records) == 1
     assert found[("reach_events_unmatched_total", ())] == 2
     assert found[("reach_event_age_seconds_count", ())] == 3
     assert found[("reach_event_age_seconds_sum", ())] == 180
-    assert orjson.loads(records[0][2])["ingested_ts"] == 1_790_000_060_000
+    assert orjson.loads(batch.records[0][2])["ingested_ts"] == 1_790_000_060_000
 
 
 def test_a_refused_rule_reload_is_counted(tmp_path: Path) -> None:

@@ -146,3 +146,13 @@ def test_reach_rules_validate_takes_the_limits_and_channels_file_from_settings(
         0,
         f"OK {EXAMPLES}: 5 triggers, 2 channel rules, 5 templates\n",
     )
+
+
+def test_reach_rules_validate_takes_the_delay_limit_from_settings() -> None:
+    refused = reach_validate(str(EXAMPLES), "--channels", str(SHIPPED_CHANNELS), REACH_RULES_MAX_DELAY="600")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"{EXAMPLES / 'reminders.yaml'}:24: 'delay' 30m is over the limit of 10m (REACH_RULES_MAX_DELAY)\n"
+    )
+    allowed = reach_validate(str(EXAMPLES), "--channels", str(SHIPPED_CHANNELS), REACH_RULES_MAX_DELAY="1800")
+    assert allowed.returncode == 0, allowed.stderr

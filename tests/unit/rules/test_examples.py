@@ -79,6 +79,16 @@ def test_an_abandoned_cart_with_items_is_reminded_by_email_first(engine: RuleEng
     assert plan(engine, event(name="cart_abandoned", properties={"item_count": 0}), ["inbox", "email"]) == {}
 
 
+def test_the_cart_reminder_waits_half_an_hour_and_a_paid_order_cancels_it(engine: RuleEngine) -> None:
+    cart = event(name="cart_abandoned", properties={"item_count": 2, "cart_id": "c-1"})
+    [reminder] = engine.match_event(cart).triggers
+    assert (reminder.id, reminder.delay_ms) == ("cart-abandoned-reminder", 30 * 60_000)
+    assert engine.match_event(cart).cancels == []
+    paid = engine.match_event(event(name="order_paid", properties={"amount": 20, "order_id": "o-9"}))
+    assert [t.id for t in paid.cancels] == ["cart-abandoned-reminder"]
+    assert "cart-abandoned-reminder" not in [t.id for t in paid.triggers]
+
+
 def test_a_password_reset_goes_by_email_only(engine: RuleEngine) -> None:
     reset = event(name="password_reset_requested", properties={"reset_url": "https://x.test/r?t=1&u=2"})
     assert plan(engine, reset, ["inbox", "email"]) == {"password-reset": ("email",)}
