@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from agents.plan import result_for
+from channels.base import Outcome
 from models.cancel_markers import CANCEL_GRACE_MS, Cancel, CancelOp, Pending
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
 from reach.runtime import Runtime
@@ -56,21 +58,8 @@ def split_cancelled(
 
 def suppressed_result(message: ReachMessage, now_ms: int) -> DeliveryResult:
     """The final result row of a cancelled message."""
-    return DeliveryResult(
-        message_id=message.message_id,
-        attempt=message.attempt,
-        user_id=message.user_id,
-        rule_id=message.rule_id,
-        channel=message.channel,
-        provider=message.provider,
-        status=DeliveryStatus.SUPPRESSED,
-        platform=message.platform,
-        event_ts=message.event_ts,
-        attempted_at=now_ms,
-        completed_at=now_ms,
-        error_code=CANCELLED,
-        error="a later event of the user matched the rule's cancel_if",
-    )
+    outcome = Outcome.permanent(CANCELLED, "a later event of the user matched the rule's cancel_if")
+    return result_for(message, outcome, DeliveryStatus.SUPPRESSED, now_ms, now_ms)
 
 
 def first_arrivals(messages: Iterable[ReachMessage]) -> list[ReachMessage]:

@@ -42,6 +42,7 @@ import orjson
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.channels import CHANNELS
 from bench.tasks import task_scenario
 from models.storage import migrate
 from reach.producer import SyncProducer
@@ -68,15 +69,6 @@ templates:
   bench-ping:
     title: "Hello {{ properties.n }}"
     text: "Benchmark message for {{ user_id }}"
-"""
-
-CHANNELS = """
-channels:
-  inbox:
-    window_seconds: 1
-    providers:
-      - name: mariadb
-        type: inbox
 """
 
 

@@ -22,20 +22,13 @@ import httpx
 import orjson
 import pymysql
 
+from bench.channels import CHANNELS
 from models.storage import create_pool, migrate
 from models.tasks import ValidationContext, first_runs, validate_task
 from models.taskstore import TaskStore
 from reach.settings import Settings
 from tests.integration.harness import Db, WorkerProcess, clear_redis, make_settings, unique_run_id, wait_until
 
-CHANNELS = """
-channels:
-  inbox:
-    window_seconds: 1
-    providers:
-      - name: mariadb
-        type: inbox
-"""
 SEED_ROWS = 5000  # rows per INSERT while seeding
 TASK = {
     "name": "bench task",
