@@ -36,6 +36,7 @@ def plan_event(
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
     unroutable: Callable[[str, str], None] | None = None,
+    default_timezone: str = "UTC",
 ) -> list[ReachMessage]:
     """The messages an event causes: one per matching trigger and selected channel.
 
@@ -45,6 +46,7 @@ def plan_event(
     """
     fact = trigger_fact(event, profile)
     contact = dict(profile.contact) if profile else {}
+    timezone = (profile.timezone if profile else "") or default_timezone
     reachable = reachable_channels(choosers, contact)
     messages = []
     for rule in engine.match_triggers(fact):
@@ -79,6 +81,8 @@ def plan_event(
                     variables=_variables(event),
                     contact=contact,
                     platform=event.platform,
+                    category=rule.category,
+                    timezone=timezone,
                 )
             )
     return messages

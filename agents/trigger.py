@@ -79,7 +79,8 @@ class TriggerStep:
     def _plan_one(self, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:
         parsed = parse_event(raw, self.rt.settings.event_max_depth)
         profile = self._profile(parsed.user_id)
-        messages = plan_event(parsed, profile, engine, self.rt.choosers, now, self._unroutable)
+        zone = self.rt.settings.default_timezone
+        messages = plan_event(parsed, profile, engine, self.rt.choosers, now, self._unroutable, zone)
         records = [(m.channel, m.user_id.encode(), m.to_bytes()) for m in messages]
         for channel, _, value in records:
             if len(value) > self.limit:

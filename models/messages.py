@@ -44,6 +44,8 @@ class ReachMessage:
     platform: str = ""  # device platform from the event, "" when unknown
     attempt: int = 1
     not_before: int = 0  # ms since epoch; 0 = send now
+    category: str = ""  # the rule's (or task's) category: what policies apply (agents/delivery/policy.py)
+    timezone: str = ""  # the user's zone at planning time (profile, else REACH_DEFAULT_TIMEZONE)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
@@ -71,7 +73,7 @@ class ReachMessage:
 
 _TEXT_FIELDS = (
     "message_id", "user_id", "rule_id", "template", "channel", "provider",
-    "event_id", "event_name", "platform",
+    "event_id", "event_name", "platform", "category", "timezone",
 )  # fmt: skip
 _INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before")
 
@@ -97,6 +99,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"  # permanent failure; will not be retried
     RETRYING = "retrying"  # temporary failure; another attempt is scheduled
     UNKNOWN = "unknown"  # the outcome could not be determined (connection lost after send)
+    SUPPRESSED = "suppressed"  # deliberately not sent (error_code says why, e.g. opted_out); final
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
 from rules.loader import RuleLimits
+from rules.model import Categories
 from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")
@@ -55,6 +56,7 @@ class Runtime:
             known_channels=list(channels.channels),
             on_error=lambda _exc: metrics.rules_reloads.labels("refused").inc(),
             limits=RuleLimits(settings.rules_max_file_bytes, settings.rules_max_total_bytes),
+            categories=Categories(settings.category_names, settings.default_category),
         )
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,12 +64,37 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9464  # 0 disables the worker's /metrics, /healthz and /readyz
     worker_ready_commit_age: float = Field(60.0, gt=0)  # not ready when lagging with no commit for this long
 
+    # Policies (agents/delivery/policy.py, README "Policies")
+    categories: str = "transactional,marketing,notification"  # comma-separated; rules and tasks pick one
+    default_category: str = "notification"  # of a trigger rule without 'category'
+    default_timezone: str = "UTC"  # caps' calendar days and quiet hours for a profile without a zone
+    policies_file: Path | None = REPO_ROOT / "deploy" / "config" / "policies.yaml"  # None: no caps, quiet
+    preferences_cache_ttl: int = Field(24 * 3600, ge=60)  # seconds a user's preferences stay in Redis
+    # Unsubscribe links: the base URL users reach the API at, and the HMAC keys that sign
+    # the tokens (comma-separated, newest first: the newest signs, every one verifies).
+    public_url: str = "http://127.0.0.1:8080"
+    unsubscribe_keys: SecretStr = SecretStr("change-me")
+    unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
+
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.categories.split(",") if c.strip())
+
+    @model_validator(mode="after")
+    def _default_category_known(self) -> Settings:
+        if self.default_category not in self.category_names:
+            raise ValueError(
+                f"REACH_DEFAULT_CATEGORY {self.default_category!r} is not one of REACH_CATEGORIES"
+                f" ({self.categories})"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -32,7 +32,7 @@ from rules.dedup import DEFAULT_DEDUP_KEY, parse_dedup_key
 from rules.engine import check_capacity, probe_condition
 from rules.errors import ExpressionError, RuleFileError, RuleSetError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
-from rules.model import DEFAULT_PRIORITY, ChannelRule, RuleBook, Template, TriggerRule
+from rules.model import DEFAULT_PRIORITY, Categories, ChannelRule, RuleBook, Template, TriggerRule
 from rules.templating import compile_source
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
 
@@ -42,6 +42,7 @@ RULE_FILE_SUFFIXES = (".yaml", ".yml")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 CHANNEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 SECTIONS = ("triggers", "channel_rules", "templates")
+DEFAULT_CATEGORIES = Categories()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,9 @@ class _Keys:
 
 
 TOP_LEVEL_KEYS = _Keys((), SECTIONS)
-TRIGGER_KEYS = _Keys(("id", "when", "template", "channels"), ("priority", "dedup_key", "description"))
+TRIGGER_KEYS = _Keys(
+    ("id", "when", "template", "channels"), ("priority", "dedup_key", "category", "description")
+)
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
 TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description"))
 
@@ -92,16 +95,20 @@ def load_rulebook(
     directory: str | Path,
     known_channels: Collection[str] | None = None,
     limits: RuleLimits = RuleLimits(),
+    categories: Categories = DEFAULT_CATEGORIES,
 ) -> RuleBook:
     """Load every rule file of ``directory`` (or one file) into a :class:`RuleBook`.
 
     ``known_channels``: when given, channel names outside it are refused.
     ``limits``: files over them are refused before being read.
+    ``categories``: the categories a trigger may name, and the default for one that names none.
     Raises :class:`RuleSetError` listing every problem found.
     """
     problems = _Problems()
     files = _sized_files(_list_files(Path(directory), problems), Path(directory), limits, problems)
-    contents = [_parse_file(path, problems, known_channels, limits.max_file_bytes) for path in files]
+    contents = [
+        _parse_file(path, problems, known_channels, limits.max_file_bytes, categories) for path in files
+    ]
     triggers = [entry for content in contents for entry in content.triggers]
     channel_rules = [entry for content in contents for entry in content.channel_rules]
     templates = [entry for content in contents for entry in content.templates]
@@ -165,6 +172,7 @@ class _Context:
     path: str
     problems: _Problems
     known_channels: Collection[str] | None
+    categories: Categories = DEFAULT_CATEGORIES
     template_refs: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
     def error(self, line: int | None, reason: str) -> None:
@@ -248,9 +256,13 @@ def _fingerprint(contents: Iterable[_FileContent]) -> str:
 
 
 def _parse_file(
-    path: Path, problems: _Problems, known_channels: Collection[str] | None, max_bytes: int
+    path: Path,
+    problems: _Problems,
+    known_channels: Collection[str] | None,
+    max_bytes: int,
+    categories: Categories = DEFAULT_CATEGORIES,
 ) -> _FileContent:
-    ctx = _Context(str(path), problems, known_channels)
+    ctx = _Context(str(path), problems, known_channels, categories)
     content = _FileContent(str(path))
     try:
         raw = _read_bounded(path, max_bytes)
@@ -314,10 +326,12 @@ def _parse_trigger(ctx: _Context, item: LocatedMap) -> _Entry | None:
     channels = _channels(ctx, item, "channels")
     priority = _priority(ctx, item)
     dedup_key = _dedup_key(ctx, item)
+    category = _category(ctx, item)
     _text(ctx, item, "description", required=False)
     if ctx.count > before:
         return None
-    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, f"{ctx.path}:{item.line}")
+    source = f"{ctx.path}:{item.line}"
+    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, source, category)
     return _Entry(rule, ctx.path, item.line)
 
 
@@ -477,6 +491,14 @@ def _priority(ctx: _Context, item: LocatedMap) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
         ctx.error(item.line_of("priority"), f"'priority' must be an integer from 0 to 9, got {value!r}")
         return DEFAULT_PRIORITY
+    return value
+
+
+def _category(ctx: _Context, item: LocatedMap) -> str:
+    known = ctx.categories
+    value = _text(ctx, item, "category", default=known.default)
+    if value and value not in known.names:
+        ctx.error(item.line_of("category"), f"unknown category {value!r} (known: {', '.join(known.names)})")
     return value
 
 

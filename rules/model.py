@@ -23,6 +23,16 @@ from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, compile_expression
 from rules.templating import compile_source, render_field
 
 DEFAULT_PRIORITY = 5  # 0 is the lowest priority, 9 the highest
+DEFAULT_CATEGORIES = ("transactional", "marketing", "notification")
+
+
+@dataclasses.dataclass(frozen=True)
+class Categories:
+    """The message categories a rule may name (``Settings.categories``), and the one a
+    rule without ``category`` gets (``Settings.default_category``)."""
+
+    names: tuple[str, ...] = DEFAULT_CATEGORIES
+    default: str = "notification"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +47,7 @@ class TriggerRule:
     priority: int = DEFAULT_PRIORITY
     dedup_key: str = DEFAULT_DEDUP_KEY
     source: str = "<memory>"
+    category: str = "notification"  # what policies (caps, quiet hours, opt-outs) apply to it
     condition: Condition = dataclasses.field(init=False, repr=False, compare=False)
     dedup: DedupKey = dataclasses.field(init=False, repr=False, compare=False)
 
