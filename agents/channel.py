@@ -38,6 +38,7 @@ from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
 from agents.delivery.persist import Persister, Stores
+from agents.delivery.policy import PolicyResources, PolicyStep
 from agents.delivery.record import Recorder
 from agents.delivery.route import Router
 from agents.delivery.throttle import Throttle
@@ -50,6 +51,7 @@ from channels.base import Delivery, Outcome, OutcomeKind, Provider, no_start_hoo
 from channels.config import ChannelConfig
 from models.messages import ReachMessage
 from models.outbox import unpack
+from models.unsubscribe import TokenSigner
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -81,6 +83,7 @@ class ChannelSender:
         stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
         self.configs = {p.name: p for p in channel.providers}
+        self.policy = PolicyStep(channel.name, policy_resources(runtime), rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -88,6 +91,7 @@ class ChannelSender:
         pending = [m for m in messages if m.message_id not in batch.handled]
         now = self.rt.clock.now_ms()
         fresh = await self._not_yet_sent(pending, now, batch)
+        fresh = await self.policy.screen(fresh, now, batch)
         try:
             for provider_name, group in self.router.route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
@@ -161,6 +165,15 @@ class ChannelSender:
         """The providers' ``started`` hook: mark messages as being sent, just before their request."""
         ids = [d.message.message_id for d in deliveries]
         await run_step(f"channel.{self.channel.name}.claim", functools.partial(self.sent.claim, ids))
+
+
+def policy_resources(rt: Runtime) -> PolicyResources:
+    s = rt.settings
+    assert rt.preferences is not None and rt.caps is not None
+    signer = TokenSigner.from_settings(s)
+    return PolicyResources(
+        rt.policies, rt.preferences, rt.caps, signer, s.public_url, s.default_timezone, s.category_names
+    )
 
 
 INTERRUPTED = Outcome.unknown("interrupted", "the worker stopped while sending it; not sent again")

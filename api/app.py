@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,13 +21,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, receipts
+from api import events, health, inbox, popups, preferences, receipts
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
 from api.receipts import ReceiptService
 from api.resources import Resources
 from models.popups import PopupStore
+from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.errors import DEPENDENCY_ERRORS
@@ -58,6 +60,7 @@ def create_app(
     app.include_router(events.router(settings, metrics))
     app.include_router(inbox.router(clock))
     app.include_router(popups.router(clock))
+    app.include_router(preferences.router(settings, clock))
     app.include_router(receipts.router(receipt_service, clock, metrics))
     app.include_router(health.router())
 
@@ -79,7 +82,13 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
         stack.push_async_callback(producer.stop)
         await receipt_service.open(pool)
         stack.push_async_callback(receipt_service.close)
-        app.state.resources = Resources(pool, InboxStore(pool), PopupStore(pool), producer)
+        redis = open_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        prefs = Preferences(
+            PreferenceStore(pool),
+            PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
+        )
+        app.state.resources = Resources(pool, InboxStore(pool), PopupStore(pool), producer, prefs)
         yield
 
 
@@ -126,6 +135,13 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         )
     log.exception("api.unexpected_error", path=request.url.path)
     return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+
+def open_redis(settings: Settings) -> Any:
+    """The preferences' Redis copy (written through on every change)."""
+    return aioredis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
+    )
 
 
 async def close_pool(pool: Any) -> None:

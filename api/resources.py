@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from api.event_producer import EventProducer
 from models.popups import PopupStore
+from models.preferences import Preferences
 from models.storage import InboxStore
 
 
@@ -25,6 +26,7 @@ class Resources:
     inbox: InboxStore
     popups: PopupStore
     producer: EventProducer
+    preferences: Preferences
 
 
 async def resources(request: Request) -> Resources:
@@ -45,7 +47,12 @@ async def event_producer(request: Request) -> EventProducer:
     return (await resources(request)).producer
 
 
+async def preferences_service(request: Request) -> Preferences:
+    return (await resources(request)).preferences
+
+
 AppResources = Annotated[Resources, Depends(resources)]
 Inbox = Annotated[InboxStore, Depends(inbox_store)]
 Popups = Annotated[PopupStore, Depends(popup_store)]
 Producer = Annotated[EventProducer, Depends(event_producer)]
+Prefs = Annotated[Preferences, Depends(preferences_service)]

@@ -86,6 +86,14 @@ class WorkerMetrics:
             ["channel"],
             registry=registry,
         )
+        # reason: opted_out, frequency_cap, quiet_hours; action: suppressed (a final result
+        # row) or deferred (back on the deferred queue); category "other" when not configured.
+        self.messages_held = Counter(
+            "reach_messages_held",
+            "Messages a send-time policy suppressed or deferred, by reason",
+            ["reason", "action", "channel", "category"],
+            registry=registry,
+        )
         self.send_latency = Histogram(
             "reach_send_batch_seconds",
             "Time a provider took to send one batch (its requests run concurrently)",

@@ -14,6 +14,9 @@ from channels.config import ChannelConfig, ChannelsConfig
 from channels.registry import provider_class
 from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
+from models.cap_counts import CapCounts
+from models.policies import Policies, load_policies
+from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
@@ -35,6 +38,7 @@ class Runtime:
     metrics: WorkerMetrics
     clock: Clock = dataclasses.field(default_factory=SystemClock)
     choosers: dict[str, WeightedChooser] = dataclasses.field(default_factory=dict)
+    policies: Policies = dataclasses.field(default_factory=Policies)
     # Opened by start():
     mysql_pool: Any = None
     redis: Any = None
@@ -45,6 +49,8 @@ class Runtime:
     sent: SentMarkers | None = None
     deferred: DeferredQueue | None = None
     dead_addresses: DeadAddressStore | None = None
+    preferences: Preferences | None = None
+    caps: CapCounts | None = None
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
@@ -60,6 +66,7 @@ class Runtime:
         )
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
+        runtime.policies = load_policies(settings.policies_file, settings.category_names)
         return runtime
 
     async def start(self) -> None:
@@ -79,6 +86,9 @@ class Runtime:
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
         self.dead_addresses = DeadAddressStore(self.mysql_pool, s.dead_address_ttl * 1000)
+        cache = PreferenceCache(self.redis, s.redis_prefix, s.preferences_cache_ttl)
+        self.preferences = Preferences(PreferenceStore(self.mysql_pool), cache)
+        self.caps = CapCounts(self.redis, s.redis_prefix)
         await self._start_providers()
 
     async def _start_providers(self) -> None:

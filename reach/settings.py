@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     categories: str = "transactional,marketing,notification"  # comma-separated; rules and tasks pick one
     default_category: str = "notification"  # of a trigger rule without 'category'
     default_timezone: str = "UTC"  # caps' calendar days and quiet hours for a profile without a zone
-    policies_file: Path | None = REPO_ROOT / "deploy" / "config" / "policies.yaml"  # None: no caps, quiet
+    policies_file: Path | None = None  # e.g. deploy/config/policies.yaml; unset: no caps, no quiet hours
     preferences_cache_ttl: int = Field(24 * 3600, ge=60)  # seconds a user's preferences stay in Redis
     # Unsubscribe links: the base URL users reach the API at, and the HMAC keys that sign
     # the tokens (comma-separated, newest first: the newest signs, every one verifies).

@@ -10,8 +10,9 @@ import asyncio
 import dataclasses
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,8 +103,11 @@ class Pipeline:
 TEST_RULES = Path(__file__).parent / "rules"
 
 
-def start_pipeline(tmp: Path, smtp: SmtpTestServer, **channel_args: str) -> Pipeline:
-    settings = make_settings(tmp, unique_run_id(), channels_yaml(smtp.port, **channel_args))
+def start_pipeline(
+    tmp: Path, smtp: SmtpTestServer, settings_overrides: Mapping[str, Any] | None = None, **channel_args: str
+) -> Pipeline:
+    yaml = channels_yaml(smtp.port, **channel_args)
+    settings = make_settings(tmp, unique_run_id(), yaml, **dict(settings_overrides or {}))
     for rule_file in TEST_RULES.glob("*.yaml"):
         shutil.copy(rule_file, settings.rules_dir / rule_file.name)
     asyncio.run(migrate(settings))
