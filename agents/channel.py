@@ -37,6 +37,7 @@ import structlog
 from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
+from agents.delivery.optout import provider_opt_outs
 from agents.delivery.persist import Persister, Stores
 from agents.delivery.policy import PolicyResources, PolicyStep
 from agents.delivery.record import Recorder
@@ -80,7 +81,7 @@ class ChannelSender:
         self.recorder = Recorder(
             channel.name, s, rt.metrics, self.router.alternative, self.router.paused, limit
         )
-        stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred)
+        stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred, rt.preferences)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
         self.configs = {p.name: p for p in channel.providers}
         self.policy = PolicyStep(channel.name, policy_resources(runtime), rt.metrics)
@@ -147,6 +148,7 @@ class ChannelSender:
                 if record is not None:
                     batch.dead_addresses.append(record)
             self.recorder.record(message, outcome, now, done, batch)
+        batch.opted_out += provider_opt_outs(pairs, provider.opt_out_codes)
 
     async def _provider_send(self, name: str, provider: Provider, ready: list[Delivery]) -> list[Outcome]:
         """Send step: the provider's requests, each claimed just before it starts when the

@@ -195,3 +195,8 @@ class Preferences:
         rows = await self.store.put(user_id, changes, now_ms)
         await self.cache.replace(user_id, choices_of(rows))
         return rows
+
+    async def opt_out(self, user_ids: Sequence[str], channel: str, source: str, now_ms: int) -> None:
+        """Record that these users opted out of ``channel`` (every category); idempotent."""
+        for user_id in dict.fromkeys(user_ids):
+            await self.put(user_id, [Preference(channel, ANY, False, source)], now_ms)

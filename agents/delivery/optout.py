@@ -12,12 +12,18 @@ from typing import Protocol
 
 from agents.delivery.batch import BatchOutcome
 from agents.delivery.hold import Holds
+from channels.base import Outcome
 from models.messages import ReachMessage
 from models.policies import Policies
 from models.preferences import Choices, allows
 
 REASON = "opted_out"
 DETAIL = "the user opted out of this channel or category"
+
+
+def provider_opt_outs(pairs: Sequence[tuple[ReachMessage, Outcome]], codes: frozenset[str]) -> list[str]:
+    """The users whose send was refused because they opted out with the provider (STOP)."""
+    return [message.user_id for message, outcome in pairs if codes and outcome.code in codes]
 
 
 class ChoicesReader(Protocol):

@@ -56,3 +56,13 @@ def test_mistakes_are_refused_with_the_file_and_reason(tmp_path: Path, body: str
 
 def test_no_file_means_no_policy() -> None:
     assert load_policies(None, CATEGORIES).of("marketing").caps == ()
+
+
+def test_the_default_category_must_be_one_of_the_categories() -> None:
+    from pydantic import ValidationError
+
+    from reach.settings import Settings
+
+    assert Settings(categories="a, b", default_category="b").category_names == ("a", "b")
+    with pytest.raises(ValidationError, match="REACH_DEFAULT_CATEGORY 'c'"):
+        Settings(categories="a,b", default_category="c")
