@@ -60,9 +60,9 @@ def create_app(
     app.include_router(events.router(settings, metrics))
     app.include_router(inbox.router(clock))
     app.include_router(popups.router(clock))
-    app.include_router(preferences.router(settings, clock))
     app.include_router(receipts.router(receipt_service, clock, metrics))
     app.include_router(health.router())
+    app.include_router(preferences.router(settings, clock))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -22,8 +22,7 @@ from models.storage import ProfileStore, ResultStore, create_pool
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
-from rules.loader import RuleLimits
-from rules.model import Categories
+from rules.loader import Categories, RuleLimits
 from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")

@@ -32,17 +32,16 @@ from rules.dedup import DEFAULT_DEDUP_KEY, parse_dedup_key
 from rules.engine import check_capacity, probe_condition
 from rules.errors import ExpressionError, RuleFileError, RuleSetError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
-from rules.model import DEFAULT_PRIORITY, Categories, ChannelRule, RuleBook, Template, TriggerRule
+from rules.model import DEFAULT_PRIORITY, ChannelRule, RuleBook, Template, TriggerRule
 from rules.templating import compile_source
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
 
-__all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
+__all__ = ["RULE_FILE_SUFFIXES", "Categories", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 CHANNEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 SECTIONS = ("triggers", "channel_rules", "templates")
-DEFAULT_CATEGORIES = Categories()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +56,18 @@ class RuleLimits:
 
     FILE_SETTING = "REACH_RULES_MAX_FILE_BYTES"
     TOTAL_SETTING = "REACH_RULES_MAX_TOTAL_BYTES"
+
+
+@dataclasses.dataclass(frozen=True)
+class Categories:
+    """The message categories a rule may name (``Settings.categories``), and the one a
+    rule without ``category`` gets (``Settings.default_category``)."""
+
+    names: tuple[str, ...] = ("transactional", "marketing", "notification")
+    default: str = "notification"
+
+
+DEFAULT_CATEGORIES = Categories()
 
 
 @dataclasses.dataclass(frozen=True)

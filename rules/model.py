@@ -23,16 +23,6 @@ from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, compile_expression
 from rules.templating import compile_source, render_field
 
 DEFAULT_PRIORITY = 5  # 0 is the lowest priority, 9 the highest
-DEFAULT_CATEGORIES = ("transactional", "marketing", "notification")
-
-
-@dataclasses.dataclass(frozen=True)
-class Categories:
-    """The message categories a rule may name (``Settings.categories``), and the one a
-    rule without ``category`` gets (``Settings.default_category``)."""
-
-    names: tuple[str, ...] = DEFAULT_CATEGORIES
-    default: str = "notification"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,7 @@ import structlog
 
 from rules.engine import RuleEngine
 from rules.errors import RuleFileError, RuleSetError
-from rules.loader import RuleLimits, load_rulebook, rule_files
-from rules.model import Categories
+from rules.loader import Categories, RuleLimits, load_rulebook, rule_files
 
 DirectoryFingerprint = tuple[tuple[str, int, int], ...] | str
 

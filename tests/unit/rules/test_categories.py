@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from rules.errors import RuleSetError
-from rules.loader import load_rulebook
-from rules.model import Categories
+from rules.loader import Categories, load_rulebook
 from tests.unit.rules.conftest import write
 
 RULES = """
