@@ -52,7 +52,6 @@ from channels.base import Delivery, Outcome, OutcomeKind, Provider, no_start_hoo
 from channels.config import ChannelConfig
 from models.messages import ReachMessage
 from models.outbox import unpack
-from models.unsubscribe import TokenSigner
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.channel")
@@ -84,7 +83,7 @@ class ChannelSender:
         stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred, rt.preferences)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
         self.configs = {p.name: p for p in channel.providers}
-        self.policy = PolicyStep(channel.name, policy_resources(runtime), rt.metrics)
+        self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -167,15 +166,6 @@ class ChannelSender:
         """The providers' ``started`` hook: mark messages as being sent, just before their request."""
         ids = [d.message.message_id for d in deliveries]
         await run_step(f"channel.{self.channel.name}.claim", functools.partial(self.sent.claim, ids))
-
-
-def policy_resources(rt: Runtime) -> PolicyResources:
-    s = rt.settings
-    assert rt.preferences is not None and rt.caps is not None
-    signer = TokenSigner.from_settings(s)
-    return PolicyResources(
-        rt.policies, rt.preferences, rt.caps, signer, s.public_url, s.default_timezone, s.category_names
-    )
 
 
 INTERRUPTED = Outcome.unknown("interrupted", "the worker stopped while sending it; not sent again")

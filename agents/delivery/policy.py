@@ -25,6 +25,7 @@ from models.messages import ReachMessage
 from models.policies import Policies
 from models.unsubscribe import TokenSigner
 from reach.metrics import WorkerMetrics
+from reach.runtime import Runtime
 
 UNSUBSCRIBE_PATH = "/v1/unsubscribe/"
 
@@ -40,6 +41,15 @@ class PolicyResources:
     public_url: str
     default_zone: str
     categories: tuple[str, ...]
+
+    @classmethod
+    def of(cls, rt: Runtime) -> PolicyResources:
+        """The runtime's, once its resources are open (``Runtime.start``)."""
+        s = rt.settings
+        assert rt.preferences is not None and rt.caps is not None
+        signer = TokenSigner.from_settings(s)
+        zone, categories = s.default_timezone, s.category_names
+        return cls(rt.policies, rt.preferences, rt.caps, signer, s.public_url, zone, categories)
 
 
 def unsubscribe_url(signer: TokenSigner, base: str, message: ReachMessage, now: int) -> str:
