@@ -38,7 +38,9 @@ from agents.cancels import CancelGate
 from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
+from agents.delivery.optout import provider_opt_outs
 from agents.delivery.persist import Persister, Stores
+from agents.delivery.policy import PolicyResources, PolicyStep
 from agents.delivery.record import Recorder
 from agents.delivery.route import Router
 from agents.delivery.throttle import Throttle
@@ -79,10 +81,11 @@ class ChannelSender:
         self.recorder = Recorder(
             channel.name, s, rt.metrics, self.router.alternative, self.router.paused, limit
         )
-        stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred)
+        stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred, rt.preferences)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
         self.cancels = CancelGate(runtime, channel.name)
         self.configs = {p.name: p for p in channel.providers}
+        self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -92,6 +95,7 @@ class ChannelSender:
         fresh = await self._not_yet_sent(pending, now, batch)
         fresh = await self.rt.taskgate.screen(fresh, now, batch)
         fresh = await self.cancels.keep_live(fresh, now, batch)
+        fresh = await self.policy.screen(fresh, now, batch)
         try:
             for provider_name, group in self.router.route(fresh, now, batch).items():
                 await self._send_group(provider_name, group, batch)
@@ -148,6 +152,7 @@ class ChannelSender:
                 if record is not None:
                     batch.dead_addresses.append(record)
             self.recorder.record(message, outcome, now, done, batch)
+        batch.opted_out += provider_opt_outs(pairs, provider.opt_out_codes)
 
     async def _provider_send(self, name: str, provider: Provider, ready: list[Delivery]) -> list[Outcome]:
         """Send step: the provider's requests, each claimed just before it starts when the

@@ -48,10 +48,11 @@ def plan_event(
     unroutable: Callable[[str, str], None] | None = None,
     ingested_ms: int = 0,
     unmatched: Callable[[], None] | None = None,
+    default_timezone: str = "UTC",
 ) -> list[ReachMessage]:
     """The messages of :func:`plan_event_fully`."""
     return plan_event_fully(
-        event, profile, engine, choosers, now_ms, unroutable, ingested_ms, unmatched
+        event, profile, engine, choosers, now_ms, unroutable, ingested_ms, unmatched, default_timezone
     ).messages
 
 
@@ -64,6 +65,7 @@ def plan_event_fully(
     unroutable: Callable[[str, str], None] | None = None,
     ingested_ms: int = 0,
     unmatched: Callable[[], None] | None = None,
+    default_timezone: str = "UTC",
 ) -> EventPlan:
     """The messages an event causes, one per matching trigger and selected channel, and
     the triggers it cancels. A trigger with a ``delay`` makes messages due that long
@@ -77,6 +79,7 @@ def plan_event_fully(
     """
     fact = trigger_fact(event, profile)
     contact = dict(profile.contact) if profile else {}
+    timezone = (profile.timezone if profile else "") or default_timezone
     reachable = reachable_channels(choosers, contact)
     matches = engine.match_event(fact)
     messages = []
@@ -119,6 +122,8 @@ def plan_event_fully(
                     not_before=due,
                     due_ts=due,
                     cancellable=rule.cancel_condition is not None,
+                    category=rule.category,
+                    timezone=timezone,
                 )
             )
     return EventPlan(messages, [rule.id for rule in matches.cancels])

@@ -145,6 +145,8 @@ def _message(
         created_ts=now_ms,
         variables=context,
         contact=contact_of(recipient),
+        category=plan.spec.category,
+        timezone=recipient.timezone,
     )
 
 
@@ -185,6 +187,7 @@ class PageEncoder:
             "platform": "",
             "attempt": 1,
             "not_before": 0,
+            "category": self.plan.spec.category,
         }
         return {name: orjson.dumps({**shared, "channel": name})[:-1] + b"," for name in self.choosers}
 
@@ -216,6 +219,7 @@ class PageEncoder:
                 "user_id": recipient.user_id,
                 "provider": provider,
                 "event_ts": due_at_for(self.plan, recipient),
+                "timezone": recipient.timezone,
                 "contact": contact,
                 "variables": {
                     **self.shared_context,

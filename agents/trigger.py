@@ -114,8 +114,9 @@ class TriggerStep:
         ingested = ingested_ms(record, now)
         self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
         profile = self._profile(parsed.user_id)
+        zone = self.rt.settings.default_timezone
         plan = plan_event_fully(
-            parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched
+            parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched, zone
         )
         encoded = [(m, m.to_bytes()) for m in plan.messages]
         for message, value in encoded:

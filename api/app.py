@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, receipts, tasks
+from api import events, health, inbox, popups, preferences, receipts, tasks
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
@@ -28,6 +29,7 @@ from api.receipts import ReceiptService
 from api.resources import Resources
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from models.popups import PopupStore
+from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
 from models.taskruns import AudienceLists
 from models.taskstore import TaskStore
@@ -68,6 +70,9 @@ def create_app(
     app.include_router(receipts.router(receipt_service, clock, metrics))
     app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
+    app.include_router(
+        preferences.router(settings, clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -87,8 +92,14 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
         stack.push_async_callback(producer.stop)
         await receipt_service.open(pool)
         stack.push_async_callback(receipt_service.close)
+        redis = open_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        prefs = Preferences(
+            PreferenceStore(pool),
+            PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
+        )
         app.state.resources = Resources(
-            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool)
+            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs
         )
         yield
 
@@ -136,6 +147,13 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         )
     log.exception("api.unexpected_error", path=request.url.path)
     return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+
+def open_redis(settings: Settings) -> Any:
+    """The preferences' Redis copy (written through on every change)."""
+    return aioredis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
+    )
 
 
 async def close_pool(pool: Any) -> None:

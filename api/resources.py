@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from api.event_producer import EventProducer
 from models.popups import PopupStore
+from models.preferences import Preferences
 from models.storage import InboxStore
 from models.taskruns import AudienceLists
 from models.taskstore import TaskStore
@@ -29,6 +30,7 @@ class Resources:
     producer: EventProducer
     tasks: TaskStore
     lists: AudienceLists
+    preferences: Preferences
 
 
 async def resources(request: Request) -> Resources:
@@ -57,9 +59,14 @@ async def audience_lists(request: Request) -> AudienceLists:
     return (await resources(request)).lists
 
 
+async def preferences_service(request: Request) -> Preferences:
+    return (await resources(request)).preferences
+
+
 AppResources = Annotated[Resources, Depends(resources)]
 Inbox = Annotated[InboxStore, Depends(inbox_store)]
 Popups = Annotated[PopupStore, Depends(popup_store)]
 Producer = Annotated[EventProducer, Depends(event_producer)]
 Tasks = Annotated[TaskStore, Depends(task_store)]
 Lists = Annotated[AudienceLists, Depends(audience_lists)]
+Prefs = Annotated[Preferences, Depends(preferences_service)]

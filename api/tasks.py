@@ -89,7 +89,7 @@ def checks_from(settings: Settings) -> TaskChecks:
     except RuleSetError as exc:
         log.warning("tasks.rules_unavailable", error=str(exc)[:300])
         templates = {}
-    return TaskChecks(channels, templates, settings.categories)
+    return TaskChecks(channels, templates, settings.category_names)
 
 
 def channel_names(path: pathlib.Path) -> list[str]:

@@ -132,6 +132,9 @@ class Provider(abc.ABC):
     #: the channel's default ``max_content_bytes`` (rendered title + text + html, UTF-8) is
     #: the smallest of its providers' values; the channels file may set another
     max_content_bytes: ClassVar[int] = 256 * 1024
+    #: error codes that mean the recipient opted out of this channel with the provider
+    #: (Twilio's 21610: they texted STOP): reach records the opt-out in their preferences
+    opt_out_codes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config

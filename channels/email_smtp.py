@@ -438,7 +438,10 @@ def build_email(delivery: Delivery, address: str, options: SmtpOptions) -> Email
     message["X-Reach-Message-Id"] = reach_id
     if options.reply_to:
         message["Reply-To"] = options.reply_to
-    if options.unsubscribe_url:
+    link = delivery.message.variables.get("unsubscribe_url")
+    if isinstance(link, str) and link:  # reach's own signed one-click link (agents/delivery/policy.py)
+        _set_unsubscribe(message, link)
+    elif options.unsubscribe_url:
         _add_unsubscribe(message, options.unsubscribe_url, delivery)
     message.set_content(delivery.content.text)
     if delivery.content.html:
@@ -452,6 +455,10 @@ def _add_unsubscribe(message: EmailMessage, template: str, delivery: Delivery) -
         message_id=quote(delivery.message.message_id, safe=""),
         user_id=quote(delivery.message.user_id, safe=""),
     )
+    _set_unsubscribe(message, url)
+
+
+def _set_unsubscribe(message: EmailMessage, url: str) -> None:
     message["List-Unsubscribe"] = f"<{url}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
 

@@ -127,6 +127,7 @@ class TwilioSmsProvider(HttpProvider[TwilioOptions]):
     option_keys: ClassVar[frozenset[str]] = _OPTION_KEYS
     secret_options: ClassVar[frozenset[str]] = frozenset({"auth_token", "api_key_secret"})
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
+    opt_out_codes: ClassVar[frozenset[str]] = frozenset({"21610"})  # the recipient texted STOP
     max_content_bytes: ClassVar[int] = 2048  # Twilio refuses bodies over 1,600 characters
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:

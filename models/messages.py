@@ -51,6 +51,8 @@ class ReachMessage:
     # Unlike not_before it never moves, so lateness and end-to-end latency count from it.
     due_ts: int = 0
     cancellable: bool = False  # its rule has a `cancel_if`: checked at send time (agents/cancels.py)
+    category: str = ""  # the rule's (or task's) category: what policies apply (agents/delivery/policy.py)
+    timezone: str = ""  # the user's zone at planning time (profile, else REACH_DEFAULT_TIMEZONE)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
@@ -78,7 +80,7 @@ class ReachMessage:
 
 _TEXT_FIELDS = (
     "message_id", "user_id", "rule_id", "template", "channel", "provider",
-    "event_id", "event_name", "platform",
+    "event_id", "event_name", "platform", "category", "timezone",
 )  # fmt: skip
 _INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before", "ingested_ts", "due_ts")
 

@@ -222,4 +222,19 @@ CREATE TABLE IF NOT EXISTS audience_members (
   list_id  CHAR(16)      NOT NULL,
   user_id  VARCHAR(128)  NOT NULL,
   PRIMARY KEY (list_id, user_id)
-)
+);
+
+-- What each user accepts, per channel and category ('*' = every channel / every
+-- category; the most specific row wins, no row = allowed). Written by
+-- PUT /v1/users/{user_id}/preferences, the one-click unsubscribe and opt-out
+-- signals (source says which); read by the channel agents through the Redis copy
+-- (models/preferences.py), never per message.
+CREATE TABLE IF NOT EXISTS user_preferences (
+  user_id     VARCHAR(128) NOT NULL,
+  channel     VARCHAR(32)  NOT NULL,
+  category    VARCHAR(32)  NOT NULL,
+  allowed     TINYINT      NOT NULL,
+  source      VARCHAR(16)  NOT NULL,
+  updated_at  BIGINT       NOT NULL,
+  PRIMARY KEY (user_id, channel, category)
+);

@@ -10,7 +10,7 @@ A task body::
 
     name: spring-sale                      # required, 1-128 characters
     comment: VIPs get the sale a day early
-    category: marketing                    # one of REACH_TASK_CATEGORIES
+    category: marketing                    # one of REACH_CATEGORIES
     audience:                              # at least one of segments, lists, filter
       segments: [vip]
       lists: [3f1c9a0b7d2e4c51]            # ids returned by POST /v1/audiences

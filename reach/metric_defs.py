@@ -100,6 +100,15 @@ METRICS: tuple[MetricDef, ...] = (
         "reach_cancels_recorded",
         "Waiting delayed messages marked cancelled by a later event matching cancel_if",
     ),
+    # -- worker: send-time policies (agents/delivery/policy.py)
+    _c(
+        "reach_messages_held",
+        "Messages a send-time policy suppressed or deferred, by reason",
+        "reason",
+        "action",
+        "channel",
+        "category",
+    ),
     # -- worker: reach tasks. No task number or user id is a label: per-task figures are the API's.
     _g("reach_tasks", "Reach tasks by status and schedule kind", "status", "schedule"),
     _c("reach_task_runs", "Task runs started, by schedule kind", "schedule"),

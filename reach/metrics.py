@@ -107,6 +107,9 @@ class WorkerMetrics:
         self.circuit_state = build(registry, "reach_provider_circuit_state")
         self.messages_throttled = build(registry, "reach_messages_throttled")
         self.messages_deduplicated = build(registry, "reach_messages_deduplicated")
+        # reason: opted_out, frequency_cap, quiet_hours; action: suppressed (a final result
+        # row) or deferred (back on the deferred queue); category "other" when not configured.
+        self.messages_held = build(registry, "reach_messages_held")
         self.send_latency = build(registry, "reach_send_batch_seconds")
         self.end_to_end_latency = build(registry, "reach_end_to_end_seconds")
         self.deferred_pending = build(registry, "reach_deferred_pending")

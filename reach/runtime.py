@@ -16,13 +16,16 @@ from channels.registry import provider_class
 from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
 from models.cancel_markers import CANCEL_GRACE_MS, CancelMarkers
+from models.cap_counts import CapCounts
+from models.policies import Policies, load_policies
+from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from models.taskstore import TaskStore
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
-from rules.loader import RuleLimits
+from rules.loader import Categories, RuleLimits
 from rules.reloader import RuleReloader
 
 log = structlog.get_logger("reach.runtime")
@@ -38,6 +41,7 @@ class Runtime:
     clock: Clock = dataclasses.field(default_factory=SystemClock)
     choosers: dict[str, WeightedChooser] = dataclasses.field(default_factory=dict)
     taskgate: TaskGate = dataclasses.field(default_factory=TaskGate)  # opened by start()
+    policies: Policies = dataclasses.field(default_factory=Policies)
     # Opened by start():
     mysql_pool: Any = None
     redis: Any = None
@@ -49,6 +53,8 @@ class Runtime:
     deferred: DeferredQueue | None = None
     dead_addresses: DeadAddressStore | None = None
     cancel_markers: CancelMarkers | None = None
+    preferences: Preferences | None = None
+    caps: CapCounts | None = None
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
@@ -64,11 +70,13 @@ class Runtime:
                 settings.rules_max_total_bytes,
                 settings.rules_max_delay * 1000,
             ),
+            categories=Categories(settings.category_names, settings.default_category),
         )
         metrics.start_series({name: [p.name for p in c.providers] for name, c in channels.channels.items()})
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)
+        runtime.policies = load_policies(settings.policies_file, settings.category_names)
         return runtime
 
     async def start(self) -> None:
@@ -92,6 +100,9 @@ class Runtime:
         # A cancelled marker must outlive the longest delay plus the grace after it.
         cancelled_ttl_ms = s.rules_max_delay * 1000 + CANCEL_GRACE_MS
         self.cancel_markers = CancelMarkers(self.redis, s.redis_prefix, cancelled_ttl_ms)
+        cache = PreferenceCache(self.redis, s.redis_prefix, s.preferences_cache_ttl)
+        self.preferences = Preferences(PreferenceStore(self.mysql_pool), cache)
+        self.caps = CapCounts(self.redis, s.redis_prefix)
         await self._start_providers()
 
     async def _start_providers(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,12 +75,22 @@ class Settings(BaseSettings):
     task_lease_seconds: float = Field(15.0, gt=0)  # a crashed worker's run is taken over after this
     task_pause_recheck_ms: int = Field(2000, ge=100)  # a paused task's message is checked again after this
     task_default_zone: str = "UTC"  # local-time tasks: the zone of a profile without a valid timezone
-    task_categories: str = "transactional,marketing,notification"  # comma-separated
 
     # Lag exporter (reach exporter): the consumer group's lag read from the broker
     exporter_host: str = "127.0.0.1"
     exporter_port: int = 9465
     exporter_kafka_timeout: float = Field(5.0, gt=0)  # seconds one scrape waits for the broker
+    # Policies (agents/delivery/policy.py, README "Policies")
+    categories: str = "transactional,marketing,notification"  # comma-separated; rules and tasks pick one
+    default_category: str = "notification"  # of a trigger rule without 'category'
+    default_timezone: str = "UTC"  # caps' calendar days and quiet hours for a profile without a zone
+    policies_file: Path | None = None  # e.g. deploy/config/policies.yaml; unset: no caps, no quiet hours
+    preferences_cache_ttl: int = Field(24 * 3600, ge=60)  # seconds a user's preferences stay in Redis
+    # Unsubscribe links: the base URL users reach the API at, and the HMAC keys that sign
+    # the tokens (comma-separated, newest first: the newest signs, every one verifies).
+    public_url: str = "http://127.0.0.1:8080"
+    unsubscribe_keys: SecretStr = SecretStr("change-me")
+    unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
 
     # HTTP API
     api_host: str = "127.0.0.1"
@@ -93,9 +103,17 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     @property
-    def categories(self) -> tuple[str, ...]:
-        """The task categories an operator may choose from (``task_categories``)."""
-        return tuple(c.strip() for c in self.task_categories.split(",") if c.strip())
+    def category_names(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.categories.split(",") if c.strip())
+
+    @model_validator(mode="after")
+    def _default_category_known(self) -> Settings:
+        if self.default_category not in self.category_names:
+            raise ValueError(
+                f"REACH_DEFAULT_CATEGORY {self.default_category!r} is not one of REACH_CATEGORIES"
+                f" ({self.categories})"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

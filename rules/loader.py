@@ -38,7 +38,7 @@ from rules.templating import compile_source
 from rules.versions import version_key
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
 
-__all__ = ["RULE_FILE_SUFFIXES", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
+__all__ = ["RULE_FILE_SUFFIXES", "Categories", "RuleBook", "RuleLimits", "load_rulebook", "rule_files"]
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -65,6 +65,18 @@ class RuleLimits:
 
 
 @dataclasses.dataclass(frozen=True)
+class Categories:
+    """The message categories a rule may name (``Settings.categories``), and the one a
+    rule without ``category`` gets (``Settings.default_category``)."""
+
+    names: tuple[str, ...] = ("transactional", "marketing", "notification")
+    default: str = "notification"
+
+
+DEFAULT_CATEGORIES = Categories()
+
+
+@dataclasses.dataclass(frozen=True)
 class _Keys:
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
@@ -72,7 +84,8 @@ class _Keys:
 
 TOP_LEVEL_KEYS = _Keys((), SECTIONS)
 TRIGGER_KEYS = _Keys(
-    ("id", "when", "template", "channels"), ("priority", "dedup_key", "delay", "cancel_if", "description")
+    ("id", "when", "template", "channels"),
+    ("priority", "dedup_key", "delay", "cancel_if", "category", "description"),
 )
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
 TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback"))
@@ -100,16 +113,18 @@ def load_rulebook(
     directory: str | Path,
     known_channels: Collection[str] | None = None,
     limits: RuleLimits = RuleLimits(),
+    categories: Categories = DEFAULT_CATEGORIES,
 ) -> RuleBook:
     """Load every rule file of ``directory`` (or one file) into a :class:`RuleBook`.
 
     ``known_channels``: when given, channel names outside it are refused.
     ``limits``: files over them are refused before being read.
+    ``categories``: the categories a trigger may name, and the default for one that names none.
     Raises :class:`RuleSetError` listing every problem found.
     """
     problems = _Problems()
     files = _sized_files(_list_files(Path(directory), problems), Path(directory), limits, problems)
-    contents = [_parse_file(path, problems, known_channels, limits) for path in files]
+    contents = [_parse_file(path, problems, known_channels, limits, categories) for path in files]
     triggers = [entry for content in contents for entry in content.triggers]
     channel_rules = [entry for content in contents for entry in content.channel_rules]
     templates = [entry for content in contents for entry in content.templates]
@@ -175,6 +190,7 @@ class _Context:
     problems: _Problems
     known_channels: Collection[str] | None
     max_delay_ms: int = RuleLimits.max_delay_ms
+    categories: Categories = DEFAULT_CATEGORIES
     template_refs: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
     def error(self, line: int | None, reason: str) -> None:
@@ -258,9 +274,13 @@ def _fingerprint(contents: Iterable[_FileContent]) -> str:
 
 
 def _parse_file(
-    path: Path, problems: _Problems, known_channels: Collection[str] | None, limits: RuleLimits
+    path: Path,
+    problems: _Problems,
+    known_channels: Collection[str] | None,
+    limits: RuleLimits,
+    categories: Categories = DEFAULT_CATEGORIES,
 ) -> _FileContent:
-    ctx = _Context(str(path), problems, known_channels, limits.max_delay_ms)
+    ctx = _Context(str(path), problems, known_channels, limits.max_delay_ms, categories)
     content = _FileContent(str(path))
     try:
         raw = _read_bounded(path, limits.max_file_bytes)
@@ -326,11 +346,14 @@ def _parse_trigger(ctx: _Context, item: LocatedMap) -> _Entry | None:
     dedup_key = _dedup_key(ctx, item)
     delay_ms = _delay(ctx, item)
     cancel_if = _cancel_if(ctx, item)
+    category = _category(ctx, item)
     _text(ctx, item, "description", required=False)
     if ctx.count > before:
         return None
     source = f"{ctx.path}:{item.line}"
-    rule = TriggerRule(rule_id, when, template, channels, priority, dedup_key, source, delay_ms, cancel_if)
+    rule = TriggerRule(
+        rule_id, when, template, channels, priority, dedup_key, source, delay_ms, cancel_if, category
+    )
     return _Entry(rule, ctx.path, item.line)
 
 
@@ -517,6 +540,14 @@ def _priority(ctx: _Context, item: LocatedMap) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
         ctx.error(item.line_of("priority"), f"'priority' must be an integer from 0 to 9, got {value!r}")
         return DEFAULT_PRIORITY
+    return value
+
+
+def _category(ctx: _Context, item: LocatedMap) -> str:
+    known = ctx.categories
+    value = _text(ctx, item, "category", default=known.default)
+    if value and value not in known.names:
+        ctx.error(item.line_of("category"), f"unknown category {value!r} (known: {', '.join(known.names)})")
     return value
 
 

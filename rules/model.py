@@ -46,6 +46,7 @@ class TriggerRule:
     source: str = "<memory>"
     delay_ms: int = 0
     cancel_if: str = ""
+    category: str = "notification"  # what policies (caps, quiet hours, opt-outs) apply to it
     condition: Condition = dataclasses.field(init=False, repr=False, compare=False)
     dedup: DedupKey = dataclasses.field(init=False, repr=False, compare=False)
     cancel_condition: Condition | None = dataclasses.field(init=False, repr=False, compare=False)

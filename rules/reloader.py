@@ -26,7 +26,7 @@ import structlog
 
 from rules.engine import RuleEngine
 from rules.errors import RuleFileError, RuleSetError
-from rules.loader import RuleLimits, load_rulebook, rule_files
+from rules.loader import Categories, RuleLimits, load_rulebook, rule_files
 
 DirectoryFingerprint = tuple[tuple[str, int, int], ...] | str
 
@@ -57,8 +57,10 @@ class RuleReloader:
         on_error: Callable[[RuleSetError], None] | None = None,
         log: Any = None,
         limits: RuleLimits | None = None,
+        categories: Categories | None = None,
     ) -> None:
         self.directory = str(directory)
+        self.categories = categories if categories is not None else Categories()
         self.known_channels = known_channels
         self.limits = limits if limits is not None else RuleLimits()
         self._on_error = on_error
@@ -118,7 +120,9 @@ class RuleReloader:
         return fingerprint
 
     def _build(self) -> RuleEngine:
-        return RuleEngine.build(load_rulebook(self.directory, self.known_channels, self.limits))
+        return RuleEngine.build(
+            load_rulebook(self.directory, self.known_channels, self.limits, self.categories)
+        )
 
     def _swap(self, engine: RuleEngine, fingerprint: DirectoryFingerprint, event: str) -> None:
         self.current = engine

@@ -31,6 +31,7 @@ SAMPLE_CONTEXT: Mapping[str, Any] = MappingProxyType(
         "user_id": "u-sample-1",
         "event": "order_paid",
         "event_id": "e-sample-1",
+        "unsubscribe_url": "https://reach.example/v1/unsubscribe/sample",  # added at send time
         "properties": {
             "first_name": "Ada",
             "last_name": "Lovelace",

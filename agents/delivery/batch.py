@@ -27,6 +27,7 @@ class BatchOutcome:
         self.handled: set[str] = set()  # decided in this batch; a repeated send step skips them
         self.dead_letters: list[Record] = []
         self.dead_addresses: list[DeadAddress] = []
+        self.opted_out: list[str] = []  # users a provider said opted out of the channel
 
     def defer(self, when_ms: int, payload: bytes, message_id: str) -> None:
         """Put a message back on the deferred queue until ``when_ms``; it is decided for this batch."""

@@ -18,6 +18,7 @@ from agents.records import dumps_within
 from models.addresses import DeadAddressStore
 from models.messages import DeliveryResult
 from models.outbox import pack
+from models.preferences import Preferences
 from models.redis_state import DeferredQueue, SentMarkers
 from models.storage import ResultStore
 from reach.clock import Clock
@@ -35,6 +36,7 @@ class Stores:
     results: ResultStore
     dead_addresses: DeadAddressStore
     deferred: DeferredQueue
+    preferences: Preferences | None = None  # where a provider's opt-out signal is recorded
 
 
 class Persister:
@@ -63,6 +65,8 @@ class Persister:
         await s.sent.release(batch.released_ids)
         results, refused = await self.store_results(batch.results)
         await s.dead_addresses.record(batch.dead_addresses, self.clock.now_ms())
+        if batch.opted_out and s.preferences is not None:
+            await s.preferences.opt_out(batch.opted_out, self.channel, "provider", self.clock.now_ms())
         frames = result_frames(results, settings.outbox_frame_messages, self.record_limit)
         await self.produce(settings.results_topic, frames)
         await self.produce(settings.delivery_dead_letter_topic, batch.dead_letters + refused)

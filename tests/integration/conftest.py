@@ -107,7 +107,7 @@ def start_pipeline(
     tmp: Path, smtp: SmtpTestServer, settings_overrides: Mapping[str, Any] | None = None, **channel_args: str
 ) -> Pipeline:
     yaml = channels_yaml(smtp.port, **channel_args)
-    settings = make_settings(tmp, unique_run_id(), yaml, **(settings_overrides or {}))
+    settings = make_settings(tmp, unique_run_id(), yaml, **dict(settings_overrides or {}))
     for rule_file in TEST_RULES.glob("*.yaml"):
         shutil.copy(rule_file, settings.rules_dir / rule_file.name)
     asyncio.run(migrate(settings))

@@ -38,6 +38,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """REACH_* variables that rebuild ``settings`` in a subprocess."""
     env = {}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset: the subprocess keeps the default
+            continue
         secret = getattr(value, "get_secret_value", None)
         env[f"REACH_{name.upper()}"] = str(secret() if secret else value)
     return env

@@ -93,7 +93,7 @@ class RunnerRig:
             self.clock.now_ms(),
             list(self.runtime.channels.channels),
             self.runtime.rules.current.rulebook.templates,
-            self.settings.categories,
+            self.settings.category_names,
         )
         return validate_task(body, context)
 

@@ -395,3 +395,30 @@ def test_a_send_interrupted_by_a_crash_is_recorded_unknown_not_repeated(pp: Prov
     assert rows == [("unknown", "interrupted")]
     assert sum(len(s.sent) for s in (pp.servers.aliyun, pp.servers.tencent, pp.servers.twilio)) == sent_before
     assert client.get(f"{pp.settings.redis_prefix}sent:{message_id}") == b"1"
+
+
+def test_twilio_21610_records_an_sms_opt_out_and_the_next_sms_is_suppressed(pp: ProviderPipeline) -> None:
+    """Twilio answers 21610 for a number that texted STOP: reach records the user's opt-out
+    of SMS, so their next SMS goes through no provider at all."""
+    users = {f"stop-user-{n}": {"phone": f"+1555010{n:04d}"} for n in range(20)}
+    for contact in users.values():
+        pp.servers.twilio.fail_number(contact["phone"], 21610)
+    add_profiles(pp, users)
+    first = [event(f"stop-a-{n}", user, "t_sms", n=n) for n, user in enumerate(users)]
+    produce_json(pp.settings, pp.settings.events_topic, first)
+    rows = lambda: pp.db.query(  # noqa: E731
+        "SELECT user_id, status, error_code FROM delivery_results WHERE user_id LIKE 'stop-user-%%'"
+    )
+    wait_until(lambda: len(rows()) == len(users), 60, "the first SMS of every user")
+    stopped = {user for user, _, code in rows() if code == "21610"}
+    assert stopped, "the weighted draw sent no message through Twilio"  # (2/3)^20 of runs
+    opted = lambda: pp.db.query(  # noqa: E731
+        "SELECT user_id, channel, category, allowed, source FROM user_preferences"
+        " WHERE user_id LIKE 'stop-user-%%'"
+    )
+    assert sorted(opted()) == sorted((u, "sms", "*", 0, "provider") for u in stopped)
+    second = [event(f"stop-b-{n}", user, "t_sms", n=n) for n, user in enumerate(users)]
+    produce_json(pp.settings, pp.settings.events_topic, second)
+    wait_until(lambda: len(rows()) == 2 * len(users), 60, "the second SMS of every user")
+    suppressed = {user for user, status, code in rows() if (status, code) == ("suppressed", "opted_out")}
+    assert suppressed == stopped

@@ -120,3 +120,12 @@ def test_deliveries_for_fails_only_the_messages_over_the_limit(engine: RuleEngin
     assert [(m.message_id, o.code) for m, o in failed] == [(long.message_id, "content_too_large")]
     ready, failed = deliveries_for([short, long], templates, max_content_bytes=10_000)
     assert (len(ready), failed) == (2, [])
+
+
+def test_messages_carry_the_rule_category_and_the_users_zone(engine: RuleEngine) -> None:
+    zoned = UserProfile("u-1", contact={"phone": "+1"}, timezone="Asia/Tokyo")
+    unzoned = UserProfile("u-1", contact={"phone": "+1"})
+    [first, *_] = plan_event(shipped(1), zoned, engine, choosers(), 1000, default_timezone="Europe/Paris")
+    [second, *_] = plan_event(shipped(1), unzoned, engine, choosers(), 1000, default_timezone="Europe/Paris")
+    assert (first.category, first.timezone) == ("notification", "Asia/Tokyo")
+    assert second.timezone == "Europe/Paris"

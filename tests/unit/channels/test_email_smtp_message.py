@@ -118,6 +118,16 @@ def test_message_headers() -> None:
     assert message["Date"]
 
 
+def test_reachs_own_signed_link_wins_over_the_configured_one() -> None:
+    link = "https://reach.example/v1/unsubscribe/tok.en"
+    options = parse(unsubscribe_url="https://example.com/u/{message_id}")
+    message = build_email(delivery(1, variables={"unsubscribe_url": link}), "a@example.org", options)
+    assert message["List-Unsubscribe"] == f"<{link}>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    bare = build_email(delivery(1, variables={"unsubscribe_url": link}), "a@example.org", parse())
+    assert bare["List-Unsubscribe"] == f"<{link}>"
+
+
 def test_message_id_is_deterministic() -> None:
     options = parse()
     first = build_email(delivery(1), "a@example.org", options)

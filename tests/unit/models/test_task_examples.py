@@ -27,4 +27,4 @@ def test_example_task_files_validate(path: Path) -> None:
     if "list_file" in audience:  # the CLI uploads it and puts the list id here
         assert (path.parent / audience.pop("list_file")).exists()
         audience["lists"] = ["0123456789abcdef"]
-    validate_task(body, ValidationContext(NOW, channels, templates, settings.categories))
+    validate_task(body, ValidationContext(NOW, channels, templates, settings.category_names))
