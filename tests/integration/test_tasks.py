@@ -4,6 +4,9 @@ to the inbox channel, the task gate stops a cancelled task's messages at send ti
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,9 +15,10 @@ import httpx
 import orjson
 import pytest
 
+from reach.settings import REPO_ROOT
 from tests.integration.api_process import ApiProcess
 from tests.integration.conftest import Api, Pipeline, start_pipeline, stop_pipeline
-from tests.integration.harness import produce_json, wait_until
+from tests.integration.harness import produce_json, settings_env, wait_until
 from tests.support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
@@ -152,6 +156,20 @@ def test_an_uploaded_audience_is_stored_and_a_bad_one_leaves_nothing(pipeline: P
     assert pipeline.db.query("SELECT COUNT(*) FROM audience_members WHERE user_id = 'ok-1'") == [(0,)]
 
 
+class OneProcessApi(ApiProcess):
+    """``reach api --workers 1``: no uvicorn supervisor, whose health pings kill a child that
+    is slow to start on a loaded machine (seen here at load 20+)."""
+
+    def start(self) -> OneProcessApi:
+        env = {**os.environ, **settings_env(self.settings)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reach.cli", "api", "--workers", "1"],
+                env=env, stdout=log, stderr=log, cwd=REPO_ROOT,
+            )  # fmt: skip
+        return self
+
+
 @pytest.fixture(scope="module")
 def own(
     tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServer
@@ -162,7 +180,7 @@ def own(
     tmp = tmp_path_factory.mktemp("tasks")
     overrides = {"task_page_size": 50, "task_lease_seconds": 2.0}
     p = start_pipeline(tmp, smtp_server, overrides, inbox_limit="limit_per_window: 20")
-    served = ApiProcess(p.settings, tmp / "api.log").start().wait_serving()
+    served = OneProcessApi(p.settings, tmp / "api.log").start().wait_serving(60)
     try:
         yield p, served
     finally:
