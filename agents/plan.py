@@ -39,23 +39,6 @@ class EventPlan:
     cancels: list[str]
 
 
-def plan_event(
-    event: Event,
-    profile: UserProfile | None,
-    engine: RuleEngine,
-    choosers: Mapping[str, WeightedChooser],
-    now_ms: int,
-    unroutable: Callable[[str, str], None] | None = None,
-    ingested_ms: int = 0,
-    unmatched: Callable[[], None] | None = None,
-    default_timezone: str = "UTC",
-) -> list[ReachMessage]:
-    """The messages of :func:`plan_event_fully`."""
-    return plan_event_fully(
-        event, profile, engine, choosers, now_ms, unroutable, ingested_ms, unmatched, default_timezone
-    ).messages
-
-
 def plan_event_fully(
     event: Event,
     profile: UserProfile | None,

@@ -1,4 +1,4 @@
-"""plan_event: which messages an event makes, and through which provider."""
+"""plan_event_fully: which messages an event makes, and through which provider."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from agents.plan import plan_event, reachable_channels
+from agents.plan import plan_event_fully, reachable_channels
 from channels.base import ProviderConfig
 from channels.routing import WeightedChooser
 from models.events import Event, event_from_dict
@@ -58,9 +58,9 @@ def shipped(n: int, user: str = "u-1") -> Event:
 def test_only_channels_that_can_address_the_user_get_a_message(engine: RuleEngine) -> None:
     profile = UserProfile("u-1", contact={"apns_token": "tok"})
     unroutable: list[tuple[str, str]] = []
-    messages = plan_event(
+    messages = plan_event_fully(
         shipped(1), profile, engine, choosers(), 1000, lambda r, c: unroutable.append((r, c))
-    )
+    ).messages
     assert [(m.channel, m.provider) for m in messages] == [("push", "apns"), ("inbox", "mariadb")]
     assert unroutable == [("order-shipped", "sms")]
     assert messages[0].contact == {"apns_token": "tok"}
@@ -78,7 +78,7 @@ def test_sms_split_follows_the_weights_over_many_events(engine: RuleEngine) -> N
     counts = Counter(
         m.provider
         for n in range(draws)
-        for m in plan_event(shipped(n), profile, engine, routing, 1000)
+        for m in plan_event_fully(shipped(n), profile, engine, routing, 1000).messages
         if m.channel == "sms"
     )
     # 5 standard deviations of a binomial(4000, 0.7): about 145
@@ -109,9 +109,9 @@ def test_deliveries_for_fails_only_the_messages_over_the_limit(engine: RuleEngin
 
     profile = UserProfile("u-1", contact={"phone": "+8613800000000"})
     short, long = (
-        plan_event(shipped(n), profile, engine, choosers(), 1000)[0].replace(
-            variables={"properties": {"order": order}}
-        )
+        plan_event_fully(shipped(n), profile, engine, choosers(), 1000)
+        .messages[0]
+        .replace(variables={"properties": {"order": order}})
         for n, order in ((1, "a"), (2, "b" * 500))
     )
     templates = engine.rulebook.templates
@@ -125,7 +125,11 @@ def test_deliveries_for_fails_only_the_messages_over_the_limit(engine: RuleEngin
 def test_messages_carry_the_rule_category_and_the_users_zone(engine: RuleEngine) -> None:
     zoned = UserProfile("u-1", contact={"phone": "+1"}, timezone="Asia/Tokyo")
     unzoned = UserProfile("u-1", contact={"phone": "+1"})
-    [first, *_] = plan_event(shipped(1), zoned, engine, choosers(), 1000, default_timezone="Europe/Paris")
-    [second, *_] = plan_event(shipped(1), unzoned, engine, choosers(), 1000, default_timezone="Europe/Paris")
+    [first, *_] = plan_event_fully(
+        shipped(1), zoned, engine, choosers(), 1000, default_timezone="Europe/Paris"
+    ).messages
+    [second, *_] = plan_event_fully(
+        shipped(1), unzoned, engine, choosers(), 1000, default_timezone="Europe/Paris"
+    ).messages
     assert (first.category, first.timezone) == ("notification", "Asia/Tokyo")
     assert second.timezone == "Europe/Paris"
