@@ -198,7 +198,12 @@ def result_for(
         error_code=outcome.code,
         error=outcome.detail[:500],
         provider_message_id=outcome.provider_message_id,
+        category=message.category,
     )
+
+
+#: a last change to rendered content, before its size is checked
+Finish = Callable[[ReachMessage, Rendered], Rendered]
 
 
 def content_bytes(content: Rendered) -> int:
@@ -221,18 +226,22 @@ def oversize(content: Rendered, max_content_bytes: int) -> Outcome | None:
 
 
 def deliveries_for(
-    messages: Sequence[ReachMessage], templates: Mapping[str, Template], max_content_bytes: int
+    messages: Sequence[ReachMessage],
+    templates: Mapping[str, Template],
+    max_content_bytes: int,
+    finish: Finish | None = None,
 ) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
     """Split messages into deliveries and ones that failed to render or render too large.
 
-    Content over ``max_content_bytes`` is never stored or sent: it fails as
-    ``content_too_large``.
+    ``finish`` changes rendered content before its size is checked (tracked links). Content
+    over ``max_content_bytes`` is never stored or sent: it fails as ``content_too_large``.
     """
     ready: list[Delivery] = []
     failed: list[tuple[ReachMessage, Outcome]] = []
     for message in messages:
         content = render(message, templates)
         if isinstance(content, Rendered):
+            content = finish(message, content) if finish is not None else content
             content = oversize(content, max_content_bytes) or content
         if isinstance(content, Outcome):
             failed.append((message, content))

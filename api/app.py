@@ -21,18 +21,20 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, preferences, receipts, tasks
+from api import events, health, inbox, popups, preferences, receipts, tasks, tracking
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
 from api.receipts import ReceiptService
 from api.resources import Resources
+from api.tracker import Tracker
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
 from models.taskruns import AudienceLists
 from models.taskstore import TaskStore
+from models.tracking_links import LinkSigner
 from reach.clock import Clock, SystemClock
 from reach.errors import DEPENDENCY_ERRORS
 from reach.metrics import ApiMetrics
@@ -56,7 +58,7 @@ def create_app(
         title="reach",
         version="0.1.0",
         description="CRM user reach: behaviour events in, messages out.",
-        lifespan=lambda app: lifespan(app, settings, receipt_service),
+        lifespan=lambda app: lifespan(app, settings, receipt_service, metrics, clock),
     )
     add_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -67,6 +69,10 @@ def create_app(
     app.include_router(
         popups.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
     )
+    app.include_router(
+        tracking.app_router(), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
+    )
+    app.include_router(tracking.links_router(LinkSigner.from_settings(settings), metrics))
     app.include_router(receipts.router(receipt_service, clock, metrics))
     app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
@@ -82,7 +88,9 @@ def create_app(
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptService) -> AsyncIterator[None]:
+async def lifespan(
+    app: FastAPI, settings: Settings, receipt_service: ReceiptService, metrics: ApiMetrics, clock: Clock
+) -> AsyncIterator[None]:
     # Each resource is released if a later one fails to start (Kafka unreachable, say),
     # so a failed start-up ends with the error that caused it and nothing left open.
     async with contextlib.AsyncExitStack() as stack:
@@ -90,7 +98,9 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
         stack.push_async_callback(close_pool, pool)
         producer = await EventProducer.connect(settings)
         stack.push_async_callback(producer.stop)
-        await receipt_service.open(pool)
+        tracker = Tracker(producer, settings.tracking_topic, metrics, clock)
+        stack.push_async_callback(tracker.close)  # before the producer stops
+        await receipt_service.open(pool, tracker)
         stack.push_async_callback(receipt_service.close)
         redis = open_redis(settings)
         stack.push_async_callback(redis.aclose)
@@ -99,7 +109,14 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
             PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
         )
         app.state.resources = Resources(
-            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs
+            pool,
+            InboxStore(pool),
+            PopupStore(pool),
+            producer,
+            TaskStore(pool),
+            AudienceLists(pool),
+            prefs,
+            tracker,
         )
         yield
 

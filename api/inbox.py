@@ -14,9 +14,10 @@ import orjson
 from fastapi import APIRouter, Path, Query, Response
 
 from api.errors import ApiError
-from api.resources import Inbox
+from api.resources import Inbox, Tracking
 from api.schemas import InboxPage
 from models.storage import CursorError, cursor_for
+from models.tracking import Kind
 from reach.clock import Clock
 
 USER_ID = Path(min_length=1, max_length=128)
@@ -44,9 +45,12 @@ def router(clock: Clock) -> APIRouter:
     @routes.post(
         "/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, summary="Mark a site message read"
     )
-    async def mark_read(inbox: Inbox, user_id: str = USER_ID, message_id: str = MESSAGE_ID) -> Response:
+    async def mark_read(
+        inbox: Inbox, tracking: Tracking, user_id: str = USER_ID, message_id: str = MESSAGE_ID
+    ) -> Response:
         if not await inbox.mark_read(user_id, message_id, clock.now_ms()):
             raise ApiError(404, "not_found", f"user {user_id!r} has no message {message_id!r}")
+        tracking.emit(Kind.OPENED, [message_id])  # a site message read is opened (counted once)
         return Response(status_code=204)
 
     return routes

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from api.event_producer import EventProducer
+from api.tracker import Tracker
 from models.popups import PopupStore
 from models.preferences import Preferences
 from models.storage import InboxStore
@@ -31,6 +32,7 @@ class Resources:
     tasks: TaskStore
     lists: AudienceLists
     preferences: Preferences
+    tracker: Tracker
 
 
 async def resources(request: Request) -> Resources:
@@ -63,6 +65,10 @@ async def preferences_service(request: Request) -> Preferences:
     return (await resources(request)).preferences
 
 
+async def tracking_events(request: Request) -> Tracker:
+    return (await resources(request)).tracker
+
+
 AppResources = Annotated[Resources, Depends(resources)]
 Inbox = Annotated[InboxStore, Depends(inbox_store)]
 Popups = Annotated[PopupStore, Depends(popup_store)]
@@ -70,3 +76,4 @@ Producer = Annotated[EventProducer, Depends(event_producer)]
 Tasks = Annotated[TaskStore, Depends(task_store)]
 Lists = Annotated[AudienceLists, Depends(audience_lists)]
 Prefs = Annotated[Preferences, Depends(preferences_service)]
+Tracking = Annotated[Tracker, Depends(tracking_events)]

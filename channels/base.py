@@ -135,6 +135,11 @@ class Provider(abc.ABC):
     #: error codes that mean the recipient opted out of this channel with the provider
     #: (Twilio's 21610: they texted STOP): reach records the opt-out in their preferences
     opt_out_codes: ClassVar[frozenset[str]] = frozenset()
+    #: the rendered text (and HTML) is what the recipient sees, so its http(s) links may be
+    #: replaced by tracked ones (agents/delivery/links.py, when REACH_TRACKING_BASE_URL is set)
+    tracked_links: ClassVar[bool] = False
+    #: the rendered HTML is shown as a page: an open pixel in it reports the message opened
+    open_pixel: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config

@@ -129,6 +129,7 @@ class TwilioSmsProvider(HttpProvider[TwilioOptions]):
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
     opt_out_codes: ClassVar[frozenset[str]] = frozenset({"21610"})  # the recipient texted STOP
     max_content_bytes: ClassVar[int] = 2048  # Twilio refuses bodies over 1,600 characters
+    tracked_links: ClassVar[bool] = True  # the body is the rendered text
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)

@@ -92,6 +92,7 @@ class ReceiptResult:
     receipt: Receipt
     outcome: Outcome
     platform: str = ""  # of the matched result row, "" when none matched
+    message_id: str = ""  # reach's id of the matched message, "" when none matched
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -328,9 +329,9 @@ async def _count_task_delivery(cur: Any, row: _Row) -> None:
 
 def _moved(receipt: Receipt, row: _Row, moved: bool) -> ReceiptResult:
     if not moved:
-        return ReceiptResult(receipt, Outcome.STALE, row.platform)
+        return ReceiptResult(receipt, Outcome.STALE, row.platform, row.message_id)
     outcome = Outcome.DELIVERED if receipt.status is ReceiptStatus.DELIVERED else Outcome.FAILED
-    return ReceiptResult(receipt, outcome, row.platform)
+    return ReceiptResult(receipt, outcome, row.platform, row.message_id)
 
 
 async def _set_outcomes(cur: Any, provider: str, outcomes: Sequence[tuple[str, Outcome]]) -> None:

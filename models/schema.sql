@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   attempted_at         BIGINT       NOT NULL,
   completed_at         BIGINT       NOT NULL,
   receipt_at           BIGINT       NULL,      -- ms; when a provider receipt made the row final
+  category             VARCHAR(32)  NOT NULL DEFAULT '',
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
   KEY idx_results_user (user_id, completed_at),
@@ -117,6 +118,19 @@ CREATE TABLE IF NOT EXISTS popups (
   dismissed_at  BIGINT       NULL,
   PRIMARY KEY (message_id),
   KEY idx_popups_user_until (user_id, show_until)
+);
+
+-- Engagement per message: when it first reached each stage after it was sent, from the
+-- tracking topic (models/tracking.py). Each time is set once (a repeated open, a replayed
+-- event changes nothing), so a stage counts a message at most once. Labels (channel,
+-- provider, platform, category) are the message's delivery_results row's.
+CREATE TABLE IF NOT EXISTS message_engagement (
+  message_id    VARCHAR(64)  NOT NULL,
+  delivered_at  BIGINT       NULL,
+  displayed_at  BIGINT       NULL,
+  opened_at     BIGINT       NULL,
+  clicked_at    BIGINT       NULL,
+  PRIMARY KEY (message_id)
 );
 
 -- Addresses and device tokens a provider declared dead (bad number, unregistered

@@ -72,7 +72,9 @@ class Runtime:
             ),
             categories=Categories(settings.category_names, settings.default_category),
         )
-        metrics.start_series({name: [p.name for p in c.providers] for name, c in channels.channels.items()})
+        providers = {name: [p.name for p in c.providers] for name, c in channels.channels.items()}
+        metrics.start_series(providers)
+        metrics.start_engagement_series(providers, settings.category_names)
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)

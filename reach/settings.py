@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     unsubscribe_keys: SecretStr = SecretStr("change-me")
     unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
+    # Engagement tracking (docs/operations.md "Engagement"): where tracked links and the e-mail
+    # open pixel point (the API's public address, e.g. https://t.example.com); empty: links are
+    # left as written and no pixel is added. The HMAC keys sign the links (comma-separated,
+    # newest first: the newest signs, every one verifies).
+    tracking_base_url: str = ""
+    tracking_keys: SecretStr = SecretStr("change-me")
 
     # HTTP API
     api_host: str = "127.0.0.1"
@@ -138,6 +144,11 @@ class Settings(BaseSettings):
     @property
     def results_topic(self) -> str:
         return self.topic("results")
+
+    @property
+    def tracking_topic(self) -> str:
+        """Engagement events (delivered, displayed, opened, clicked), keyed by message id."""
+        return self.topic("tracking")
 
     def outbox_topic(self, channel: str) -> str:
         return self.topic(f"outbox.{channel}")
