@@ -42,6 +42,7 @@ class Rendered:
     title: str
     text: str
     html: str = ""
+    tracking: bool = True  # the template allows tracked links and an open pixel
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ Only absolute http(s) links are rewritten: in plain text every such URL, in HTML
 unsubscribe is never counted as a click and never depends on a redirect. What a provider's
 content can carry is its class's to say (``tracked_links``, ``open_pixel``): SMS providers
 that send a vendor's approved template (Aliyun, Tencent) send no rendered text, so there
-is nothing to rewrite. Tokens are deterministic, so a retry renders the same links.
+is nothing to rewrite. A template with ``tracking: false`` (a password reset: its secret
+link must not pass through a redirect) is sent as rendered. Tokens are deterministic, so
+a retry renders the same links.
 
 Off when ``REACH_TRACKING_BASE_URL`` is empty: content is sent exactly as rendered.
 """
@@ -49,7 +51,10 @@ class LinkTracking:
         return cls(LinkSigner.from_settings(settings), base, own)
 
     def apply(self, message: ReachMessage, content: Rendered, links: bool, pixel: bool) -> Rendered:
-        """``content`` with its links tracked (``links``) and an open pixel (``pixel``, HTML only)."""
+        """``content`` with its links tracked (``links``) and an open pixel (``pixel``, HTML only),
+        unless its template says ``tracking: false``."""
+        if not content.tracking:
+            return content
         text, body = content.text, content.html
         if links:
             text = _TEXT_URL.sub(lambda m: self._text_link(message, m.group(0)), text)
