@@ -7,10 +7,10 @@ pixel loaded on every open of the e-mail or a link clicked again changes nothing
 counts nothing. It returns the stages reached for the first time, with the labels of the
 message's send (its ``delivery_results`` row), which is what the metrics count.
 
-The batch's rows are read ``FOR UPDATE`` and written in one transaction, so two consumers
-applying the same message at once (a rebalance hands a partition over) count it once
-between them; a transaction the database rolled back for a deadlock or a write conflict
-is run again.
+The batch's rows are created, read ``FOR UPDATE`` and written in one transaction, in
+message-id order, so two consumers applying the same message at once (a rebalance hands
+a partition over) count it once between them; a transaction the database rolled back for
+a deadlock or a write conflict is run again.
 """
 
 from __future__ import annotations
@@ -132,6 +132,13 @@ class EngagementStore:
 async def _record(_conn: Any, cur: Any, wanted: Mapping[str, Stages]) -> dict[str, Stages]:
     """In a transaction: the stages of ``wanted`` not stored yet, now stored."""
     ids = sorted(wanted)  # one lock order for every writer
+    # The rows first, so the locking read below finds rows to lock: a locking read of
+    # missing keys takes gap locks, and two writers holding one gap deadlock on inserting.
+    await cur.execute(
+        f"INSERT INTO message_engagement (message_id) VALUES {','.join(['(%s)'] * len(ids))} "
+        "ON DUPLICATE KEY UPDATE message_id = message_id",
+        ids,
+    )
     fresh = new_stages(wanted, await _stored(cur, ids, lock=True))
     if fresh:
         await _upsert(cur, fresh)
