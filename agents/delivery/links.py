@@ -59,13 +59,13 @@ class LinkTracking:
         if links:
             text = _TEXT_URL.sub(lambda m: self._text_link(message, m.group(0)), text)
             body = _HREF.sub(lambda m: self._href(message, m), body)
-        if pixel and body:
+        if pixel and body and signable(message.message_id):
             body = with_pixel(body, open_url(self.signer, self.base_url, message.message_id))
         return dataclasses.replace(content, text=text, html=body)
 
     def tracked(self, message: ReachMessage, url: str) -> str:
         """The tracked form of ``url``, or ``url`` itself when it is not to be tracked."""
-        if not trackable(url) or self._is_own(url):
+        if not trackable(url) or self._is_own(url) or not signable(message.message_id):
             return url
         return click_url(self.signer, self.base_url, message.message_id, url)
 
@@ -84,6 +84,11 @@ class LinkTracking:
         if new == url:
             return match.group(0)
         return f"{match.group(1)}{quote}{html.escape(new, quote=True)}{quote}"
+
+
+def signable(message_id: str) -> bool:
+    """A token holds message ids of up to 255 bytes; reach's are 24 characters."""
+    return 0 < len(message_id.encode()) < 256
 
 
 def split_trailing(found: str) -> tuple[str, str]:

@@ -136,3 +136,9 @@ def test_tracked_links_count_against_the_content_limit() -> None:
     assert len(plain) == 1
     ready, failed = deliveries_for([message()], templates, 100, finish)
     assert ready == [] and [o.code for _, o in failed] == ["content_too_large"]
+
+
+def test_a_message_id_no_token_can_hold_leaves_the_content_as_rendered() -> None:
+    assert TRACKING is not None
+    content = Rendered("t", "https://shop.example/a", "<p>x</p>")
+    assert TRACKING.apply(message("m" * 300), content, True, True) == content
