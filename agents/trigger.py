@@ -47,6 +47,15 @@ def dead_letter(message: Any, error: EventError, limit: int = 1 << 20) -> bytes:
     return dumps_within(record, "value", limit)
 
 
+def check_key(key: bytes | None, user_id: str) -> None:
+    """Raise ``key_mismatch`` unless the record's key is its user id: the profile table is
+    co-partitioned by user, so an event keyed otherwise would be planned without its profile
+    (or with another user's state) once there is more than one worker."""
+    if key != user_id.encode():
+        shown = "no key" if key is None else f"a key of {len(key)} bytes"
+        raise EventError("key_mismatch", f"the record has {shown}; events are keyed by their user_id")
+
+
 def as_event_error(exc: Exception) -> EventError:
     """Why an event could not be planned: its contract error, or ``plan_error``."""
     return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
@@ -67,7 +76,7 @@ class TriggerStep:
         dead: list[DeadLetter] = []
         for event in events:
             try:
-                records += self._plan_one(event.message.value, engine, now)
+                records += self._plan_one(event.message.key, event.message.value, engine, now)
             except Exception as exc:  # whatever one event does, it fails alone
                 error = as_event_error(exc)
                 if error.reason == "plan_error":
@@ -76,8 +85,9 @@ class TriggerStep:
                 dead.append((event.message.key, dead_letter(event.message, error, self.limit)))
         return records, dead
 
-    def _plan_one(self, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:
+    def _plan_one(self, key: bytes | None, raw: bytes, engine: RuleEngine, now: int) -> list[OutboxRecord]:
         parsed = parse_event(raw, self.rt.settings.event_max_depth)
+        check_key(key, parsed.user_id)
         profile = self._profile(parsed.user_id)
         messages = plan_event(parsed, profile, engine, self.rt.choosers, now, self._unroutable)
         records = [(m.channel, m.user_id.encode(), m.to_bytes()) for m in messages]

@@ -89,3 +89,15 @@ def test_a_dead_letter_always_fits_its_topic(tmp_path: Path, value: bytes) -> No
     _, dead = trigger.plan([record(value, 1)])
     assert len(dead[0][1]) <= 20_000 - 1024
     assert orjson.loads(dead[0][1])["truncated"] is True
+
+
+@pytest.mark.parametrize("key", [b"u-2", None, b"u-1 "])
+def test_an_event_keyed_other_than_its_user_is_dead_lettered_as_key_mismatch(
+    tmp_path: Path, key: bytes | None
+) -> None:
+    wrong = record(hello("e-1"), 1)
+    wrong.message.key = key
+    records, dead = step(tmp_path).plan([wrong, record(hello("e-2"), 2)])
+    assert reasons(dead) == [("key_mismatch", 1)]
+    assert dead[0][0] == key  # the dead letter keeps the record's own key
+    assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-2"]
