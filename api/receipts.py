@@ -23,10 +23,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from api.auth import StatsReader
 from api.errors import ApiError
 from api.receipt_config import ReceiptEndpoint, load_endpoints
 from api.receipt_formats import FORMATS, Callback, Rejected
-from api.schemas import DeliveryStats
+from api.schemas import AUTHENTICATED, DeliveryStats, ErrorBody, error_responses
 from models.delivery_stats import DeliveryStatsStore
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
 from models.receipts import ReceiptResult, ReceiptStore
@@ -121,9 +122,8 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         ),
         responses={
             200: {"description": "Accepted; the body is what the provider expects"},
-            400: {"description": "Malformed callback body"},
-            403: {"description": "Bad signature or token; nothing was changed"},
-            404: {"description": "No provider of a receipt-capable type has this name"},
+            **error_responses(400, 404, 413, 422),
+            403: {"model": ErrorBody, "description": "Bad signature or token; nothing was changed"},
         },
     )
     async def post_receipt(request: Request, provider_name: str = PROVIDER_NAME) -> Response:
@@ -148,9 +148,10 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
             "accepted_rate = (sent + delivered) / messages. from and to are epoch milliseconds or "
             "ISO 8601 with an offset; to defaults to now, from to 24 hours before to; at most 31 days."
         ),
-        responses={400: {"description": "Bad time range"}},
+        responses=error_responses(400, *AUTHENTICATED),
     )
     async def delivery_stats(
+        _caller: StatsReader,
         from_: str | None = Query(None, alias="from", description="epoch ms or ISO 8601; default to - 24 h"),
         to: str | None = Query(None, description="epoch ms or ISO 8601, exclusive; default now"),
         channel: str | None = Query(None, min_length=1, max_length=32),

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from api.auth import Access
 from api.event_producer import EventProducer
 from models.popups import PopupStore
 from models.storage import InboxStore
@@ -25,6 +26,7 @@ class Resources:
     inbox: InboxStore
     popups: PopupStore
     producer: EventProducer
+    access: Access
 
 
 async def resources(request: Request) -> Resources:

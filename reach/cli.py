@@ -8,6 +8,8 @@ reach profiles send [FILE]        produce user profiles (segments, contact) the 
 reach db migrate                  create the database and tables
 reach topics create               create the Kafka topics
 reach channels [--json]           list channels and providers, secrets masked
+reach keys create|list|rotate|revoke  API keys of calling systems (reach/access_cli.py)
+reach audit [--limit N]           the latest audit log entries
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from reach import logs
+from reach import access_cli, logs
 from reach.settings import Settings
 
 
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     channels.add_argument("--json", action="store_true", help="print JSON instead of text")
     channels.set_defaults(run=_channels)
+    access_cli.add_parsers(sub)
     return parser
 
 

@@ -153,3 +153,19 @@ class ApiMetrics:
             ["provider", "reason"],
             registry=registry,
         )
+        # Access (api/auth.py, api/rate_limit.py). kind: key | user; reason: a short code
+        # (missing, unknown_key, expired, forbidden, ...), never the credential.
+        self.auth_refused = Counter(
+            "reach_api_auth_refused",
+            "Requests refused for their credential (401) or its scope (403), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "reach_api_rate_limited", "Requests refused with 429, by caller kind", ["kind"], registry=registry
+        )
+        self.rate_limit_unavailable = Counter(
+            "reach_api_rate_limit_unavailable",
+            "Requests let through unlimited because Redis did not answer the rate limiter",
+            registry=registry,
+        )

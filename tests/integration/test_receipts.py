@@ -38,7 +38,7 @@ from reach.clock import SystemClock
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
 from tests.integration.conftest import RECEIPT_TOKEN, RECEIPT_TWILIO_TOKEN, Api, Pipeline
-from tests.integration.harness import Db, unique_run_id
+from tests.integration.harness import Db, bearer, new_key, unique_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -111,10 +111,11 @@ def db(settings: Settings) -> Db:
 async def client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
     """The API app with its lifespan running (pool, producer, receipt service)."""
     monkeypatch.setenv("REACH_TEST_TWILIO_TOKEN", TWILIO_TOKEN)
+    headers = bearer(await new_key(settings, "stats:read"))  # receipts need none: their signatures
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as http:
             yield http
 
 
@@ -888,6 +889,7 @@ def test_api_process_applies_receipts_and_serves_stats(pipeline: Pipeline, api: 
     stats = httpx.get(
         f"{api.base_url}/v1/stats/delivery",
         params={"from": T0, "to": T0 + HOUR, "channel": channel},
+        headers=api.headers,
         timeout=10,
     )
     assert stats.status_code == 200
