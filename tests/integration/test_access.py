@@ -289,5 +289,15 @@ async def test_cors_is_off_unless_origins_are_configured(running: Running, setti
 
 
 async def test_open_endpoints_need_no_credential(running: Running) -> None:
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"):
         assert (await running.http.get(path)).status_code == 200, path
+
+
+async def test_the_docs_page_loads_nothing_from_another_host(running: Running) -> None:
+    page = (await running.http.get("/docs")).text
+    assert "cdn." not in page and "https://" not in page
+    scripts = [part.split('"')[0] for part in page.split('src="')[1:]]
+    assert scripts and all(src.startswith("/static-offline-docs/") for src in scripts)
+    for src in scripts:
+        served = await running.http.get(src)
+        assert served.status_code == 200 and len(served.content) > 100_000  # the Swagger UI bundle
