@@ -8,6 +8,7 @@ from fastapi import Path
 from pydantic import BaseModel
 
 from models.delivery_stats import DeliveryCounts, GroupKey
+from models.events import MAX_TS_MS, MIN_TS_MS
 from models.popups import PopupItem
 from models.storage import InboxItem
 
@@ -76,7 +77,7 @@ class InboxPage(BaseModel):
     next_cursor: str | None
 
 
-_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128}
+_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
 
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -90,8 +91,18 @@ EVENT_SCHEMA: dict[str, Any] = {
         "name": {**_ID, "description": "What happened, e.g. signup, order_paid"},
         "ts": {
             "oneOf": [
-                {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
-                {"type": "integer", "description": "epoch milliseconds"},
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": "^20[0-9]{2}-",
+                    "description": "RFC 3339 with offset, years 2000-2099",
+                },
+                {
+                    "type": "integer",
+                    "minimum": MIN_TS_MS,
+                    "maximum": MAX_TS_MS,
+                    "description": "epoch milliseconds, 2000-01-01 to 2100-01-01",
+                },
             ]
         },
         "properties": {"type": "object", "description": "Free-form attributes rules can test"},
