@@ -135,7 +135,7 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         if body is None:
             metrics.receipts_rejected.labels(endpoint.name, "too_large").inc()
             raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
-        callback = Callback(str(request.url), request.headers, request.query_params, body, clock.now_ms())
+        callback = Callback(request_url(request), request.headers, request.query_params, body, clock.now_ms())
         return await service.accept(endpoint, callback)
 
     @routes.get(
@@ -169,6 +169,25 @@ def service_from(settings: Settings, metrics: ApiMetrics, clock: Clock) -> Recei
     """The receipt service of the channels file's receipt-capable providers. Raises
     ``ChannelsConfigError`` for a channels file it cannot use."""
     return ReceiptService(dict(load_endpoints(settings.channels_file, os.environ)), metrics, clock)
+
+
+def request_url(request: Request) -> str:
+    """The URL as the caller asked for it, which is what providers sign: the path as sent
+    (``raw_path``: ``request.url`` decodes it, so a provider named ``twilio%20eu`` could never
+    verify), and behind a proxy the ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` it reports.
+    Trusting those headers widens nothing: the signature still has to match the URL."""
+    headers, scope = request.headers, request.scope
+    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
+    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or request.url.netloc
+    raw = scope.get("raw_path") or request.url.path.encode()
+    path = raw.partition(b"?")[0].decode("latin-1")  # some servers keep the query in raw_path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _first(value: str | None) -> str:
+    """The first of a comma-separated forwarded list (the client-most proxy's view)."""
+    return value.split(",")[0].strip() if value else ""
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

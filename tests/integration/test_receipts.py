@@ -63,6 +63,9 @@ channels:
         options:
           auth_token: "{TWILIO_TOKEN}"
           receipt_url: "https://public.example/reach/v1/receipts/twilio-proxied"
+      - name: twilio eu
+        type: twilio_sms
+        options: {{auth_token: "{TWILIO_TOKEN}"}}
       - name: aliyun-main
         type: aliyun_sms
         options: {{access_key_secret: x, receipt_token: "{ALIYUN_TOKEN}"}}
@@ -171,6 +174,7 @@ def twilio_post(
     provider: str = "twilio-main",
     query: str = "",
     signed_url: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     url = f"{BASE}/v1/receipts/{provider}{query}"
     signed = (signed_url or url) + "".join(name + params[name] for name in sorted(params))
@@ -178,7 +182,11 @@ def twilio_post(
     return http.post(
         url,
         content=urllib.parse.urlencode(params),
-        headers={"content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature},
+        headers={
+            "content-type": "application/x-www-form-urlencoded",
+            "x-twilio-signature": signature,
+            **(headers or {}),
+        },
     )
 
 
@@ -312,6 +320,33 @@ async def test_twilio_behind_a_proxy_is_checked_against_receipt_url(
         signed_url=public,
     )
     assert response.status_code == 200
+    assert row(db, mid)[0] == "delivered"
+
+
+async def test_twilio_provider_names_needing_percent_encoding_verify(
+    client: httpx.AsyncClient, db: Db
+) -> None:
+    """Twilio signs the URL as it called it, %20 and all; the decoded path never matched."""
+    mid, sid = new_id(), f"SM{uuid.uuid4().hex}"
+    seed(db, mid, provider="twilio eu", pmid=sid)
+    response = await twilio_post(client, twilio_status(sid, "delivered"), provider="twilio%20eu")
+    assert response.status_code == 200, response.text
+    assert row(db, mid)[0] == "delivered"
+
+
+async def test_twilio_behind_a_proxy_is_checked_against_the_forwarded_host(
+    client: httpx.AsyncClient, db: Db
+) -> None:
+    mid, sid = new_id(), f"SM{uuid.uuid4().hex}"
+    seed(db, mid, pmid=sid)
+    forwarded = {"x-forwarded-host": "sms.public.example", "x-forwarded-proto": "https"}
+    public = "https://sms.public.example/v1/receipts/twilio-main"
+    direct = await twilio_post(client, twilio_status(sid, "delivered"), headers=forwarded)
+    assert direct.status_code == 403  # signed for the API's own host, not the one Twilio called
+    response = await twilio_post(
+        client, twilio_status(sid, "delivered"), signed_url=public, headers=forwarded
+    )
+    assert response.status_code == 200, response.text
     assert row(db, mid)[0] == "delivered"
 
 
