@@ -43,6 +43,9 @@ log = structlog.get_logger("reach.api.auth")
 # An unknown key id refreshes the snapshot at most this often, so a new key works within
 # about a second while a flood of made-up keys costs the database nothing.
 MISS_REFRESH_MS = 1000
+# A refresh waits at most this for MariaDB: requests queue behind it, so a hung database
+# must turn into "serve the snapshot" quickly, not into hung requests.
+REFRESH_TIMEOUT_S = 2.0
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -107,8 +110,9 @@ class KeyCache:
             if self._loaded_at is not None and self._loaded_at >= now:
                 return  # another request refreshed it while this one waited
             try:
-                keys = await self.store.active()
-            except DEPENDENCY_ERRORS as exc:
+                async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                    keys = await self.store.active()
+            except DEPENDENCY_ERRORS as exc:  # TimeoutError among them
                 if self._age(now) >= self.max_stale_ms:
                     raise
                 log.warning("auth.key_refresh_failed", error=type(exc).__name__)

@@ -198,6 +198,14 @@ class KeyStore:
         return {k.key_id: k for k in await self._select("WHERE revoked_at IS NULL")}
 
     async def _select(self, tail: str) -> list[ApiKey]:
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(f"SELECT {COLUMNS} FROM api_keys {tail}")
-            return [key_from_row(row) for row in await cur.fetchall()]
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(f"SELECT {COLUMNS} FROM api_keys {tail}")
+                    rows = await cur.fetchall()
+            except BaseException:
+                # A read cut short (timeout, lost connection) leaves its answer unread on the
+                # connection: the pool must never hand that connection out again.
+                conn.close()
+                raise
+        return [key_from_row(row) for row in rows]
