@@ -26,7 +26,7 @@ from reach.settings import Settings
 
 FACTORY = "api.serve:app_from_environment"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
-WORKER_HEALTHCHECK_S = 30
+WORKER_HEALTHCHECK_S = 15  # also how long a stop may wait on a worker that stopped answering
 
 
 def default_workers() -> int:
