@@ -26,7 +26,6 @@ from reach.settings import Settings
 
 FACTORY = "api.serve:app_from_environment"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
-WORKER_HEALTHCHECK_S = 15  # also how long a stop may wait on a worker that stopped answering
 
 
 def default_workers() -> int:
@@ -69,10 +68,6 @@ def uvicorn_config(settings: Settings, workers: int) -> uvicorn.Config:
         http="httptools",
         access_log=False,
         backlog=4096,
-        # uvicorn kills a worker that does not answer its health ping within this, and the
-        # ping is only answered once the worker has imported everything: at the default 5 s
-        # a loaded machine killed every starting worker, over and over.
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         log_level=settings.log_level.lower(),
     )
 
