@@ -25,8 +25,16 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     Db(built).drop()
 
 
+def run(*args: str) -> int:
+    """``reach ARGS`` without ``cli.main``'s logging set-up, which would bind structlog to
+    this test's captured stdout and break every later test that logs."""
+    parsed = cli._parser().parse_args(list(args))
+    result: int = parsed.run(Settings(), parsed)
+    return result
+
+
 def reach(capsys: pytest.CaptureFixture[str], *args: str, status: int = 0) -> str:
-    assert cli.main(list(args)) == status
+    assert run(*args) == status
     return capsys.readouterr().out
 
 
@@ -65,7 +73,7 @@ def test_unknown_keys_and_scopes_fail_with_a_reason(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     asyncio.run(migrate(settings))
-    assert cli.main(["keys", "revoke", "0123456789abcdef"]) == 1
+    assert run("keys", "revoke", "0123456789abcdef") == 1
     assert "no active key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["keys", "create", "x", "--scope", "root"])
+        run("keys", "create", "x", "--scope", "root")
