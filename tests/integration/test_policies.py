@@ -173,10 +173,17 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     path = urlsplit(link).path
     page = httpx.get(f"{api.base_url}{path}", timeout=5)
     assert page.status_code == 200 and "marketing messages by email" in page.text and "<form" in page.text
-    assert httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"] == []
+    assert (
+        httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+            "preferences"
+        ]
+        == []
+    )
     one_click = httpx.post(f"{api.base_url}{path}", data={"List-Unsubscribe": "One-Click"}, timeout=5)
     assert one_click.status_code == 200 and "You are unsubscribed" in one_click.text
-    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"]
+    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+        "preferences"
+    ]
     assert (row["channel"], row["category"], row["allowed"], row["source"]) == (
         "email", "marketing", False, "unsubscribe",
     )  # fmt: skip
@@ -192,7 +199,7 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
 
 def test_put_preferences_refuses_an_unknown_category(api: Api) -> None:
     body = {"preferences": [{"channel": "email", "category": "promos", "allowed": False}]}
-    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, timeout=5)
+    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, headers=api.headers, timeout=5)
     assert answer.status_code == 422 and answer.json()["error"] == "unknown_category"
 
 
