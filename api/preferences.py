@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field
 from api.auth import ForUserPreferences
 from api.errors import ApiError
 from api.events import require_json
-from api.resources import Prefs
+from api.resources import AppResources, Prefs
 from api.schemas import AUTHENTICATED, error_responses
+from models import audit
 from models.preferences import ANY, Preference
 from models.unsubscribe import TokenError, TokenSigner, Unsubscribe
 from reach.clock import Clock
@@ -62,12 +63,16 @@ def router(settings: Settings, clock: Clock) -> APIRouter:
         dependencies=[Depends(require_json)],
     )
     async def put_preferences(
-        prefs: Prefs, body: PreferencesIn, access: ForUserPreferences
+        prefs: Prefs, body: PreferencesIn, access: ForUserPreferences, app: AppResources
     ) -> dict[str, Any]:
         changes = [
             Preference(p.channel, checked(p.category, known), p.allowed, "api") for p in body.preferences
         ]
-        return shown(access.user_id, await prefs.put(access.user_id, changes, clock.now_ms()))
+        now = clock.now_ms()
+        if access.caller.key is not None:  # an operator's tool changed a user's choices: audited
+            detail = {"changes": [[c.channel, c.category, c.allowed] for c in changes]}
+            await audit.record(app.pool, access.caller.actor, "preferences.put", access.user_id, now, detail)
+        return shown(access.user_id, await prefs.put(access.user_id, changes, now))
 
     @routes.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe page")
     async def confirm_page(token: str = TOKEN) -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -195,6 +196,20 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     assert len(pipeline.smtp.messages_to(address)) == 1
     tampered = httpx.post(f"{api.base_url}{path[:-3]}xyz", timeout=5)
     assert tampered.status_code == 400 and "not valid" in tampered.text
+
+
+def test_a_key_changing_a_users_preferences_is_audited(pipeline: Pipeline, api: Api) -> None:
+    body = {"preferences": [{"channel": "sms", "category": "marketing", "allowed": False}]}
+    answer = httpx.put(
+        f"{api.base_url}/v1/users/audited-u/preferences", json=body, headers=api.headers, timeout=5
+    )
+    assert answer.status_code == 200, answer.text
+    [(actor, action, detail)] = pipeline.db.query(
+        "SELECT actor, action, detail FROM audit_log WHERE target = 'audited-u'"
+    )
+    key_id = api.headers["authorization"].split("_")[1]
+    assert (actor, action) == (f"key:{key_id}", "preferences.put")
+    assert orjson.loads(detail) == {"changes": [["sms", "marketing", False]]}
 
 
 def test_put_preferences_refuses_an_unknown_category(api: Api) -> None:

@@ -136,6 +136,12 @@ def test_idempotency_key_same_body_same_task_other_body_refused(pipeline: Pipeli
     cancelled = post(api, f"/v1/tasks/{first.json()['task_no']}/cancel")
     assert cancelled.json()["status"] == "cancelled"
     assert post(api, f"/v1/tasks/{first.json()['task_no']}/pause").status_code == 409
+    audited = pipeline.db.query(
+        "SELECT actor, action FROM audit_log WHERE target = %s ORDER BY at, action",
+        [str(first.json()["task_no"])],
+    )
+    key_id = api.headers["authorization"].split("_")[1]
+    assert audited == [(f"key:{key_id}", "task.created"), (f"key:{key_id}", "task.cancel")]
 
 
 def test_an_uploaded_audience_is_stored_and_a_bad_one_leaves_nothing(pipeline: Pipeline, api: Api) -> None:
