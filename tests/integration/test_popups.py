@@ -399,7 +399,7 @@ def test_a_popup_older_apps_cannot_show_falls_back_as_declared(pipeline: Pipelin
             "device": {"platform": "ios", "app_version": version},
         }
         response = httpx.post(f"{api.base_url}/v1/events", content=orjson.dumps(body), timeout=10,
-                              headers={"content-type": "application/json"})  # fmt: skip
+                              headers={**api.headers, "content-type": "application/json"})  # fmt: skip
         assert response.status_code == 202, response.text
     rows = wait_results(pipeline, user, 3)
     assert sorted(rows) == [("failed", "app_version_too_old"), ("sent", ""), ("sent", "")]
