@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from api.auth import Access
 from api.event_producer import EventProducer
 from api.tracker import Tracker
 from models.popups import PopupStore
@@ -32,6 +33,7 @@ class Resources:
     tasks: TaskStore
     lists: AudienceLists
     preferences: Preferences
+    access: Access
     tracker: Tracker
 
 

@@ -11,8 +11,11 @@ that puts their events (and inbox reads and delivery receipts) on the tracking t
   on screen; the message is ``displayed``.
 
 The pixel and link routes take no credential: the signed token is one, and mail clients
-and browsers send nothing else. The answer never waits for Kafka: the events are sent in
-the background (:class:`api.tracker.Tracker`), and one Kafka cannot take is counted as dropped, so a
+and browsers send nothing else. The pop-up route is the app's, with the user's own token
+(or a key with ``inbox:read``), like the other pop-up routes.
+
+No answer waits for Kafka: the events are sent in the background
+(:class:`api.tracker.Tracker`), and one Kafka cannot take is counted as dropped, so a
 broker outage costs engagement counts, never a user's click.
 """
 
@@ -21,8 +24,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import RedirectResponse
 
+from api.auth import ForUser
 from api.errors import ApiError
 from api.resources import Popups, Tracking
+from api.schemas import AUTHENTICATED, MESSAGE_ID, error_responses
 from models.tracking import Kind
 from models.tracking_links import CLICK, OPEN, Link, LinkError, LinkSigner
 from reach.metrics import ApiMetrics
@@ -37,8 +42,6 @@ PIXEL_GIF = (
 NO_STORE = {"Cache-Control": "no-store, private", "Pragma": "no-cache"}
 NO_REFERRER = {**NO_STORE, "Referrer-Policy": "no-referrer"}
 TOKEN = Path(min_length=1, max_length=4096)
-USER_ID = Path(min_length=1, max_length=128)
-MESSAGE_ID = Path(min_length=1, max_length=64)
 
 
 def links_router(signer: LinkSigner, metrics: ApiMetrics) -> APIRouter:
@@ -61,7 +64,7 @@ def links_router(signer: LinkSigner, metrics: ApiMetrics) -> APIRouter:
         description=(
             "A 1x1 transparent GIF; records the message opened. 404 for a token that does not verify."
         ),
-        responses={200: {"content": {"image/gif": {}}}, 404: {"description": "Not a valid tracking token"}},
+        responses={200: {"content": {"image/gif": {}}}, **error_responses(404)},
         response_class=Response,
     )
     async def open_pixel(tracking: Tracking, token: str = TOKEN) -> Response:
@@ -77,10 +80,7 @@ def links_router(signer: LinkSigner, metrics: ApiMetrics) -> APIRouter:
             "unsigned, or naming another URL) is 404, never a redirect."
         ),
         status_code=302,
-        responses={
-            302: {"description": "Redirect to the link's target"},
-            404: {"description": "Not a valid link"},
-        },
+        responses={302: {"description": "Redirect to the link's target"}, **error_responses(404)},
         response_class=RedirectResponse,
     )
     async def click(tracking: Tracking, token: str = TOKEN) -> Response:
@@ -92,21 +92,22 @@ def links_router(signer: LinkSigner, metrics: ApiMetrics) -> APIRouter:
 
 
 def app_router() -> APIRouter:
-    """What the app reports: a pop-up it showed on screen."""
-    routes = APIRouter()
+    """What the app reports: a pop-up it showed on screen. Reached with a key holding
+    ``inbox:read`` (any user) or the user's own token, like the other pop-up routes."""
+    routes = APIRouter(responses=error_responses(*AUTHENTICATED))
 
     @routes.post(
         "/v1/users/{user_id}/popups/{message_id}/displayed",
         status_code=204,
         summary="Report a pop-up shown on screen (engagement tracking)",
         description="Repeating it is harmless: a pop-up counts as displayed once.",
-        responses={404: {"description": "The user has no such pop-up"}},
+        responses=error_responses(404),
     )
     async def popup_displayed(
-        popups: Popups, tracking: Tracking, user_id: str = USER_ID, message_id: str = MESSAGE_ID
+        popups: Popups, access: ForUser, tracking: Tracking, message_id: str = MESSAGE_ID
     ) -> Response:
-        if not await popups.owns(user_id, message_id):
-            raise ApiError(404, "not_found", f"user {user_id!r} has no pop-up {message_id!r}")
+        if not await popups.owns(access.user_id, message_id):
+            raise ApiError(404, "not_found", f"the user has no pop-up {message_id!r}")
         tracking.emit(Kind.DISPLAYED, [message_id])
         return Response(status_code=204)
 

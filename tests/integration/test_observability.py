@@ -33,7 +33,9 @@ from reach.settings import REPO_ROOT, Settings
 from tests.integration.harness import (
     Db,
     WorkerProcess,
+    bearer,
     clear_redis,
+    create_key,
     event,
     free_port,
     make_settings,
@@ -150,7 +152,8 @@ def engage(settings: Settings, api_port: int) -> None:
     base = f"http://127.0.0.1:{api_port}"
     sent = "SELECT message_id FROM delivery_results WHERE user_id = 'obs-1' AND channel = 'inbox'"
     [(message_id,)] = wait_until(lambda: Db(settings).query(sent), 60, "obs-1's site message sent")
-    read = httpx.post(f"{base}/v1/users/obs-1/inbox/{message_id}/read", timeout=5)
+    backend = bearer(create_key(settings, "inbox:read"))  # the app's backend marks it read
+    read = httpx.post(f"{base}/v1/users/obs-1/inbox/{message_id}/read", headers=backend, timeout=5)
     assert read.status_code == 204, read.text
     token = LinkSigner.from_settings(settings).click_token(message_id, "https://shop.reach.test/")
     assert httpx.get(f"{base}/v1/t/c/{token}", timeout=5).status_code == 302

@@ -38,6 +38,8 @@ from reach.settings import REPO_ROOT, Settings
 from tests.integration.conftest import RECEIPT_WEBHOOK_SECRET, Pipeline, start_pipeline, stop_pipeline
 from tests.integration.harness import (
     Db,
+    bearer,
+    create_key,
     event,
     free_port,
     make_settings,
@@ -47,6 +49,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.support.smtp_server import SmtpTestServer
+from tests.support.tokens import HS256_SECRET, token
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +63,13 @@ class Tracked:
 
     def __init__(self, pipeline: Pipeline, base_url: str, proc: subprocess.Popen[bytes]) -> None:
         self.pipeline, self.base_url, self.proc = pipeline, base_url, proc
+        # No credential by default: the pixel and the links take none.
         self.http = httpx.Client(base_url=base_url, timeout=10, follow_redirects=False)
+        self.stats_key = bearer(create_key(pipeline.settings, "stats:read"))
+
+    def as_user(self, user_id: str) -> dict[str, str]:
+        """The app's credential: the end user's own token."""
+        return bearer(token(user_id))
 
     @property
     def settings(self) -> Settings:
@@ -87,7 +96,7 @@ class Tracked:
             "SELECT MAX(completed_at) FROM delivery_results WHERE message_id = %s", [message_id]
         )
         params = {"from": completed_at, "to": completed_at + 1, "channel": channel}
-        body = self.http.get("/v1/stats/delivery", params=params).json()
+        body = self.http.get("/v1/stats/delivery", params=params, headers=self.stats_key).json()
         [group] = body["groups"]
         return group
 
@@ -133,7 +142,8 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServe
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     tmp = tmp_path_factory.mktemp("tracking")
-    pipeline = start_pipeline(tmp, smtp_server, {"tracking_base_url": base, "tracking_keys": "k-new,k-old"})
+    overrides = {"tracking_base_url": base, "tracking_keys": "k-new,k-old", "jwt_hs256_secret": HS256_SECRET}
+    pipeline = start_pipeline(tmp, smtp_server, overrides)
     try:
         proc = start_api(pipeline.settings, port, tmp / "api.log")
         running = Tracked(pipeline, base, proc)
@@ -188,7 +198,7 @@ def send_inbox(tracked: Tracked, n: int) -> tuple[str, str, dict[str, Any]]:
         30,
         "the site message's send result",
     )
-    [item] = tracked.http.get(f"/v1/users/{who}/inbox").json()["items"]
+    [item] = tracked.http.get(f"/v1/users/{who}/inbox", headers=tracked.as_user(who)).json()["items"]
     return who, item["message_id"], item
 
 
@@ -272,7 +282,8 @@ def test_a_site_message_is_opened_when_read_and_its_link_is_tracked(tracked: Tra
     assert f"{SHOP}/offer" not in item["body"] and item["body"].endswith(".")
     [link] = TRACKED.findall(item["body"])
     for _ in range(2):
-        assert tracked.http.post(f"/v1/users/{who}/inbox/{message_id}/read").status_code == 204
+        read = tracked.http.post(f"/v1/users/{who}/inbox/{message_id}/read", headers=tracked.as_user(who))
+        assert read.status_code == 204
     assert tracked.http.get(link).headers["location"] == f"{SHOP}/offer?n=3"
     wait_until(lambda: all(tracked.stages(message_id)[2:]), 30, "the read and the click recorded")
     funnel = tracked.funnel(message_id, "inbox")
@@ -284,12 +295,18 @@ def test_a_popup_shown_on_screen_is_displayed_once(tracked: Tracked) -> None:
     add_profile(tracked, who)
     settings, db = tracked.settings, tracked.pipeline.db
     produce_json(settings, settings.events_topic, [event(f"e-{who}", who, "test_popup", n=4)])
-    [item] = wait_until(lambda: tracked.http.get(f"/v1/users/{who}/popups").json()["items"], 30, "the pop-up")
+    app = tracked.as_user(who)
+    [item] = wait_until(
+        lambda: tracked.http.get(f"/v1/users/{who}/popups", headers=app).json()["items"], 30, "the pop-up"
+    )
     message_id = item["message_id"]
     displayed = f"/v1/users/{who}/popups/{message_id}/displayed"
-    assert tracked.http.post(displayed).status_code == 204
-    assert tracked.http.post(displayed).status_code == 204
-    assert tracked.http.post(f"/v1/users/someone-else/popups/{message_id}/displayed").status_code == 404
+    assert tracked.http.post(displayed).status_code == 401  # the app's route needs the user's token
+    assert tracked.http.post(displayed, headers=tracked.as_user("someone-else")).status_code == 403
+    assert tracked.http.post(displayed, headers=app).status_code == 204
+    assert tracked.http.post(displayed, headers=app).status_code == 204
+    elsewhere = f"/v1/users/someone-else/popups/{message_id}/displayed"
+    assert tracked.http.post(elsewhere, headers=tracked.as_user("someone-else")).status_code == 404
     wait_until(lambda: tracked.stages(message_id)[1], 30, "displayed recorded")
     wait_until(
         lambda: db.query("SELECT 1 FROM delivery_results WHERE message_id = %s", [message_id]),
