@@ -222,6 +222,22 @@ METRICS: tuple[MetricDef, ...] = (
         "reason",
         process="api",
     ),
+    _c(
+        "reach_inbound_messages",
+        "Incoming SMS a provider forwarded (POST /v1/inbound), by opt-out keyword type "
+        "(stop, start, help, none) and what reach did (applied, unknown_number, ignored)",
+        "provider",
+        "opt_out",
+        "outcome",
+        process="api",
+    ),
+    _c(
+        "reach_inbound_rejected",
+        "Incoming-message webhooks refused, by reason (bad_signature, unknown_key, bad_algorithm, ...)",
+        "provider",
+        "reason",
+        process="api",
+    ),
     # Access (api/auth.py, api/rate_limit.py). reason is a short code (missing,
     # unknown_key, expired, forbidden, ...), never the credential.
     _c(
