@@ -49,12 +49,13 @@ class PhoneHasher:
     def from_settings(cls, settings: Settings) -> PhoneHasher:
         return cls(settings.phone_index_key.get_secret_value().encode())
 
-    def digest(self, phone: str) -> bytes | None:
-        """The 32-byte hash of ``phone``'s E.164 form; None when it has none."""
+    def digest(self, phone: str) -> str | None:
+        """The hash of ``phone``'s E.164 form in hex (aiomysql cannot send bytes parameters
+        with the PyMySQL it runs on); None when it has no E.164 form."""
         number = e164(phone)
         if number is None:
             return None
-        return hmac.new(self._key, number.encode(), hashlib.sha256).digest()
+        return hmac.new(self._key, number.encode(), hashlib.sha256).hexdigest()
 
 
 def rows_of(profiles: Sequence[UserProfile], hasher: PhoneHasher, now_ms: int) -> list[tuple[Any, ...]]:
