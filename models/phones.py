@@ -109,6 +109,13 @@ def _profile(user_id: str, contact: str) -> UserProfile:
     return UserProfile(user_id, contact={"phone": phone} if isinstance(phone, str) else {})
 
 
+async def reindex(pool: Any, hasher: PhoneHasher, now_ms: int) -> int:
+    """:func:`rebuild` on a connection of ``pool``: ``reach db reindex-phones``, after the
+    key changed (until it ends, users not reached yet are found under the old key only)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        return await rebuild(cur, hasher, now_ms)
+
+
 class PhoneIndex:
     """The API's read side: which users a number belongs to."""
 

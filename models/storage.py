@@ -23,6 +23,7 @@ import pymysql
 from models.messages import DeliveryResult
 from models.phones import PhoneHasher, rebuild, replace_rows
 from models.profiles import UserProfile
+from reach.clock import SystemClock
 from reach.settings import Settings
 
 # TiDB advises 100-500 rows per transaction; MariaDB is happy with it too.
@@ -75,7 +76,7 @@ async def migrate(settings: Settings) -> None:
                 if not counters_existed:
                     await cur.execute(UNREAD_BACKFILL)
                 if not phones_existed:  # profiles stored before the index existed
-                    await rebuild(cur, PhoneHasher.from_settings(settings), 0)
+                    await rebuild(cur, PhoneHasher.from_settings(settings), SystemClock().now_ms())
     finally:
         pool.close()
         await pool.wait_closed()

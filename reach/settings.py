@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     unsubscribe_keys: SecretStr = SecretStr("change-me")
     unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
     # The key of the phone -> user index (models/phones.py): the same in the worker and the
-    # API; after changing it, `reach phones reindex`.
+    # API; after changing it, `reach db reindex-phones`.
     phone_index_key: SecretStr = SecretStr("change-me")
 
     # HTTP API

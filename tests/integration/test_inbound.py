@@ -18,8 +18,12 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from models.storage import migrate
+from models.phones import PhoneHasher, PhoneIndex, reindex
+from models.profiles import UserProfile
+from models.storage import ProfileStore, create_pool, migrate
+from reach.settings import Settings
 from tests.integration.api_process import ApiProcess
 from tests.integration.harness import (
     Db,
@@ -203,3 +207,27 @@ def test_a_changed_number_moves_the_users_index_row(rig: Rig) -> None:
     )
     produce_json(rig.api.settings, rig.api.settings.segments_topic, [{"user_id": "moved-a", "deleted": True}])
     wait_until(lambda: rig.indexed(["moved-a"]) == 0, 30, "a deleted profile's row to go")
+
+
+async def test_the_index_is_backfilled_on_creation_and_rebuilt_under_a_new_key() -> None:
+    settings = Settings(mysql_database=f"reach_{unique_run_id()}", phone_index_key=SecretStr("old-key"))
+    await migrate(settings)
+    pool = await create_pool(settings)
+    db = Db(settings)
+    try:
+        profiles = [UserProfile(f"bf-{n}", contact={"phone": f"+1555011{n:04d}"}) for n in range(3)]
+        await ProfileStore(pool).apply(profiles, 1)  # as stored before the index existed
+        db.query("DROP TABLE phone_index")
+        await migrate(settings)
+        old = PhoneHasher(b"old-key")
+        assert sorted(db.query("SELECT phone_hash, user_id FROM phone_index")) == sorted(
+            (old.digest(p.contact["phone"]), p.user_id) for p in profiles
+        )
+        new = PhoneHasher(b"new-key")
+        assert await reindex(pool, new, 2) == 3
+        assert await PhoneIndex(pool, new).users_of("+1 555 011 0001") == ["bf-1"]
+        assert await PhoneIndex(pool, old).users_of("+15550110001") == []
+    finally:
+        pool.close()
+        await pool.wait_closed()
+        db.drop()
