@@ -15,20 +15,25 @@ no provider that signals by number could have sent to it as written.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+import pymysql
 
 from models.profiles import UserProfile
 from reach.settings import Settings
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _SEPARATORS = re.compile(r"[\s().\-/]")
-PAGE = 500  # profiles per statement when rebuilding
+PAGE = 500  # profiles per transaction when rebuilding
+RETRYABLE = frozenset({1213, 9007})  # deadlock (MySQL), write conflict (TiDB)
+TRIES = 3
 
 
 def e164(phone: str) -> str | None:
@@ -91,16 +96,41 @@ async def rebuild(cur: Any, hasher: PhoneHasher, now_ms: int) -> int:
     the key changed); returns how many profiles were read. Idempotent."""
     after, seen = "", 0
     while True:
-        await cur.execute(
-            "SELECT user_id, contact FROM user_profiles WHERE user_id > %s ORDER BY user_id LIMIT %s",
-            [after, PAGE],
-        )
-        page = await cur.fetchall()
+        page = await _retrying(functools.partial(_reindex_page, cur, hasher, after, now_ms))
         if not page:
             return seen
-        profiles = [_profile(user_id, contact) for user_id, contact in page]
+        after, seen = page[-1], seen + len(page)
+
+
+async def _reindex_page(cur: Any, hasher: PhoneHasher, after: str, now_ms: int) -> list[str]:
+    """One page in one transaction. ``FOR UPDATE`` holds the profiles' rows, so a profile
+    the worker changes meanwhile is indexed after this page, never overwritten by it."""
+    await cur.execute("START TRANSACTION")
+    try:
+        await cur.execute(
+            "SELECT user_id, contact FROM user_profiles WHERE user_id > %s ORDER BY user_id LIMIT %s "
+            "FOR UPDATE",
+            [after, PAGE],
+        )
+        profiles = [_profile(user_id, contact) for user_id, contact in await cur.fetchall()]
         await replace_rows(cur, hasher, [p.user_id for p in profiles], profiles, now_ms)
-        after, seen = page[-1][0], seen + len(page)
+        await cur.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # a lost connection must not hide the cause
+            await cur.execute("ROLLBACK")
+        raise
+    return [p.user_id for p in profiles]
+
+
+async def _retrying(page: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    """``page()``, again after a deadlock or a TiDB write conflict (up to 3 tries)."""
+    for attempt in range(1, TRIES + 1):
+        try:
+            return await page()
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] not in RETRYABLE or attempt == TRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _profile(user_id: str, contact: str) -> UserProfile:
