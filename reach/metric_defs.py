@@ -217,7 +217,7 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     _c(
         "reach_receipts_rejected",
-        "Receipt callbacks refused, by reason (bad_signature, bad_token, not_configured, unknown_key, bad_body)",
+        "Receipt callbacks refused, by reason (bad_signature, bad_token, unknown_key, not_configured, ...)",
         "provider",
         "reason",
         process="api",
