@@ -24,7 +24,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, preferences, rate_limit, receipts, tasks
+from api import events, health, inbound, inbox, popups, preferences, rate_limit, receipts, tasks
 from api.auth import Access, KeyCache
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
@@ -34,6 +34,7 @@ from api.resources import Resources
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from api.user_tokens import UserTokens, user_tokens
 from models.access import KeyStore
+from models.phones import PhoneHasher, PhoneIndex
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
@@ -85,6 +86,7 @@ def create_app(
         popups.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
     )
     app.include_router(receipts.router(receipt_service, clock, metrics))
+    app.include_router(inbound.router(receipt_service.endpoints, clock, metrics))
     app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
     app.include_router(
@@ -101,8 +103,8 @@ def create_app(
 # The OpenAPI document's version: a release keeps its document in api/openapi/ (see api.compat).
 API_VERSION = "0.2.0"
 DESCRIPTION = (
-    "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts and the "
-    "unsubscribe links takes "
+    "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts, the "
+    "inbound messages and the unsubscribe links takes "
     "Authorization: Bearer <credential>: an API key (rk_..., made with `reach keys create`) with "
     "the route's scope, or, for a user's inbox, pop-ups and preferences, that user's JWT (sub = user id)."
 )
@@ -164,9 +166,10 @@ async def lifespan(
             PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
         )
         access = await open_access(stack, settings, pool, built)
+        phones = PhoneIndex(pool, PhoneHasher.from_settings(settings))
         app.state.resources = Resources(
             pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs,
-            access,
+            access, phones,
         )  # fmt: skip
         yield
 

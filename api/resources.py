@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from api.auth import Access
 from api.event_producer import EventProducer
+from models.phones import PhoneIndex
 from models.popups import PopupStore
 from models.preferences import Preferences
 from models.storage import InboxStore
@@ -33,6 +34,7 @@ class Resources:
     lists: AudienceLists
     preferences: Preferences
     access: Access
+    phones: PhoneIndex  # sender numbers -> users (api/inbound.py)
 
 
 async def resources(request: Request) -> Resources:

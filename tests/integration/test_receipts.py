@@ -39,6 +39,7 @@ from reach.metrics import ApiMetrics
 from reach.settings import Settings
 from tests.integration.conftest import RECEIPT_TOKEN, RECEIPT_TWILIO_TOKEN, Api, Pipeline
 from tests.integration.harness import Db, bearer, new_key, unique_run_id
+from tests.support.providers.twilio import SharedKey, TwilioServer
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,8 @@ ALIYUN_TOKEN = "aliyun-receipt-token-0123456789"
 TENCENT_TOKEN = "tencent-receipt-token-9876543210"
 WEBHOOK_SECRET = "webhook-secret-for-tests"
 BASE = "http://reach.test"
+SHARED_KEY = SharedKey()
+TWILIO = TwilioServer(auth_token=TWILIO_TOKEN)  # not started: it only signs webhooks here
 
 CHANNELS = f"""
 channels:
@@ -63,6 +66,11 @@ channels:
         options:
           auth_token: "{TWILIO_TOKEN}"
           receipt_url: "https://public.example/reach/v1/receipts/twilio-proxied"
+      - name: twilio-shared
+        type: twilio_sms
+        options:
+          auth_token: "{TWILIO_TOKEN}"
+          webhook_shared_keys: {{"{SHARED_KEY.sid}": "{SHARED_KEY.secret}"}}
       - name: twilio eu
         type: twilio_sms
         options: {{auth_token: "{TWILIO_TOKEN}"}}
@@ -289,6 +297,29 @@ async def test_twilio_bad_signature_is_refused_and_changes_nothing(client: httpx
         await metric(client, "reach_receipts_rejected_total", provider="twilio-main", reason="bad_signature")
         == 2
     )
+
+
+@pytest.mark.parametrize("shared_key", [None, SHARED_KEY], ids=["auth-token-sha1", "shared-key-sha256"])
+async def test_twilio_signs_callbacks_under_either_scheme(
+    client: httpx.AsyncClient, db: Db, shared_key: SharedKey | None
+) -> None:
+    """Twilio signs with the auth token (HMAC-SHA1), or, where a Webhook Rule matches the
+    URL, with the Setting's SharedKey and algorithm: each is verified, neither forgeable."""
+    mid, forged_mid, sid, forged_sid = new_id(), new_id(), f"SM{uuid.uuid4().hex}", f"SM{uuid.uuid4().hex}"
+    seed(db, mid, provider="twilio-shared", pmid=sid)
+    seed(db, forged_mid, provider="twilio-shared", pmid=forged_sid)
+    url = f"{BASE}/v1/receipts/twilio-shared"
+    hook = TWILIO.webhook(url, twilio_status(sid, "delivered"), shared_key)
+    response = await client.post(url, content=hook.body, headers=hook.headers)
+    assert response.status_code == 200, response.text
+    assert row(db, mid)[0] == "delivered"
+    # the same signature over another message's callback
+    signed = TWILIO.webhook(url, twilio_status(forged_sid, "delivered"), shared_key)
+    forged = await client.post(
+        url, content=signed.body.replace(b"=delivered", b"=failed"), headers=signed.headers
+    )
+    assert forged.status_code == 403 and forged.json()["error"] == "bad_signature"
+    assert row(db, forged_mid)[0] == "sent"
 
 
 async def test_twilio_callback_url_may_carry_the_message_id(client: httpx.AsyncClient, db: Db) -> None:
