@@ -24,7 +24,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, preferences, rate_limit, receipts, tasks, tracking
+from api import events, health, inbound, inbox, popups, preferences, rate_limit, receipts, tasks, tracking
 from api.auth import Access, KeyCache
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
@@ -35,6 +35,7 @@ from api.tracker import Tracker
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from api.user_tokens import UserTokens, user_tokens
 from models.access import KeyStore
+from models.phones import PhoneHasher, PhoneIndex
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
@@ -91,6 +92,7 @@ def create_app(
     )
     app.include_router(tracking.links_router(LinkSigner.from_settings(settings), metrics))
     app.include_router(receipts.router(receipt_service, clock, metrics))
+    app.include_router(inbound.router(receipt_service.endpoints, clock, metrics))
     app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
     app.include_router(
@@ -108,7 +110,8 @@ def create_app(
 API_VERSION = "0.2.0"
 DESCRIPTION = (
     "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts, the "
-    "unsubscribe links and the tracking pixel and links (their signed token is the credential) takes "
+    "inbound messages, the unsubscribe links and the tracking pixel and links (their signed token "
+    "is the credential) takes "
     "Authorization: Bearer <credential>: an API key (rk_..., made with `reach keys create`) with "
     "the route's scope, or, for a user's inbox, pop-ups and preferences, that user's JWT (sub = user id)."
 )
@@ -172,9 +175,10 @@ async def lifespan(
             PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
         )
         access = await open_access(stack, settings, pool, built)
+        phones = PhoneIndex(pool, PhoneHasher.from_settings(settings))
         app.state.resources = Resources(
             pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs,
-            access, tracker,
+            access, phones, tracker,
         )  # fmt: skip
         yield
 

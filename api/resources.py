@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from api.auth import Access
 from api.event_producer import EventProducer
 from api.tracker import Tracker
+from models.phones import PhoneIndex
 from models.popups import PopupStore
 from models.preferences import Preferences
 from models.storage import InboxStore
@@ -34,6 +35,7 @@ class Resources:
     lists: AudienceLists
     preferences: Preferences
     access: Access
+    phones: PhoneIndex  # sender numbers -> users (api/inbound.py)
     tracker: Tracker
 
 

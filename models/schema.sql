@@ -14,6 +14,17 @@ CREATE TABLE IF NOT EXISTS user_profiles (
   PRIMARY KEY (user_id)
 );
 
+-- Profile phone numbers -> users, for signals that name only a number (Twilio's STOP).
+-- phone_hash = hex HMAC-SHA256(REACH_PHONE_INDEX_KEY, the E.164 number): never the number.
+-- Written with the profiles, in their transaction (models/phones.py).
+CREATE TABLE IF NOT EXISTS phone_index (
+  phone_hash  CHAR(64)     NOT NULL,
+  user_id     VARCHAR(128) NOT NULL,
+  updated_at  BIGINT       NOT NULL,
+  PRIMARY KEY (phone_hash, user_id),
+  KEY idx_phone_index_user (user_id)
+);
+
 CREATE TABLE IF NOT EXISTS segment_members (
   segment     VARCHAR(64)  NOT NULL,
   user_id     VARCHAR(128) NOT NULL,

@@ -240,7 +240,23 @@ METRICS: tuple[MetricDef, ...] = (
     ),
     _c(
         "reach_receipts_rejected",
-        "Receipt callbacks refused, by reason (bad_signature, bad_token, not_configured, bad_body)",
+        "Receipt callbacks refused, by reason (bad_signature, bad_token, unknown_key, not_configured, ...)",
+        "provider",
+        "reason",
+        process="api",
+    ),
+    _c(
+        "reach_inbound_messages",
+        "Incoming SMS a provider forwarded (POST /v1/inbound), by opt-out keyword type "
+        "(stop, start, help, none) and what reach did (applied, unknown_number, ignored)",
+        "provider",
+        "opt_out",
+        "outcome",
+        process="api",
+    ),
+    _c(
+        "reach_inbound_rejected",
+        "Incoming-message webhooks refused, by reason (bad_signature, unknown_key, bad_algorithm, ...)",
         "provider",
         "reason",
         process="api",

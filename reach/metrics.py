@@ -170,6 +170,9 @@ class ApiMetrics:
         # it yet), duplicate (the same receipt again). platform is "" unless a result row matched.
         self.receipts = build(registry, "reach_receipts")
         self.receipts_rejected = build(registry, "reach_receipts_rejected")
+        # Incoming messages (api/inbound.py): opt-out keywords become preferences
+        self.inbound_messages = build(registry, "reach_inbound_messages")
+        self.inbound_rejected = build(registry, "reach_inbound_rejected")
         # Access (api/auth.py, api/rate_limit.py)
         self.auth_refused = build(registry, "reach_api_auth_refused")
         self.rate_limited = build(registry, "reach_api_rate_limited")

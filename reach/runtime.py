@@ -17,6 +17,7 @@ from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
 from models.cancel_markers import CANCEL_GRACE_MS, CancelMarkers
 from models.cap_counts import CapCounts
+from models.phones import PhoneHasher
 from models.policies import Policies, load_policies
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
@@ -93,7 +94,7 @@ class Runtime:
         )
         await self.redis.ping()
         self.results = ResultStore(self.mysql_pool)
-        self.profiles = ProfileStore(self.mysql_pool)
+        self.profiles = ProfileStore(self.mysql_pool, PhoneHasher.from_settings(self.settings))
         self.throttle = WindowThrottle(self.redis, s.redis_prefix)
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     unsubscribe_keys: SecretStr = SecretStr("change-me")
     unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
+    # The key of the phone -> user index (models/phones.py): the same in the worker and the
+    # API; after changing it, `reach db reindex-phones`.
+    phone_index_key: SecretStr = SecretStr("change-me")
     # Engagement tracking (docs/operations.md "Engagement"): where tracked links and the e-mail
     # open pixel point (the API's public address, e.g. https://t.example.com); empty: links are
     # left as written and no pixel is added. The HMAC keys sign the links (comma-separated,
