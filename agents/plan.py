@@ -16,6 +16,7 @@ from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
 from rules.engine import RuleEngine
+from rules.errors import TemplateRenderError
 from rules.model import Template, content_for
 
 
@@ -138,7 +139,9 @@ def _variables(event: Event) -> dict[str, Any]:
 
 
 def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered | Outcome:
-    """The message's content, or a permanent outcome saying why it cannot be rendered.
+    """The message's content, or a permanent outcome saying why it cannot be rendered:
+    ``template_variable_missing`` (naming the variable) when the message lacks a variable
+    its template prints, ``template_error`` for any other failure.
 
     The template is chosen for the app version the event came from (``device.app_version``):
     an app below a template's ``min_app_version`` gets its fallback, or nothing
@@ -149,6 +152,9 @@ def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered
         return Outcome.permanent(reason, _WHY_NOT_RENDERED[reason].format(template=message.template))
     try:
         return template.render(message.variables)
+    except TemplateRenderError as exc:
+        code = "template_variable_missing" if exc.missing_variable else "template_error"
+        return Outcome.permanent(code, str(exc)[:300])
     except Exception as exc:  # a template bug must fail this message, not the batch
         return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
 

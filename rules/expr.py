@@ -469,7 +469,7 @@ class _Parser:
             return Not(self.condition(node.operand))
         if isinstance(node, ast.Compare):
             return self.compare(node)
-        if _is_call(node, "has"):
+        if isinstance(node, ast.Call) and _is_call(node, "has"):
             return Present(self.path(node.args[0]))
         raise self.fail(node, f'{_describe(node)} is not a condition; compare a field, e.g. name == "x"')
 
