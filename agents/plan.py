@@ -226,11 +226,20 @@ def oversize(content: Rendered, max_content_bytes: int) -> Outcome | None:
     return None
 
 
-def deliveries_for(
-    messages: Sequence[ReachMessage], templates: Mapping[str, Template], max_content_bytes: int
-) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
-    """Split messages into deliveries and ones that failed to render or render too large.
+#: a check of rendered content, as rendered: the outcome that fails it, or None (links)
+Screen = Callable[[Delivery], "Outcome | None"]
 
+
+def deliveries_for(
+    messages: Sequence[ReachMessage],
+    templates: Mapping[str, Template],
+    max_content_bytes: int,
+    screen: Screen | None = None,
+) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
+    """Split messages into deliveries and ones that failed to render, that ``screen`` refused,
+    or that render too large.
+
+    ``screen`` sees the content as the template rendered it, before anything changes it.
     Content over ``max_content_bytes`` is never stored or sent: it fails as
     ``content_too_large``.
     """
@@ -239,9 +248,15 @@ def deliveries_for(
     for message in messages:
         content = render(message, templates)
         if isinstance(content, Rendered):
+            content = _screened(Delivery(message, content), screen) or content
+        if isinstance(content, Rendered):
             content = oversize(content, max_content_bytes) or content
         if isinstance(content, Outcome):
             failed.append((message, content))
         else:
             ready.append(Delivery(message, content))
     return ready, failed
+
+
+def _screened(delivery: Delivery, screen: Screen | None) -> Outcome | None:
+    return screen(delivery) if screen is not None else None

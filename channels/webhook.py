@@ -99,6 +99,7 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
     #: ``headers`` often carries an ``Authorization`` value, so it is masked as a whole
     secret_options: ClassVar[frozenset[str]] = frozenset({"secret", "headers"})
     address_fields: ClassVar[tuple[str, ...]] = ()
+    checks_links: ClassVar[bool] = False  # a machine payload: the receiver decides what to show
     default_base_url: ClassVar[str] = ""  # none: ``base_url`` is required
     option_keys: ClassVar[frozenset[str]] = frozenset({"path", "secret", "headers", "contact_fields"})
     idempotent: ClassVar[bool] = True

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     unsubscribe_keys: SecretStr = SecretStr("change-me")
     unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
+    # Hosts the links of a message may point to (rules/links.py), a JSON list:
+    # ["shop.example", "*.shop.example"]; public_url's host is always allowed. Empty: links
+    # are not checked, so an event property can put any URL into a message: set it in production.
+    link_domains: tuple[str, ...] = ()
 
     # HTTP API
     api_host: str = "127.0.0.1"
