@@ -100,7 +100,7 @@ def plan_event_fully(
                     event_ts=event.ts,
                     created_ts=now_ms,
                     variables=_variables(event),
-                    contact=contact,
+                    contact=choosers[channel].contact_for(contact),
                     platform=event.platform,
                     ingested_ts=ingested_ms,
                     not_before=due,

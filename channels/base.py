@@ -144,6 +144,13 @@ class Provider(abc.ABC):
         self.config = config
         self.context = context
 
+    @classmethod
+    def contact_fields(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """The contact fields it reads from a message configured as ``config``: its
+        ``address_fields``, unless an option names others (a webhook's ``contact_fields``).
+        Outbox records carry only the fields of their channel's providers."""
+        return cls.address_fields
+
     def payload_text(self, delivery: Delivery) -> Sequence[str]:
         """Text it sends for ``delivery`` besides the rendered title, text and html (an SMS
         template's parameters, WeChat's template data and url), checked for links like them.

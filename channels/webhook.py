@@ -115,6 +115,11 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
     def parse_options(self, reader: OptionReader) -> WebhookOptions:
         return WebhookOptions.parse(reader)
 
+    @classmethod
+    def contact_fields(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """The fields ``contact_fields`` names: the receiver gets those, and needs no address."""
+        return _names(OptionReader(config.options, config.name), "contact_fields")
+
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options
         body = orjson.dumps(payload(delivery, options.contact_fields))

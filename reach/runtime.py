@@ -142,6 +142,8 @@ def link_domains_of(settings: Settings) -> LinkDomains | None:
 
 
 def chooser_for(channel: ChannelConfig) -> WeightedChooser:
-    """The channel's weighted chooser, aware of which contact field each provider sends to."""
+    """The channel's weighted chooser, aware of which contact fields each provider sends to
+    and reads."""
     fields = {p.name: provider_class(p.type).address_fields for p in channel.providers}
-    return WeightedChooser(channel.providers, address_fields=fields)
+    read = {p.name: provider_class(p.type).contact_fields(p) for p in channel.providers}
+    return WeightedChooser(channel.providers, address_fields=fields, contact_fields=read)

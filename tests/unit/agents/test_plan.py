@@ -145,3 +145,13 @@ def test_a_message_without_a_variable_its_template_prints_fails_naming_it(engine
     assert not isinstance(outcome, Rendered)
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "template_variable_missing")
     assert outcome.detail == "template 'shipped' text: variable 'properties.order' is missing"
+
+
+def test_each_message_carries_only_its_channels_contact_fields(engine: RuleEngine) -> None:
+    contact = {"email": "a@b.c", "phone": "+1555", "fcm_token": "f", "apns_token": "a", "wechat_openid": "o"}
+    plan = plan_event_fully(shipped(1), UserProfile("u-1", contact=contact), engine, choosers(), 1000)
+    assert {m.channel: dict(m.contact) for m in plan.messages} == {
+        "sms": {"phone": "+1555"},
+        "push": {"fcm_token": "f", "apns_token": "a"},
+        "inbox": {},
+    }
