@@ -66,7 +66,7 @@ triggers:
     template: note
     channels: [hooks, solo, wechat, bots, sms, push]
   - {id: t-link, when: 'name == "t_link"', template: linked, channels: [bots]}
-  - {id: t-link-hook, when: 'name == "t_link_hook"', template: linked, channels: [solo]}
+  - {id: t-link-hook, when: 'name == "t_link_hook"', template: linked, channels: [exempt]}
 templates:
   note:
     title: "Note {{ properties.n }}"
@@ -83,6 +83,7 @@ class Servers:
     hook_a: WebhookServer
     hook_b: WebhookServer
     solo: WebhookServer
+    exempt: WebhookServer  # links are not checked in webhook payloads
     wechat: WechatServer
     feishu: FeishuServer
     dingtalk: DingtalkServer
@@ -128,6 +129,7 @@ def channels_yaml(servers: Servers) -> str:
         "solo": [
             provider("solo", "webhook", {**servers.solo.provider_options(), "contact_fields": ["email"]})
         ],
+        "exempt": [provider("exempt", "webhook", servers.exempt.provider_options())],
         "wechat": [provider("wechat-mp", "wechat_template", servers.wechat.provider_options())],
         "bots": [
             provider("feishu", "feishu_bot", servers.feishu.provider_options()),
@@ -155,6 +157,7 @@ def servers() -> Iterator[Servers]:
         hook_a=WebhookServer().start(),
         hook_b=WebhookServer().start(),
         solo=WebhookServer().start(),
+        exempt=WebhookServer().start(),
         wechat=WechatServer().start(),
         feishu=FeishuServer().start(),
         dingtalk=DingtalkServer().start(),
@@ -497,7 +500,7 @@ def test_a_link_outside_the_link_domains_fails_the_message_and_nothing_is_sent(p
         "link_not_allowed",
         "a link in the text points to 'evil.example', which is not in REACH_LINK_DOMAINS",
     )
-    assert by_id[message_id_for("t-link-hook", "t-link-hook:link-hook", "solo")][:2] == ("sent", "")  # exempt
+    assert by_id[message_id_for("t-link-hook", "t-link-hook:link-hook", "exempt")][:2] == ("sent", "")
     posted = [r.body for server in (pp.servers.feishu, pp.servers.dingtalk) for r in server.requests]
     assert sum(b"shop.example/order/1" in body for body in posted) == 1
     assert not any(b"evil.example" in body for body in posted)
