@@ -92,6 +92,9 @@ def test_hosts_that_are_not_domain_names_are_none(url: str) -> None:
         ("xhttps://evil.example", False),
         ("https://" + full_width("evil.example"), False),
         ("Nothing to see: https: is a scheme, www is a word", True),
+        # a URL inside another counts too: a redirect's target is where the user ends up
+        ("https://shop.example/login?next=https://shop.example/cart", True),
+        ("https://shop.example/r?to=https://evil.example/", False),
         ("mailto:someone@evil.example javascript:alert(1)", True),  # not links in plain text
     ],
 )
