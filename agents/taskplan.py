@@ -106,7 +106,7 @@ def plan_recipient(
     fact = selection_fact(plan, recipient, reachable)
     context = variables(plan, recipient)
     return [
-        _message(plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms)
+        _message(plan, recipient, channel, choosers[channel], context, now_ms)
         for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
@@ -128,8 +128,15 @@ def _selected(
 
 
 def _message(
-    plan: RunPlan, recipient: Recipient, channel: str, provider: str, context: dict[str, Any], now_ms: int
+    plan: RunPlan,
+    recipient: Recipient,
+    channel: str,
+    chooser: WeightedChooser,
+    context: dict[str, Any],
+    now_ms: int,
 ) -> ReachMessage:
+    contact = contact_of(recipient)
+    provider = chooser.choose(contact=contact).name
     key = f"{plan.run_no}:{recipient.user_id}"
     return ReachMessage(
         message_id=message_id_for(rule_id(plan.task_no), key, channel),
@@ -144,7 +151,7 @@ def _message(
         event_ts=due_at_for(plan, recipient),  # end-to-end latency counts from the due time
         created_ts=now_ms,
         variables=context,
-        contact=contact_of(recipient),
+        contact=chooser.contact_for(contact),
         category=plan.spec.category,
         timezone=recipient.timezone,
     )
@@ -220,7 +227,7 @@ class PageEncoder:
                 "provider": provider,
                 "event_ts": due_at_for(self.plan, recipient),
                 "timezone": recipient.timezone,
-                "contact": contact,
+                "contact": self.choosers[channel].contact_for(contact),
                 "variables": {
                     **self.shared_context,
                     "user_id": recipient.user_id,

@@ -19,8 +19,11 @@ before the worker wrote its send result), or whose latest attempt is
 ``retrying`` (the row of the attempt it is about is still to come), is stored
 as *unmatched*, and :meth:`ReceiptStore.rematch` applies it once the row appears.
 
-Result rows are moved in key order and a transaction the database rolled back
-for a deadlock or a write conflict is run again (``MAX_TRANSACTION_TRIES``).
+A callback's transaction locks in one order: its receipts by digest, its result
+rows by key, then the task counters, by key, in one statement; each locking statement
+names its rows by primary key, so it locks no row it does not name. A
+transaction the database still rolled back for a deadlock or a write conflict
+is run again (``MAX_TRANSACTION_TRIES``).
 """
 
 from __future__ import annotations

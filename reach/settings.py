@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # The key of the phone -> user index (models/phones.py): the same in the worker and the
     # API; after changing it, `reach db reindex-phones`.
     phone_index_key: SecretStr = SecretStr("change-me")
+    # Hosts the links of a message may point to (rules/links.py), a JSON list:
+    # ["shop.example", "*.shop.example"]; public_url's host is always allowed. Empty: links
+    # are not checked, so an event property can put any URL into a message: set it in production.
+    link_domains: tuple[str, ...] = ()
     # Engagement tracking (docs/operations.md "Engagement"): where tracked links and the e-mail
     # open pixel point (the API's public address, e.g. https://t.example.com); empty: links are
     # left as written and no pixel is added. The HMAC keys sign the links (comma-separated,

@@ -9,7 +9,7 @@ import pytest
 
 from agents.delivery.links import LinkTracking, split_trailing, with_pixel
 from agents.plan import deliveries_for
-from channels.base import Rendered
+from channels.base import Delivery, Rendered
 from models.messages import ReachMessage
 from models.tracking_links import CLICK, OPEN, LinkSigner
 from reach.settings import Settings
@@ -134,7 +134,7 @@ def test_tracked_links_count_against_the_content_limit() -> None:
     finish = lambda m, c: TRACKING.apply(m, c, True, False)  # noqa: E731
     plain, _ = deliveries_for([message()], templates, 100)
     assert len(plain) == 1
-    ready, failed = deliveries_for([message()], templates, 100, finish)
+    ready, failed = deliveries_for([message()], templates, 100, finish=finish)
     assert ready == [] and [o.code for _, o in failed] == ["content_too_large"]
 
 
@@ -142,3 +142,17 @@ def test_a_message_id_no_token_can_hold_leaves_the_content_as_rendered() -> None
     assert TRACKING is not None
     content = Rendered("t", "https://shop.example/a", "<p>x</p>")
     assert TRACKING.apply(message("m" * 300), content, True, True) == content
+
+
+def test_the_link_check_sees_the_links_as_written_and_tracking_comes_after() -> None:
+    templates = {"t": Template("t", "title", "https://shop.example/a")}
+    assert TRACKING is not None
+    seen: list[str] = []
+
+    def screen(delivery: Delivery) -> None:
+        seen.append(delivery.content.text)
+
+    finish = lambda m, c: TRACKING.apply(m, c, True, False)  # noqa: E731
+    [ready], _ = deliveries_for([message()], templates, 10_000, screen, finish)
+    assert seen == ["https://shop.example/a"]
+    assert targets(ready.content.text) == ["https://shop.example/a"]
