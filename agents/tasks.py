@@ -32,8 +32,8 @@ from agents.produce import produce_all
 from agents.records import value_limit
 from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
 from models.outbox import pack
-from models.taskruns import RunStore, audience_page, new_owner
-from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
+from models.taskruns import Recipient, RunStore, audience_page, new_owner
+from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
 from models.taskstore import RunRow, TaskRow, TaskStore, TransitionRefusedError
 from reach.errors import DEPENDENCY_ERRORS
 from reach.runtime import Runtime
@@ -127,12 +127,13 @@ class TaskRunner:
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
         planned = 0
-        while time.monotonic() < deadline:
-            step = await self.page(task, encoder, run)
-            if step is None:
-                return planned, False
-            run, count = step
-            planned += count
+        with PageReader(self.pool, task.spec.audience) as reader:
+            while time.monotonic() < deadline:
+                step = await self.page(task, encoder, run, reader)
+                if step is None:
+                    return planned, False
+                run, count = step
+                planned += count
         return planned, True
 
     async def begin(self, task: TaskRow, run: RunRow) -> RunRow:
@@ -148,7 +149,9 @@ class TaskRunner:
         return RunRow(run.task_no, run.run_no, run.due_at, "expanding", run.checkpoint, run.audience,
                       run.planned, now, run.finished_at)  # fmt: skip
 
-    async def page(self, task: TaskRow, encoder: PageEncoder, run: RunRow) -> tuple[RunRow, int] | None:
+    async def page(
+        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
+    ) -> tuple[RunRow, int] | None:
         """Plan one page; None when the run should stop for this tick."""
         statuses = await self.tasks.statuses([task.task_no])
         status = statuses.get(task.task_no)
@@ -162,7 +165,7 @@ class TaskRunner:
         )
         if size == 0:
             return None
-        recipients = await audience_page(self.pool, task.spec.audience, run.checkpoint, size)
+        recipients = await reader.read(run.checkpoint, size, ahead=not task.spec.rate_per_minute)
         if not recipients:
             await self.finish(task, run)
             return None
@@ -210,6 +213,53 @@ class TaskRunner:
             )
         except TransitionRefusedError as exc:  # cancelled or paused meanwhile: theirs wins
             log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
+
+
+class PageReader:
+    """Reads a run's audience pages, the next one ahead while the caller plans, produces and
+    checkpoints the current one, so the database's time overlaps the worker's. The page
+    read ahead starts after the last recipient read, is used only if the caller asks for
+    exactly it next (the checkpoint moved there), and is dropped on leaving the block:
+    nothing about it is stored, so a crash loses no more than before."""
+
+    def __init__(self, pool: Any, audience: Audience) -> None:
+        self.pool = pool
+        self.audience = audience
+        self.ahead: tuple[tuple[str, int], asyncio.Task[list[Recipient]]] | None = None
+
+    async def read(self, after: str, size: int, ahead: bool) -> list[Recipient]:
+        """The page of ``size`` recipients after ``after``; with ``ahead``, start the next."""
+        page = await self._take(after, size)
+        if ahead and len(page) == size:
+            key = (page[-1].user_id, size)
+            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key))
+        return page
+
+    async def _take(self, after: str, size: int) -> list[Recipient]:
+        found, self.ahead = self.ahead, None
+        if found is not None and found[0] == (after, size):
+            return await found[1]
+        if found is not None:
+            _drop(found[1])
+        return await audience_page(self.pool, self.audience, after, size)
+
+    def __enter__(self) -> PageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ahead is not None:
+            _drop(self.ahead[1])
+            self.ahead = None
+
+
+def _drop(read: asyncio.Task[list[Recipient]]) -> None:
+    """Stop a page read ahead that is not needed; a read that already failed has its error
+    retrieved here (the next read meets the same outage and reports it)."""
+    if read.done():
+        if not read.cancelled():
+            read.exception()
+    else:
+        read.cancel()
 
 
 async def export_task_gauges(runtime: Runtime, pool: Any) -> None:
