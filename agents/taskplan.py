@@ -36,9 +36,14 @@ class RunPlan:
     parts: tuple[int, ...] = ()  # local-time tasks: the instants of every part
 
     @classmethod
-    def of(cls, task_no: int, run_no: int, due_at: int, spec: TaskSpec, default_zone: str) -> RunPlan:
+    def of(
+        cls, task_no: int, run_no: int, due_at: int, spec: TaskSpec, default_zone: str, grouped: bool = False
+    ) -> RunPlan:
+        """``grouped``: the run reads only its part's members (grouped by zone once, by
+        :class:`PartAssigner`), so it checks no zone; otherwise a local-time run reads the
+        whole audience and keeps the recipients whose zone falls into its part."""
         parts: tuple[int, ...] = ()
-        if spec.schedule.kind is ScheduleKind.LOCAL_TIME:
+        if spec.schedule.kind is ScheduleKind.LOCAL_TIME and not grouped:
             parts = tuple(sched.local_parts(*spec.schedule.local()))
         audience_filter = AudienceFilter(spec.audience.filter) if spec.audience.filter else None
         return cls(task_no, run_no, due_at, spec, default_zone, audience_filter, parts)
@@ -63,6 +68,24 @@ def chosen(plan: RunPlan, recipient: Recipient) -> bool:
     if plan.filter is not None and not plan.filter.matches(recipient.fact()):
         return False
     return not plan.parts or sched.part_of(due_at_for(plan, recipient), plan.parts) == plan.run_no
+
+
+class PartAssigner:
+    """The part (run number) of a local-time task each recipient belongs to: the part at
+    their zone's instant (profile, else the default zone), worked out once per zone."""
+
+    def __init__(self, spec: TaskSpec, default_zone: str) -> None:
+        self.local = spec.schedule.local()
+        self.parts = tuple(sched.local_parts(*self.local))
+        self.default_zone = default_zone
+        self.by_zone: dict[str, int] = {}
+
+    def part(self, timezone: str) -> int:
+        found = self.by_zone.get(timezone)
+        if found is None:
+            instant = sched.local_instant(*self.local, sched.zone_or_default(timezone, self.default_zone))
+            found = self.by_zone[timezone] = sched.part_of(instant, self.parts)
+        return found
 
 
 def variables(plan: RunPlan, recipient: Recipient) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ from agents.guard import run_step
 from agents.narrow import describe
 from agents.produce import produce_all
 from agents.records import value_limit
-from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
+from agents.taskplan import PageEncoder, PartAssigner, Records, RunPlan, page_allowance
 from models.outbox import pack
 from models.taskruns import Recipient, RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
@@ -123,11 +124,19 @@ class TaskRunner:
             await self.runs.release(run)
             return 0, False
         if run.state == "pending":
-            run = await self.begin(task, run)
-        plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
+            starting = await self._starting(task, run)
+            if starting is None:  # a later part waits for the first to group the audience
+                await self.runs.release(run)
+                return 0, False
+            run = await self.begin(task, starting)
+        if run.state == "grouping":
+            return 0, await self.group(task, run, deadline)
+        zone = self.rt.settings.task_default_zone
+        plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, zone, run.grouped)
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
         planned = 0
-        with PageReader(self.pool, task.spec.audience) as reader:
+        part = (run.task_no, run.run_no) if run.grouped else None
+        with PageReader(self.pool, task.spec.audience, part) as reader:
             while time.monotonic() < deadline:
                 step = await self.page(task, encoder, run, reader)
                 if step is None:
@@ -136,18 +145,53 @@ class TaskRunner:
                 planned += count
         return planned, True
 
+    async def _starting(self, task: TaskRow, run: RunRow) -> RunRow | None:
+        """The pending run with the state it starts in: ``expanding``, or ``grouping`` for a
+        local-time task's first part (it assigns the audience to the parts once, so each
+        part reads only its own members). None for a later part whose first part has not
+        grouped yet. A later part left ungrouped by a task started before grouping existed
+        reads the whole audience and keeps its zone's recipients, as it did then."""
+        if task.spec.schedule.kind is not ScheduleKind.LOCAL_TIME or run.grouped:
+            return dataclasses.replace(run, state="expanding")
+        if run.run_no == 1:
+            return dataclasses.replace(run, state="grouping")
+        first, grouped = await self.runs.grouping_of(run.task_no, run.run_no)
+        if first in ("pending", "grouping"):
+            return None
+        return dataclasses.replace(run, state="expanding", grouped=grouped)
+
     async def begin(self, task: TaskRow, run: RunRow) -> RunRow:
-        """Start a run: store the next cron run first (a crash here must not lose it)."""
+        """Start a run in ``run.state``: store the next cron run first (a crash here must not
+        lose it)."""
         now = self.rt.clock.now_ms()
         following = next_cron_run(task.spec.schedule, PlannedRun(run.run_no, run.due_at))
         if following is not None:
             await self.runs.add(task.task_no, following)
-        await self.runs.start(run, now)
+        await self.runs.start(run, now, run.state)
         if task.status is TaskStatus.SCHEDULED:
             await self._move(task, (TaskStatus.SCHEDULED,), TaskStatus.RUNNING, f"run {run.run_no} started")
         self.rt.metrics.task_runs.labels(task.spec.schedule.kind.value).inc()
-        return RunRow(run.task_no, run.run_no, run.due_at, "expanding", run.checkpoint, run.audience,
-                      run.planned, now, run.finished_at)  # fmt: skip
+        return dataclasses.replace(run, started_at=now)
+
+    async def group(self, task: TaskRow, run: RunRow, deadline: float) -> bool:
+        """Assign a local-time task's audience to its parts, page by page from the run's
+        checkpoint, until ``deadline``; returns whether the drive should go on (the next
+        claim finds the first part grouped and expanding, or more pages to group). Pause
+        and cancel stop it at the next page, as they stop an expansion."""
+        parts = PartAssigner(task.spec, self.rt.settings.task_default_zone)
+        with PageReader(self.pool, task.spec.audience) as reader:
+            while time.monotonic() < deadline:
+                if (await self.tasks.statuses([task.task_no])).get(task.task_no) is not TaskStatus.RUNNING:
+                    return False
+                page = await reader.read(run.checkpoint, self.rt.settings.task_page_size, ahead=True)
+                if not page:
+                    return await self.runs.grouped(run)
+                members = [(r.user_id, parts.part(r.timezone)) for r in page]
+                now = self.rt.clock.now_ms()
+                if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
+                    return False
+                run = dataclasses.replace(run, checkpoint=page[-1].user_id)
+        return True
 
     async def page(
         self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
@@ -177,8 +221,9 @@ class TaskRunner:
             return None
         for channel, channel_records in records.items():
             self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
-        advanced = RunRow(run.task_no, run.run_no, run.due_at, run.state, last, run.audience + reached,
-                          run.planned + made, run.started_at, run.finished_at)  # fmt: skip
+        advanced = dataclasses.replace(
+            run, checkpoint=last, audience=run.audience + reached, planned=run.planned + made
+        )
         return advanced, made
 
     async def _produce(self, records: Records) -> None:
@@ -191,6 +236,8 @@ class TaskRunner:
         now = self.rt.clock.now_ms()
         if not await self.runs.finish(run, now):
             return
+        if run.grouped:
+            await self.runs.drop_members(run)
         remaining = await self.runs.active(task.task_no)
         next_at = remaining[0] if remaining else None
         if remaining and task.spec.schedule.kind is not ScheduleKind.CRON:  # local time: parts to come
@@ -222,9 +269,10 @@ class PageReader:
     exactly it next (the checkpoint moved there), and is dropped on leaving the block:
     nothing about it is stored, so a crash loses no more than before."""
 
-    def __init__(self, pool: Any, audience: Audience) -> None:
+    def __init__(self, pool: Any, audience: Audience, part: tuple[int, int] | None = None) -> None:
         self.pool = pool
         self.audience = audience
+        self.part = part  # (task_no, run_no): a grouped part's members instead of the audience
         self.ahead: tuple[tuple[str, int], asyncio.Task[list[Recipient]]] | None = None
 
     async def read(self, after: str, size: int, ahead: bool) -> list[Recipient]:
@@ -232,7 +280,7 @@ class PageReader:
         page = await self._take(after, size)
         if ahead and len(page) == size:
             key = (page[-1].user_id, size)
-            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key))
+            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key, self.part))
         return page
 
     async def _take(self, after: str, size: int) -> list[Recipient]:
@@ -241,7 +289,7 @@ class PageReader:
             return await found[1]
         if found is not None:
             _drop(found[1])
-        return await audience_page(self.pool, self.audience, after, size)
+        return await audience_page(self.pool, self.audience, after, size, self.part)
 
     def __enter__(self) -> PageReader:
         return self

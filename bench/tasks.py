@@ -21,8 +21,12 @@ from typing import Any
 import httpx
 import orjson
 import pymysql
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from agents.records import value_limit
 from bench.channels import CHANNELS
+from models.outbox import pack
 from models.storage import create_pool, migrate
 from models.tasks import ValidationContext, first_runs, validate_task
 from models.taskstore import TaskStore
@@ -97,6 +101,49 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+CEILING_MESSAGE = 575  # bytes of one planned inbox message of this task (measured)
+
+
+async def bare_produce(settings: Settings, members: int, partitions: int) -> float:
+    """The ceiling of planning: the seconds to produce ``members`` messages of a planned
+    message's size, framed and acknowledged page by page as the runner does, from a bare
+    aiokafka producer with nothing else to do. Measured in the same run as the task, so
+    ``task_planned_per_s / task_ceiling_produce_per_s`` compares like with like on a shared box."""
+    topic = f"{settings.topic_prefix}bench.ceiling"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    limit = value_limit(settings.kafka_max_message_bytes)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+        max_request_size=settings.kafka_max_message_bytes,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for first in range(0, members, settings.task_page_size):
+            page = [
+                (f"bt-{n:08d}".encode(), b'{"m":"' + b"x" * (CEILING_MESSAGE - 8) + b'"}')
+                for n in range(first, min(members, first + settings.task_page_size))
+            ]
+            frames = pack(page, settings.outbox_frame_messages, limit)
+            acks = [await producer.send(topic, value, key=key) for key, value in frames]
+            await asyncio.gather(*acks)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+        async with asyncio.timeout(30):
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([topic])
+            finally:
+                await admin.close()
+
+
 def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="reach-bench-task-"))
     (tmp / "rules").mkdir()  # no trigger rules: only the task sends
@@ -107,14 +154,17 @@ def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str
     seeded = time.time()
     seed(settings, members)
     seed_s = time.time() - seeded
+    ceiling_s = asyncio.run(bare_produce(settings, members, partitions))
     worker = WorkerProcess(settings, tmp / "worker.log").start()
     try:
         wait_until(lambda: ready(settings), 120, "the worker's partitions (readyz)", interval=0.2)
+        load_at_start = os.getloadavg()[0]
         created = time.time()
         task_no = asyncio.run(create_task(settings))
         run = lambda: db.query("SELECT state, planned FROM task_runs WHERE task_no = %s", [task_no])[0]  # noqa: E731
         wait_until(lambda: run()[0] == "planned", timeout, "every recipient planned", interval=0.2)
         planned_s = time.time() - created
+        load_at_planned = os.getloadavg()[0]
         started_at, finished_at = db.query(
             "SELECT started_at, finished_at FROM task_runs WHERE task_no = %s", [task_no]
         )[0]
@@ -143,7 +193,10 @@ def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str
         "task_planned_s": round(planned_s, 2),  # from the task's creation
         "task_expansion_s": round((finished_at - started_at) / 1000, 2),  # the run's own time
         "task_planned_per_s": round(members / planned_s),
+        "task_ceiling_produce_per_s": round(members / ceiling_s),  # see bare_produce
+        "task_planned_to_ceiling": round(ceiling_s / planned_s, 3),
         "task_planned_peak_rss_mb": round(rss_planned, 1),
+        "task_load_avg_1m": [round(load_at_start, 2), round(load_at_planned, 2)],  # at creation, at planned
         "task_delivered_per_minute": round(members / delivery_s * 60),
         "task_worker_peak_rss_mb": round(rss, 1),
     }

@@ -21,7 +21,8 @@ import orjson
 from models.tasks import Audience, PlannedRun
 from models.taskstore import RUN_COLUMNS, RunRow
 
-ACTIVE = "('pending', 'expanding')"
+ACTIVE = "('pending', 'grouping', 'expanding')"
+MEMBER_ROWS = 500  # task_run_members rows per INSERT or DELETE (TiDB: small transactions)
 
 
 class Recipient(NamedTuple):
@@ -82,8 +83,53 @@ class RunStore:
         )
         return RunRow.from_row(rows[0]) if rows else None
 
-    async def start(self, run: RunRow, now_ms: int) -> bool:
-        return await self._owned("state = 'expanding', started_at = %s", [now_ms], run, "pending")
+    async def start(self, run: RunRow, now_ms: int, state: str = "expanding") -> bool:
+        """Move a pending run to ``state``: expanding, or grouping for a local-time task's
+        first part (:meth:`group`)."""
+        return await self._owned("state = %s, started_at = %s", [state, now_ms], run, "pending")
+
+    async def group(
+        self, run: RunRow, members: Sequence[tuple[str, int]], last_user: str, now_ms: int, lease_ms: int
+    ) -> bool:
+        """Store the part (run number) of each ``(user_id, run_no)`` of one audience page and
+        move the grouping checkpoint past it; False when the lease was lost. A page grouped
+        again after a crash keeps each user's first part (the key is task and user)."""
+        for start in range(0, len(members), MEMBER_ROWS):
+            chunk = members[start : start + MEMBER_ROWS]
+            await self._execute(
+                "INSERT IGNORE INTO task_run_members (task_no, user_id, run_no) VALUES "
+                + ",".join(["(%s,%s,%s)"] * len(chunk)),
+                [v for user, part in chunk for v in (run.task_no, user, part)],
+            )
+        return await self._owned(
+            "checkpoint = %s, lease_until = %s", [last_user, now_ms + lease_ms], run, "grouping"
+        )
+
+    async def grouped(self, run: RunRow) -> bool:
+        """End the grouping: every part of the task reads its members from now on, and the
+        first part starts expanding from the beginning. False when the lease was lost."""
+        await self._execute(
+            "UPDATE task_runs SET grouped = 1 WHERE task_no = %s AND state = 'pending'", [run.task_no]
+        )
+        return await self._owned("state = 'expanding', checkpoint = '', grouped = 1", [], run, "grouping")
+
+    async def grouping_of(self, task_no: int, run_no: int) -> tuple[str | None, bool]:
+        """The state of the task's first run and whether run ``run_no`` is grouped, from one
+        statement (one snapshot: :meth:`grouped` marks the parts before moving the first on)."""
+        rows = await self._query(
+            "SELECT run_no, state, grouped FROM task_runs WHERE task_no = %s AND run_no IN (1, %s)",
+            [task_no, run_no],
+        )
+        found = {int(r[0]): (str(r[1]), bool(r[2])) for r in rows}
+        return found.get(1, (None, False))[0], found.get(run_no, ("", False))[1]
+
+    async def drop_members(self, run: RunRow) -> None:
+        """Delete a planned part's task_run_members, a few hundred rows a statement."""
+        while await self._execute(
+            f"DELETE FROM task_run_members WHERE task_no = %s AND run_no = %s LIMIT {MEMBER_ROWS}",
+            [run.task_no, run.run_no],
+        ):
+            pass
 
     async def checkpoint(
         self, run: RunRow, last_user: str, audience: int, planned: int, now_ms: int, lease_ms: int
@@ -163,6 +209,8 @@ _SEGMENT = ("m.user_id", "segment_members m LEFT JOIN user_profiles p ON p.user_
 _LIST = ("m.user_id", "audience_members m LEFT JOIN user_profiles p ON p.user_id = m.user_id "
          "WHERE m.list_id = %s AND m.user_id > %s")  # fmt: skip
 _EVERYONE = ("p.user_id", "user_profiles p WHERE p.user_id > %s")
+_MEMBERS = ("m.user_id", "task_run_members m LEFT JOIN user_profiles p ON p.user_id = m.user_id "
+            "WHERE m.task_no = %s AND m.run_no = %s AND m.user_id > %s")  # fmt: skip
 PAGE_BYTES = 8 << 20  # group_concat_max_len for a page; a larger page is read row by row
 
 Source = tuple[tuple[str, str], list[Any]]
@@ -182,16 +230,21 @@ def _page_sql(source: tuple[str, str]) -> str:
     )
 
 
-def _sources(audience: Audience) -> list[Source]:
+def _sources(audience: Audience, part: tuple[int, int] | None) -> list[Source]:
+    if part is not None:
+        return [(_MEMBERS, list(part))]
     sources = [(_SEGMENT, [s]) for s in audience.segments] + [(_LIST, [x]) for x in audience.lists]
     return sources or [(_EVERYONE, [])]
 
 
-async def audience_page(pool: Any, audience: Audience, after: str, limit: int) -> list[Recipient]:
+async def audience_page(
+    pool: Any, audience: Audience, after: str, limit: int, part: tuple[int, int] | None = None
+) -> list[Recipient]:
     """The next ``limit`` distinct recipients after user id ``after``, in user id order, over
-    every source (segments, lists; every profile when neither is named). Each source is
-    read by keyset over its primary key, so a page costs the same at any depth."""
-    sources = _sources(audience)
+    every source (segments, lists; every profile when neither is named), or with ``part``
+    ``(task_no, run_no)`` over that grouped part's members alone. Each source is read by
+    keyset over an index ending in the user id, so a page costs the same at any depth."""
+    sources = _sources(audience, part)
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SET SESSION group_concat_max_len = %s", [PAGE_BYTES])
         pages = [await _source_page(cur, source, [*args, after, limit]) for source, args in sources]

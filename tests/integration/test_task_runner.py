@@ -180,3 +180,34 @@ async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
     assert await audience_page(rig.pool, both, "u-noprofile", 2) == expected[2:4]
     monkeypatch.setattr(taskruns, "PAGE_BYTES", 64)  # too small for the page: read row by row
     assert await audience_page(rig.pool, both, "", 10) == expected
+
+
+async def test_local_time_parts_read_only_their_members_grouped_once(rig: RunnerRig) -> None:
+    """The first part assigns every recipient to a part once; a recipient whose zone changes
+    while the task spans the zones is reached once, in the part of their zone at the start."""
+    await rig.profiles(
+        [UserProfile(user, segments=("task-seg",), timezone=zone) for user, (zone, _) in ZONES.items()]
+    )
+    schedule = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
+    task_no = await rig.create(task_body(schedule=schedule))
+    runner, db = rig.runner(), Db(rig.settings)
+    rig.at(utc_ms("2026-03-07T23:00:00"))  # the first part (UTC+14) is due: it groups
+    await runner.tick()
+    parts = dict(db.query("SELECT user_id, run_no FROM task_run_members WHERE task_no = %s", [task_no]))
+    assert len(parts) == len(ZONES) and len(set(parts.values())) == len(ZONES)
+    rig.at(utc_ms("2026-03-08T00:00:00"))
+    await runner.tick()
+    assert [m["user_id"] for m in rig.produced] == ["u-tokyo"]
+    # Tokyo's user moves to New York, Berlin's to Tokyo (a part already past): neither
+    # is reached again, and each part still reads only its own members.
+    await rig.profiles([UserProfile("u-tokyo", segments=("task-seg",), timezone="America/New_York"),
+                        UserProfile("u-berlin", segments=("task-seg",), timezone="Asia/Tokyo")])  # fmt: skip
+    rig.at(utc_ms("2026-03-09T12:00:00"))
+    while (await TaskStore(rig.pool).get(task_no)).status is not TaskStatus.COMPLETED:  # type: ignore[union-attr]
+        await runner.tick()
+    assert collections.Counter(m["user_id"] for m in rig.produced) == {user: 1 for user in ZONES}
+    by_user = {m["user_id"]: m["event_ts"] for m in rig.produced}
+    assert by_user == {user: utc_ms(due) for user, (_zone, due) in ZONES.items()}
+    runs = await TaskStore(rig.pool).runs(task_no)
+    assert sum(r.audience for r in runs) == len(ZONES) and all(r.grouped for r in runs)
+    assert db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no]) == [(0,)]
