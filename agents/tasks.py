@@ -136,14 +136,20 @@ class TaskRunner:
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
         planned = 0
         part = (run.task_no, run.run_no) if run.grouped else None
+        status = await self._status(task)
         with PageReader(self.pool, task.spec.audience, part) as reader:
-            while time.monotonic() < deadline:
+            while status is TaskStatus.RUNNING and time.monotonic() < deadline:
                 step = await self.page(task, encoder, run, reader)
                 if step is None:
                     return planned, False
-                run, count = step
+                run, count, status = step
                 planned += count
-        return planned, True
+        if status is TaskStatus.PAUSED:
+            await self.runs.release(run)
+        return planned, status is TaskStatus.RUNNING
+
+    async def _status(self, task: TaskRow) -> TaskStatus | None:
+        return (await self.tasks.statuses([task.task_no])).get(task.task_no)
 
     async def _starting(self, task: TaskRow, run: RunRow) -> RunRow | None:
         """The pending run with the state it starts in: ``expanding``, or ``grouping`` for a
@@ -181,7 +187,10 @@ class TaskRunner:
         parts = PartAssigner(task.spec, self.rt.settings.task_default_zone)
         with PageReader(self.pool, task.spec.audience) as reader:
             while time.monotonic() < deadline:
-                if (await self.tasks.statuses([task.task_no])).get(task.task_no) is not TaskStatus.RUNNING:
+                status = await self._status(task)
+                if status is not TaskStatus.RUNNING:
+                    if status is TaskStatus.PAUSED:
+                        await self.runs.release(run)
                     return False
                 page = await reader.read(run.checkpoint, self.rt.settings.task_page_size, ahead=True)
                 if not page:
@@ -195,14 +204,11 @@ class TaskRunner:
 
     async def page(
         self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
-    ) -> tuple[RunRow, int] | None:
-        """Plan one page; None when the run should stop for this tick."""
-        statuses = await self.tasks.statuses([task.task_no])
-        status = statuses.get(task.task_no)
-        if status is not TaskStatus.RUNNING:
-            if status is TaskStatus.PAUSED:
-                await self.runs.release(run)
-            return None
+    ) -> tuple[RunRow, int, TaskStatus | None] | None:
+        """Plan one page of a running task; returns the run advanced, the messages planned
+        and the task's status for the next page (read while the broker acknowledges this
+        one: every wait of a page is a turn of the loop the channel agents share), or None
+        when the run stops for this tick."""
         now = self.rt.clock.now_ms()
         size = page_allowance(
             task.spec.rate_per_minute, run.started_at, now, run.audience, self.rt.settings.task_page_size
@@ -214,7 +220,7 @@ class TaskRunner:
             await self.finish(task, run)
             return None
         records, reached, made = encoder.page(recipients, now)
-        await self._produce(records)
+        _, status = await asyncio.gather(self._produce(records), self._status(task))
         last = recipients[-1].user_id
         if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
             log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
@@ -224,7 +230,7 @@ class TaskRunner:
         advanced = dataclasses.replace(
             run, checkpoint=last, audience=run.audience + reached, planned=run.planned + made
         )
-        return advanced, made
+        return advanced, made, status
 
     async def _produce(self, records: Records) -> None:
         frame_messages = self.rt.settings.outbox_frame_messages
