@@ -88,13 +88,21 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
     trigger.register(app, topics["events"], runtime, profiles)
     segments.register(app, topics["segments"], runtime, profiles)
     for name, config in runtime.channels.channels.items():
-        topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name), maxsize=outbox_buffer(settings))
+        topics[f"outbox.{name}"] = outbox_topic(app, settings, name)
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
     deferred.register(app, runtime)
     tasks.register(app, runtime)
     health = WorkerHealth(settings.worker_ready_commit_age)
     _register_housekeeping(app, runtime, health)
     return Topology(app, runtime, profiles, topics, health)
+
+
+def outbox_topic(app: faust.App, settings: Settings, channel: str) -> Any:
+    """A channel's outbox topic, its read-ahead bounded by :func:`outbox_buffer`. Built
+    through ``conf.Topic``: faust's ``app.topic()`` takes ``maxsize`` and drops it
+    (faust-streaming 0.15.3, ``App.topic``), leaving ``stream_buffer_maxsize``."""
+    topic_class: Any = app.conf.Topic
+    return topic_class(app, topics=[settings.outbox_topic(channel)], maxsize=outbox_buffer(settings))
 
 
 def outbox_buffer(settings: Settings) -> int:
