@@ -16,6 +16,7 @@ from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
 from models.profiles import UserProfile
 from rules.engine import RuleEngine
+from rules.errors import TemplateRenderError
 from rules.model import Template, content_for
 
 
@@ -99,7 +100,7 @@ def plan_event_fully(
                     event_ts=event.ts,
                     created_ts=now_ms,
                     variables=_variables(event),
-                    contact=contact,
+                    contact=choosers[channel].contact_for(contact),
                     platform=event.platform,
                     ingested_ts=ingested_ms,
                     not_before=due,
@@ -138,7 +139,9 @@ def _variables(event: Event) -> dict[str, Any]:
 
 
 def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered | Outcome:
-    """The message's content, or a permanent outcome saying why it cannot be rendered.
+    """The message's content, or a permanent outcome saying why it cannot be rendered:
+    ``template_variable_missing`` (naming the variable) when the message lacks a variable
+    its template prints, ``template_error`` for any other failure.
 
     The template is chosen for the app version the event came from (``device.app_version``):
     an app below a template's ``min_app_version`` gets its fallback, or nothing
@@ -149,6 +152,9 @@ def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered
         return Outcome.permanent(reason, _WHY_NOT_RENDERED[reason].format(template=message.template))
     try:
         return template.render(message.variables)
+    except TemplateRenderError as exc:
+        code = "template_variable_missing" if exc.missing_variable else "template_error"
+        return Outcome.permanent(code, str(exc)[:300])
     except Exception as exc:  # a template bug must fail this message, not the batch
         return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
 
@@ -198,6 +204,7 @@ def result_for(
         error_code=outcome.code,
         error=outcome.detail[:500],
         provider_message_id=outcome.provider_message_id,
+        category=message.category,
     )
 
 
@@ -220,18 +227,34 @@ def oversize(content: Rendered, max_content_bytes: int) -> Outcome | None:
     return None
 
 
-def deliveries_for(
-    messages: Sequence[ReachMessage], templates: Mapping[str, Template], max_content_bytes: int
-) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
-    """Split messages into deliveries and ones that failed to render or render too large.
+#: a check of rendered content, as rendered: the outcome that fails it, or None (links)
+Screen = Callable[[Delivery], "Outcome | None"]
+#: a change to rendered content once it passed the screen, before its size is checked
+Finish = Callable[[ReachMessage, Rendered], Rendered]
 
-    Content over ``max_content_bytes`` is never stored or sent: it fails as
-    ``content_too_large``.
+
+def deliveries_for(
+    messages: Sequence[ReachMessage],
+    templates: Mapping[str, Template],
+    max_content_bytes: int,
+    screen: Screen | None = None,
+    finish: Finish | None = None,
+) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
+    """Split messages into deliveries and ones that failed to render, that ``screen`` refused,
+    or that render too large.
+
+    ``screen`` sees the content as the template rendered it, before anything changes it;
+    ``finish`` then changes it (tracked links) before its size is checked. Content over
+    ``max_content_bytes`` is never stored or sent: it fails as ``content_too_large``.
     """
     ready: list[Delivery] = []
     failed: list[tuple[ReachMessage, Outcome]] = []
     for message in messages:
         content = render(message, templates)
+        if isinstance(content, Rendered):
+            content = _screened(Delivery(message, content), screen) or content
+        if isinstance(content, Rendered) and finish is not None:
+            content = finish(message, content)
         if isinstance(content, Rendered):
             content = oversize(content, max_content_bytes) or content
         if isinstance(content, Outcome):
@@ -239,3 +262,7 @@ def deliveries_for(
         else:
             ready.append(Delivery(message, content))
     return ready, failed
+
+
+def _screened(delivery: Delivery, screen: Screen | None) -> Outcome | None:
+    return screen(delivery) if screen is not None else None

@@ -131,7 +131,7 @@ def plan_recipient(
     fact = selection_fact(plan, recipient, reachable)
     context = variables(plan, recipient)
     return [
-        _message(plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms)
+        _message(plan, recipient, channel, choosers[channel], context, now_ms)
         for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
@@ -153,8 +153,15 @@ def _selected(
 
 
 def _message(
-    plan: RunPlan, recipient: Recipient, channel: str, provider: str, context: dict[str, Any], now_ms: int
+    plan: RunPlan,
+    recipient: Recipient,
+    channel: str,
+    chooser: WeightedChooser,
+    context: dict[str, Any],
+    now_ms: int,
 ) -> ReachMessage:
+    contact = contact_of(recipient)
+    provider = chooser.choose(contact=contact).name
     key = f"{plan.run_no}:{recipient.user_id}"
     return ReachMessage(
         message_id=message_id_for(rule_id(plan.task_no), key, channel),
@@ -169,7 +176,7 @@ def _message(
         event_ts=due_at_for(plan, recipient),  # end-to-end latency counts from the due time
         created_ts=now_ms,
         variables=context,
-        contact=contact_of(recipient),
+        contact=chooser.contact_for(contact),
         category=plan.spec.category,
         timezone=recipient.timezone,
     )
@@ -257,20 +264,22 @@ class PageEncoder:
             return []
         user = recipient.user_id
         user_json = orjson.dumps(user)
-        # Everything after the provider, the same for each of the recipient's channels.
-        rest = b"".join((
-            b',"event_ts":', _number(due), b',"timezone":', _dumps(recipient.timezone),
-            b',"contact":', _dumps(contact), b',"variables":{', self.shared_context,
-            b',"user_id":', user_json, b',"attributes":', _dumps(recipient.attributes), b"}}",
+        # Around the contact (trimmed per channel), the same for each of the recipient's channels.
+        before = b"".join((b',"event_ts":', _number(due), b',"timezone":', _dumps(recipient.timezone)))
+        after = b"".join((
+            b',"variables":{', self.shared_context, b',"user_id":', user_json,
+            b',"attributes":', _dumps(recipient.attributes), b"}}",
         ))  # fmt: skip
         out = []
         for channel in channels:
-            provider = self.single.get(channel) or self.choosers[channel].choose(contact=contact).name
+            chooser = self.choosers[channel]
+            provider = self.single.get(channel) or chooser.choose(contact=contact).name
             digest = self.id_prefix.copy()
             digest.update(f"{user}\x1f{channel}".encode())
             out.append((channel, b"".join((
                 heads[channel], b'"message_id":"', digest.hexdigest().encode(), b'","user_id":', user_json,
-                b',"provider":', orjson.dumps(provider), rest,
+                b',"provider":', orjson.dumps(provider), before,
+                b',"contact":', _dumps(chooser.contact_for(contact)), after,
             ))))  # fmt: skip
         return out
 

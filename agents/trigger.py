@@ -4,7 +4,9 @@ Each event is planned on its own: one that breaks the contract, or whose
 planning raises for any reason (``plan_error``), or that would make a message
 too large for its topic (``message_too_large``), goes to the dead-letter topic
 with its reason while the rest of the batch carries on. Nothing an event
-holds can stop the agent.
+holds can stop the agent. A second copy of an event in the same batch (its
+messages' ids already planned) makes nothing: the first copy is sent, as when
+the copy arrives in a later batch or the events are replayed.
 
 Messages of a trigger with ``delay`` are not put on the outbox: they go to the
 deferred queue (Redis), due at their ``due_ts``, and the leader's deferred pump
@@ -68,6 +70,15 @@ def ingested_ms(record: Any, now_ms: int) -> int:
     return int(timestamp * 1000) if timestamp else now_ms
 
 
+def check_key(key: bytes | None, user_id: str) -> None:
+    """Raise ``key_mismatch`` unless the record's key is its user id: the profile table is
+    co-partitioned by user, so an event keyed otherwise would be planned without its profile
+    (or with another user's state) once there is more than one worker."""
+    if key != user_id.encode():
+        shown = "no key" if key is None else f"a key of {len(key)} bytes"
+        raise EventError("key_mismatch", f"the record has {shown}; events are keyed by their user_id")
+
+
 def as_event_error(exc: Exception) -> EventError:
     """Why an event could not be planned: its contract error, or ``plan_error``."""
     return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
@@ -81,6 +92,9 @@ class PlannedBatch:
     dead: list[DeadLetter] = dataclasses.field(default_factory=list)
     delayed: list[tuple[int, bytes, str]] = dataclasses.field(default_factory=list)  # due, value, channel
     cancel_ops: list[CancelOp] = dataclasses.field(default_factory=list)
+    #: message ids planned so far: a copy of an event (same event_id) in the same batch makes
+    #: them again, and the first copy is the one sent, as when the copy comes in a later batch
+    planned_ids: set[str] = dataclasses.field(default_factory=set)
 
 
 class TriggerStep:
@@ -111,6 +125,7 @@ class TriggerStep:
 
     def _plan_one(self, record: Any, engine: RuleEngine, now: int, batch: PlannedBatch) -> None:
         parsed = parse_event(record.value, self.rt.settings.event_max_depth)
+        check_key(record.key, parsed.user_id)
         ingested = ingested_ms(record, now)
         self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
         profile = self._profile(parsed.user_id)
@@ -118,12 +133,13 @@ class TriggerStep:
         plan = plan_event_fully(
             parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched, zone
         )
-        encoded = [(m, m.to_bytes()) for m in plan.messages]
+        encoded = [(m, m.to_bytes()) for m in plan.messages if m.message_id not in batch.planned_ids]
         for message, value in encoded:
             if len(value) > self.limit:
                 detail = f"its {message.channel} message is {len(value)} bytes; the outbox takes {self.limit}"
                 raise EventError("message_too_large", detail)
         for message, value in encoded:  # only once the whole event is known to fit
+            batch.planned_ids.add(message.message_id)
             if message.due_ts:
                 batch.delayed.append((message.due_ts, value, message.channel))
             else:

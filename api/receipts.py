@@ -6,8 +6,8 @@
 Whatever the receipts did (applied, duplicate, stale, unmatched) the answer is
 a success: providers retry anything else, and a retry would change nothing.
 
-``GET /v1/stats/delivery`` reports counts and rates per channel, provider and
-device platform (definitions in :mod:`models.delivery_stats`).
+``GET /v1/stats/delivery`` reports counts, rates and the engagement funnel per
+channel, provider and device platform (definitions in :mod:`models.delivery_stats`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from api.auth import StatsReader
 from api.errors import ApiError
 from api.receipt_config import ReceiptEndpoint, load_endpoints
 from api.receipt_formats import FORMATS, Callback, Rejected
-from api.schemas import DeliveryStats
+from api.schemas import AUTHENTICATED, DeliveryStats, ErrorBody, error_responses
+from api.tracker import Tracker
 from models.delivery_stats import DeliveryStatsStore
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
-from models.receipts import ReceiptResult, ReceiptStore
+from models.receipts import Outcome, ReceiptResult, ReceiptStore
+from models.tracking import Kind
 from reach.clock import Clock
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
@@ -54,11 +57,16 @@ class ReceiptService:
         self.metrics = metrics
         self.clock = clock
         self.store: ReceiptStore | None = None
+        self.tracker: Tracker | None = None
         self.stats: DeliveryStatsStore | None = None
         self._rematcher: asyncio.Task[None] | None = None
 
-    async def open(self, pool: Any, rematch_interval: float = REMATCH_INTERVAL_S) -> None:
+    async def open(
+        self, pool: Any, tracker: Tracker | None = None, rematch_interval: float = REMATCH_INTERVAL_S
+    ) -> None:
+        """``tracker`` gets a ``delivered`` tracking event for each message a receipt delivers."""
         self.store, self.stats = ReceiptStore(pool), DeliveryStatsStore(pool)
+        self.tracker = tracker
         self._rematcher = asyncio.create_task(self._rematch_forever(rematch_interval), name="receipt-rematch")
 
     async def close(self) -> None:
@@ -86,6 +94,9 @@ class ReceiptService:
         for result in results:
             labels = (endpoint.channel, endpoint.name, result.platform, result.outcome.value)
             self.metrics.receipts.labels(*labels).inc()
+        if self.tracker is not None:
+            delivered = [r.message_id for r in results if r.outcome is Outcome.DELIVERED and r.message_id]
+            self.tracker.emit(Kind.DELIVERED, delivered)
 
     async def rematch_once(self) -> int:
         """Apply the unmatched receipts whose send result has arrived since; returns how many."""
@@ -124,9 +135,8 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         ),
         responses={
             200: {"description": "Accepted; the body is what the provider expects"},
-            400: {"description": "Malformed callback body"},
-            403: {"description": "Bad signature or token; nothing was changed"},
-            404: {"description": "No provider of a receipt-capable type has this name"},
+            **error_responses(400, 404, 413, 422),
+            403: {"model": ErrorBody, "description": "Bad signature or token; nothing was changed"},
         },
     )
     async def post_receipt(request: Request, provider_name: str = PROVIDER_NAME) -> Response:
@@ -138,7 +148,7 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         if body is None:
             metrics.receipts_rejected.labels(endpoint.name, "too_large").inc()
             raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
-        callback = Callback(str(request.url), request.headers, request.query_params, body, clock.now_ms())
+        callback = Callback(request_url(request), request.headers, request.query_params, body, clock.now_ms())
         return await service.accept(endpoint, callback)
 
     @routes.get(
@@ -148,12 +158,16 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         description=(
             "Messages whose latest attempt completed in [from, to), counted once each in the state of "
             "that attempt. success_rate = delivered / (delivered + failed), null when both are 0; "
-            "accepted_rate = (sent + delivered) / messages. from and to are epoch milliseconds or "
+            "accepted_rate = (sent + delivered) / messages. displayed, opened and clicked are the "
+            "engagement funnel: how many of these messages have been displayed (pop-up shown), opened "
+            "(site message read, e-mail open pixel) and clicked (a tracked link), each at most once. "
+            "from and to are epoch milliseconds or "
             "ISO 8601 with an offset; to defaults to now, from to 24 hours before to; at most 31 days."
         ),
-        responses={400: {"description": "Bad time range"}},
+        responses=error_responses(400, *AUTHENTICATED),
     )
     async def delivery_stats(
+        _caller: StatsReader,
         from_: str | None = Query(None, alias="from", description="epoch ms or ISO 8601; default to - 24 h"),
         to: str | None = Query(None, description="epoch ms or ISO 8601, exclusive; default now"),
         channel: str | None = Query(None, min_length=1, max_length=32),
@@ -171,6 +185,25 @@ def service_from(settings: Settings, metrics: ApiMetrics, clock: Clock) -> Recei
     """The receipt service of the channels file's receipt-capable providers. Raises
     ``ChannelsConfigError`` for a channels file it cannot use."""
     return ReceiptService(dict(load_endpoints(settings.channels_file, os.environ)), metrics, clock)
+
+
+def request_url(request: Request) -> str:
+    """The URL as the caller asked for it, which is what providers sign: the path as sent
+    (``raw_path``: ``request.url`` decodes it, so a provider named ``twilio%20eu`` could never
+    verify), and behind a proxy the ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` it reports.
+    Trusting those headers widens nothing: the signature still has to match the URL."""
+    headers, scope = request.headers, request.scope
+    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
+    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or request.url.netloc
+    raw = scope.get("raw_path") or request.url.path.encode()
+    path = raw.partition(b"?")[0].decode("latin-1")  # some servers keep the query in raw_path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _first(value: str | None) -> str:
+    """The first of a comma-separated forwarded list (the client-most proxy's view)."""
+    return value.split(",")[0].strip() if value else ""
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

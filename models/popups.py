@@ -102,6 +102,14 @@ class PopupStore:
             )
             return await cur.fetchone() is not None
 
+    async def owns(self, user_id: str, message_id: str) -> bool:
+        """Whether the user has this pop-up (shown, dismissed or expired alike)."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT 1 FROM popups WHERE message_id = %s AND user_id = %s", [message_id, user_id]
+            )
+            return await cur.fetchone() is not None
+
 
 async def _claim(cur: Any, item: PopupItem, now_ms: int) -> bool:
     """Mark a show-once pop-up shown; False when a concurrent read did it first."""

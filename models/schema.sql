@@ -14,6 +14,17 @@ CREATE TABLE IF NOT EXISTS user_profiles (
   PRIMARY KEY (user_id)
 );
 
+-- Profile phone numbers -> users, for signals that name only a number (Twilio's STOP).
+-- phone_hash = hex HMAC-SHA256(REACH_PHONE_INDEX_KEY, the E.164 number): never the number.
+-- Written with the profiles, in their transaction (models/phones.py).
+CREATE TABLE IF NOT EXISTS phone_index (
+  phone_hash  CHAR(64)     NOT NULL,
+  user_id     VARCHAR(128) NOT NULL,
+  updated_at  BIGINT       NOT NULL,
+  PRIMARY KEY (phone_hash, user_id),
+  KEY idx_phone_index_user (user_id)
+);
+
 CREATE TABLE IF NOT EXISTS segment_members (
   segment     VARCHAR(64)  NOT NULL,
   user_id     VARCHAR(128) NOT NULL,
@@ -66,6 +77,7 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   attempted_at         BIGINT       NOT NULL,
   completed_at         BIGINT       NOT NULL,
   receipt_at           BIGINT       NULL,      -- ms; when a provider receipt made the row final
+  category             VARCHAR(32)  NOT NULL DEFAULT '',
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
   KEY idx_results_user (user_id, completed_at),
@@ -117,6 +129,19 @@ CREATE TABLE IF NOT EXISTS popups (
   dismissed_at  BIGINT       NULL,
   PRIMARY KEY (message_id),
   KEY idx_popups_user_until (user_id, show_until)
+);
+
+-- Engagement per message: when it first reached each stage after it was sent, from the
+-- tracking topic (models/tracking.py). Each time is set once (a repeated open, a replayed
+-- event changes nothing), so a stage counts a message at most once. Labels (channel,
+-- provider, platform, category) are the message's delivery_results row's.
+CREATE TABLE IF NOT EXISTS message_engagement (
+  message_id    VARCHAR(64)  NOT NULL,
+  delivered_at  BIGINT       NULL,
+  displayed_at  BIGINT       NULL,
+  opened_at     BIGINT       NULL,
+  clicked_at    BIGINT       NULL,
+  PRIMARY KEY (message_id)
 );
 
 -- Addresses and device tokens a provider declared dead (bad number, unregistered
@@ -250,4 +275,40 @@ CREATE TABLE IF NOT EXISTS user_preferences (
   source      VARCHAR(16)  NOT NULL,
   updated_at  BIGINT       NOT NULL,
   PRIMARY KEY (user_id, channel, category)
+);
+
+-- API keys of calling systems (product backends, operators' tools). Only a SHA-256 of
+-- each key's secret is stored: the secret is 256 random bits, so a fast hash is as safe
+-- as a slow one and costs nothing on a cache refresh. scopes is a comma-separated list;
+-- events the JSON array of event names the key may emit, NULL for any. previous_hash
+-- stays valid until previous_until after a rotation, so callers can switch over.
+-- rate_limit is requests per window (REACH_RATE_WINDOW_SECONDS), NULL for the default,
+-- 0 for none.
+CREATE TABLE IF NOT EXISTS api_keys (
+  key_id          CHAR(16)     NOT NULL,
+  name            VARCHAR(128) NOT NULL,
+  secret_hash     CHAR(64)     NOT NULL,
+  previous_hash   CHAR(64)     NULL,
+  previous_until  BIGINT       NULL,
+  scopes          VARCHAR(255) NOT NULL,
+  events          TEXT         NULL,
+  rate_limit      INT          NULL,
+  created_at      BIGINT       NOT NULL,
+  rotated_at      BIGINT       NULL,
+  revoked_at      BIGINT       NULL,
+  PRIMARY KEY (key_id)
+);
+
+-- Operator actions (keys created, rotated, revoked; tasks; preference changes), newest
+-- last. audit_id is random, so TiDB spreads the writes; detail is a JSON object that
+-- never holds a secret.
+CREATE TABLE IF NOT EXISTS audit_log (
+  audit_id    CHAR(32)     NOT NULL,
+  at          BIGINT       NOT NULL,
+  actor       VARCHAR(160) NOT NULL,
+  action      VARCHAR(64)  NOT NULL,
+  target      VARCHAR(160) NOT NULL DEFAULT '',
+  detail      TEXT         NOT NULL,
+  PRIMARY KEY (audit_id),
+  KEY idx_audit_at (at)
 );

@@ -16,7 +16,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rules.expr import AllOf, Cmp, FactSchema, FieldKind, Has, Node, Not, lookup, parse_expression
+from rules.expr import AllOf, Cmp, FactSchema, FieldKind, Has, Node, Not, Present, lookup, parse_expression
 
 AUDIENCE_FACT = FactSchema(
     "profile",
@@ -54,6 +54,8 @@ def evaluate(node: Node, fact: Mapping[str, Any]) -> bool:
     if isinstance(node, Has):
         values = lookup(fact, node.path)
         return isinstance(values, list | tuple) and node.member in values
+    if isinstance(node, Present):
+        return lookup(fact, node.path) is not None
     if isinstance(node, Not):
         return not evaluate(node.child, fact)
     if isinstance(node, AllOf):

@@ -88,7 +88,7 @@ TRIGGER_KEYS = _Keys(
     ("priority", "dedup_key", "delay", "cancel_if", "category", "description"),
 )
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
-TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback"))
+TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback", "tracking"))
 
 
 def rule_files(path: str | Path) -> list[Path]:
@@ -398,6 +398,7 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
     }
     _text(ctx, body, "description", required=False)
     min_version, fallback = _app_version_gate(ctx, body)
+    tracking = _flag(ctx, body, "tracking", default=True)
     if ctx.count > before:
         return None
     template = Template(
@@ -408,6 +409,7 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
         f"{ctx.path}:{line}",
         min_version,
         fallback,
+        tracking,
     )
     return _Entry(template, ctx.path, line)
 
@@ -454,6 +456,14 @@ def _text(ctx: _Context, item: LocatedMap, key: str, required: bool = True, defa
         return default
     if required and not value.strip():
         ctx.error(item.line_of(key), f"'{key}' must not be empty")
+    return value
+
+
+def _flag(ctx: _Context, item: LocatedMap, key: str, default: bool) -> bool:
+    value = item.get(key, default)
+    if not isinstance(value, bool):
+        ctx.error(item.line_of(key), f"'{key}' must be true or false, got {_type_name(value)}")
+        return default
     return value
 
 

@@ -111,6 +111,9 @@ class Template:
     source: str = dataclasses.field(default="<memory>", compare=False)
     min_app_version: str = ""
     fallback: str = ""
+    #: false: its messages get no tracked links and no open pixel (a password reset link
+    #: must not pass through a redirect, nor its secret sit in reach's tracking token)
+    tracking: bool = True
     _compiled: tuple[jinja2.Template, jinja2.Template, jinja2.Template | None] = dataclasses.field(
         init=False, repr=False, compare=False
     )
@@ -142,6 +145,7 @@ class Template:
             title=render_field(title, context, self.id, "title"),
             text=render_field(text, context, self.id, "text"),
             html=render_field(html, context, self.id, "html") if html is not None else "",
+            tracking=self.tracking,
         )
 
 

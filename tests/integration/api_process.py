@@ -10,24 +10,34 @@ from pathlib import Path
 import httpx
 
 from reach.settings import REPO_ROOT, Settings
-from tests.integration.harness import free_port, settings_env, wait_until
+from tests.integration.harness import bearer, create_key, free_port, settings_env, wait_until
 
 
 class ApiProcess:
     """Start with :meth:`start`; :meth:`wait_serving` waits for it, :meth:`stop` ends it."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
+        """``args`` are added to ``reach api``: ``"--workers", "1"`` runs no uvicorn supervisor,
+        whose health pings kill a child slow to start on a loaded machine."""
         self.settings = settings.model_copy(update={"api_port": free_port()})
+        self.args = args
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{self.settings.api_port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.headers: dict[str, str] = {}
+
+    def with_key(self, *scopes: str) -> ApiProcess:
+        """Make a key in the process's database and send it with :attr:`headers`."""
+        self.headers = bearer(create_key(self.settings, *scopes))
+        return self
 
     def start(self) -> ApiProcess:
         env = {**os.environ, **settings_env(self.settings)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reach.cli", "api"], env=env, stdout=log, stderr=log, cwd=REPO_ROOT
-            )
+                [sys.executable, "-m", "reach.cli", "api", *self.args],
+                env=env, stdout=log, stderr=log, cwd=REPO_ROOT,
+            )  # fmt: skip
         return self
 
     def log(self) -> str:

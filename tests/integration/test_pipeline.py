@@ -30,7 +30,9 @@ def add_profile(p: Pipeline, user_id: str, email: str | None, segments: list[str
 
 
 def inbox(api: Api, user_id: str, **params: object) -> dict:
-    response = httpx.get(f"{api.base_url}/v1/users/{user_id}/inbox", params=params, timeout=5)
+    response = httpx.get(
+        f"{api.base_url}/v1/users/{user_id}/inbox", params=params, headers=api.headers, timeout=5
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -82,7 +84,9 @@ def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api
     assert [(r[0], r[2], r[3]) for r in rows] == [("email", "sent", 1), ("inbox", "sent", 1)]
 
     message_id = page["items"][0]["message_id"]
-    read = httpx.post(f"{api.base_url}/v1/users/{user}/inbox/{message_id}/read", timeout=5)
+    read = httpx.post(
+        f"{api.base_url}/v1/users/{user}/inbox/{message_id}/read", headers=api.headers, timeout=5
+    )
     assert read.status_code == 204
     assert inbox(api, user)["unread"] == 0
 
@@ -117,6 +121,29 @@ def test_a_replayed_event_sends_nothing_twice(pipeline: Pipeline) -> None:
         == 1
     )
     assert [r[2] for r in results(pipeline, user) if r[0] == "email"] == ["sent"]
+
+
+def test_inbox_and_email_outbox_records_carry_only_what_their_channel_needs(pipeline: Pipeline) -> None:
+    user = "pii-1"
+    contact = {"email": "pii@example.com", "phone": "+15550101", "fcm_token": "f", "wechat_openid": "o"}
+    produce_json(
+        pipeline.settings,
+        pipeline.settings.segments_topic,
+        [{"user_id": user, "segments": [], "contact": contact}],
+    )
+    wait_until(
+        lambda: pipeline.db.query("SELECT 1 FROM user_profiles WHERE user_id = %s", [user]), 30, "profile"
+    )
+    produce_json(pipeline.settings, pipeline.settings.events_topic, [event("signup-pii-1", user, "signup")])
+    for channel, expected in (("inbox", {}), ("email", {"email": "pii@example.com"})):
+        records = read_topic_until(
+            pipeline.settings,
+            pipeline.settings.outbox_topic(channel),
+            lambda got: any(m["user_id"] == user for _, v in got for m in unpack(v)),
+        )
+        [message] = [m for _, v in records for m in unpack(v) if m["user_id"] == user]
+        assert message["contact"] == expected, channel
+    wait_until(lambda: pipeline.smtp.messages_to("pii@example.com"), 30, "the welcome email")
 
 
 def test_a_user_without_email_gets_only_the_inbox_message(pipeline: Pipeline) -> None:

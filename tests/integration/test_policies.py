@@ -1,5 +1,7 @@
-"""Send-time policies against the real stack: exact caps across workers, preferences'
-Redis copy, the whole unsubscribe flow, and a preference changed while messages wait."""
+"""Send-time policies against the real stack: exact caps across workers (two of them in one
+process, and two worker processes taking the flooded user over from each other),
+preferences' Redis copy, the whole unsubscribe flow, and a preference changed while
+messages wait."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.delivery.batch import BatchOutcome
 from agents.delivery.caps import Caps
@@ -28,7 +32,15 @@ from reach.clock import SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
 from tests.integration.conftest import Api, Pipeline, start_pipeline, stop_pipeline
-from tests.integration.harness import Db, event, produce_json, unique_run_id, wait_until
+from tests.integration.harness import (
+    Db,
+    WorkerProcess,
+    event,
+    free_port,
+    produce_json,
+    unique_run_id,
+    wait_until,
+)
 from tests.support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
@@ -173,10 +185,17 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     path = urlsplit(link).path
     page = httpx.get(f"{api.base_url}{path}", timeout=5)
     assert page.status_code == 200 and "marketing messages by email" in page.text and "<form" in page.text
-    assert httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"] == []
+    assert (
+        httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+            "preferences"
+        ]
+        == []
+    )
     one_click = httpx.post(f"{api.base_url}{path}", data={"List-Unsubscribe": "One-Click"}, timeout=5)
     assert one_click.status_code == 200 and "You are unsubscribed" in one_click.text
-    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"]
+    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+        "preferences"
+    ]
     assert (row["channel"], row["category"], row["allowed"], row["source"]) == (
         "email", "marketing", False, "unsubscribe",
     )  # fmt: skip
@@ -190,9 +209,23 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     assert tampered.status_code == 400 and "not valid" in tampered.text
 
 
+def test_a_key_changing_a_users_preferences_is_audited(pipeline: Pipeline, api: Api) -> None:
+    body = {"preferences": [{"channel": "sms", "category": "marketing", "allowed": False}]}
+    answer = httpx.put(
+        f"{api.base_url}/v1/users/audited-u/preferences", json=body, headers=api.headers, timeout=5
+    )
+    assert answer.status_code == 200, answer.text
+    [(actor, action, detail)] = pipeline.db.query(
+        "SELECT actor, action, detail FROM audit_log WHERE target = 'audited-u'"
+    )
+    key_id = api.headers["authorization"].split("_")[1]
+    assert (actor, action) == (f"key:{key_id}", "preferences.put")
+    assert orjson.loads(detail) == {"changes": [["sms", "marketing", False]]}
+
+
 def test_put_preferences_refuses_an_unknown_category(api: Api) -> None:
     body = {"preferences": [{"channel": "email", "category": "promos", "allowed": False}]}
-    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, timeout=5)
+    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, headers=api.headers, timeout=5)
     assert answer.status_code == 422 and answer.json()["error"] == "unknown_category"
 
 
@@ -215,6 +248,72 @@ def test_a_flood_for_one_user_sends_the_cap_and_suppresses_the_rest(capped: Pipe
     assert sorted(set(rows)) == [("sent", ""), ("suppressed", "frequency_cap")]
     assert sum(status == "sent" for status, _ in rows) == 3
     assert len(capped.smtp.messages_to(address)) == 3
+
+
+def worker_count(worker: WorkerProcess, name: str, **labels: str) -> float:
+    """A counter of one worker process, from its own /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{worker.settings.worker_metrics_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def sent_by(worker: WorkerProcess) -> float:
+    return worker_count(worker, "reach_messages_sent_total", channel="email")
+
+
+def test_two_worker_processes_flooding_one_user_send_exactly_the_cap(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    """Two ``reach worker`` processes in one group, marketing capped at 3 a day. The user's
+    partition lives on one of them: it sends 2, stops, and the other takes the user over
+    mid-flood and may send exactly 1 more; restarted, the first forgets nothing."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("categories:\n  marketing:\n    caps: [{limit: 3, per: day}]\n")
+    p = start_pipeline(tmp_path, smtp_server, {"policies_file": policies})
+    other = p.settings.model_copy(
+        update={"worker_metrics_port": free_port(), "data_dir": tmp_path / "worker-2"}
+    )
+    workers = [p.worker, WorkerProcess(other, tmp_path / "worker-2.log", p.worker.extra_env)]
+    user, address = "two-workers", "two-workers@example.com"
+    try:
+        workers[1].start()
+        add_profile(p, user, address)
+        produce_json(
+            p.settings, p.settings.events_topic, [event(f"tw-{n}", user, "test_promo", n=n) for n in range(2)]
+        )
+        wait_until(lambda: len(p.smtp.messages_to(address)) == 2, 60, "the first two e-mails")
+        owner, heir = sorted(workers, key=sent_by, reverse=True)
+        assert sent_by(owner) == 2 and sent_by(heir) == 0
+        owner.stop()  # the user's partitions move to the other worker
+        flood = [event(f"tw-{n}", user, "test_promo", n=n) for n in range(2, 62)]
+        produce_json(p.settings, p.settings.events_topic, flood)
+        wait_until(lambda: len(results(p, user)) >= 62, 90, "a result for every message")
+        assert sorted(set(results(p, user))) == [("sent", ""), ("suppressed", "frequency_cap")]
+        sent = p.db.query(
+            "SELECT COUNT(DISTINCT message_id) FROM delivery_results WHERE user_id = %s AND status = 'sent'",
+            [user],
+        )
+        assert sent == [(3,)]
+        assert len(p.smtp.messages_to(address)) == 3
+        assert sent_by(heir) == 1  # the heir continued the owner's count, it did not start at 0
+        held = worker_count(heir, "reach_messages_held_total", reason="frequency_cap", channel="email")
+        assert held == 59
+        owner.start()  # a restart forgets nothing, whichever worker gets the user back
+        produce_json(
+            p.settings,
+            p.settings.events_topic,
+            [event(f"tw-{n}", user, "test_promo", n=n) for n in range(62, 67)],
+        )
+        wait_until(lambda: len(results(p, user)) >= 67, 90, "the results after the restart")
+        assert sum(status == "sent" for status, _ in results(p, user)) == 3
+        assert len(p.smtp.messages_to(address)) == 3
+    finally:
+        workers[1].stop()
+        stop_pipeline(p)
 
 
 def test_an_opt_out_while_messages_wait_to_be_sent_stops_them(capped: Pipeline) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from agents.plan import plan_event_fully, reachable_channels
-from channels.base import ProviderConfig
+from channels.base import ProviderConfig, Rendered
 from channels.routing import WeightedChooser
 from models.events import Event, event_from_dict
 from models.profiles import UserProfile
@@ -133,3 +133,25 @@ def test_messages_carry_the_rule_category_and_the_users_zone(engine: RuleEngine)
     ).messages
     assert (first.category, first.timezone) == ("notification", "Asia/Tokyo")
     assert second.timezone == "Europe/Paris"
+
+
+def test_a_message_without_a_variable_its_template_prints_fails_naming_it(engine: RuleEngine) -> None:
+    from agents.plan import render
+    from channels.base import OutcomeKind
+
+    profile = UserProfile("u-1", contact={"phone": "+8613800000000"})
+    message = plan_event_fully(shipped(1), profile, engine, choosers(), 1000).messages[0]
+    outcome = render(message.replace(variables={"properties": {}}), engine.rulebook.templates)
+    assert not isinstance(outcome, Rendered)
+    assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "template_variable_missing")
+    assert outcome.detail == "template 'shipped' text: variable 'properties.order' is missing"
+
+
+def test_each_message_carries_only_its_channels_contact_fields(engine: RuleEngine) -> None:
+    contact = {"email": "a@b.c", "phone": "+1555", "fcm_token": "f", "apns_token": "a", "wechat_openid": "o"}
+    plan = plan_event_fully(shipped(1), UserProfile("u-1", contact=contact), engine, choosers(), 1000)
+    assert {m.channel: dict(m.contact) for m in plan.messages} == {
+        "sms": {"phone": "+1555"},
+        "push": {"fcm_token": "f", "apns_token": "a"},
+        "inbox": {},
+    }

@@ -32,6 +32,8 @@ PROFILE = {
         ('attributes.country in ["FR", "DE"]', True),
         ('attributes.plan.tier == "pro" or timezone == "UTC"', True),
         ('user_id == "u-2"', False),
+        ("has(attributes.plan.tier) and not has(attributes.missing)", True),
+        ("has(attributes.missing)", False),
     ],
 )
 def test_filter_semantics(source: str, expected: bool) -> None:
