@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,10 +31,10 @@ from agents.guard import run_step
 from agents.narrow import describe
 from agents.produce import produce_all
 from agents.records import value_limit
-from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
+from agents.taskplan import PageEncoder, PartAssigner, Records, RunPlan, page_allowance
 from models.outbox import pack
-from models.taskruns import RunStore, audience_page, new_owner
-from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
+from models.taskruns import Recipient, RunStore, audience_page, new_owner
+from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
 from models.taskstore import SCHEDULER, RunRow, TaskRow, TaskStore, TransitionRefusedError
 from reach.errors import DEPENDENCY_ERRORS
 from reach.runtime import Runtime
@@ -123,60 +124,113 @@ class TaskRunner:
             await self.runs.release(run)
             return 0, False
         if run.state == "pending":
-            run = await self.begin(task, run)
-        plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
+            starting = await self._starting(task, run)
+            if starting is None:  # a later part waits for the first to group the audience
+                await self.runs.release(run)
+                return 0, False
+            run = await self.begin(task, starting)
+        if run.state == "grouping":
+            return 0, await self.group(task, run, deadline)
+        zone = self.rt.settings.task_default_zone
+        plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, zone, run.grouped)
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
         planned = 0
-        while time.monotonic() < deadline:
-            step = await self.page(task, encoder, run)
-            if step is None:
-                return planned, False
-            run, count = step
-            planned += count
-        return planned, True
+        part = (run.task_no, run.run_no) if run.grouped else None
+        status = await self._status(task)
+        with PageReader(self.pool, task.spec.audience, part) as reader:
+            while status is TaskStatus.RUNNING and time.monotonic() < deadline:
+                step = await self.page(task, encoder, run, reader)
+                if step is None:
+                    return planned, False
+                run, count, status = step
+                planned += count
+        if status is TaskStatus.PAUSED:
+            await self.runs.release(run)
+        return planned, status is TaskStatus.RUNNING
+
+    async def _status(self, task: TaskRow) -> TaskStatus | None:
+        return (await self.tasks.statuses([task.task_no])).get(task.task_no)
+
+    async def _starting(self, task: TaskRow, run: RunRow) -> RunRow | None:
+        """The pending run with the state it starts in: ``expanding``, or ``grouping`` for a
+        local-time task's first part (it assigns the audience to the parts once, so each
+        part reads only its own members). None for a later part whose first part has not
+        grouped yet. A later part left ungrouped by a task started before grouping existed
+        reads the whole audience and keeps its zone's recipients, as it did then."""
+        if task.spec.schedule.kind is not ScheduleKind.LOCAL_TIME or run.grouped:
+            return dataclasses.replace(run, state="expanding")
+        if run.run_no == 1:
+            return dataclasses.replace(run, state="grouping")
+        first, grouped = await self.runs.grouping_of(run.task_no, run.run_no)
+        if first in ("pending", "grouping"):
+            return None
+        return dataclasses.replace(run, state="expanding", grouped=grouped)
 
     async def begin(self, task: TaskRow, run: RunRow) -> RunRow:
-        """Start a run: store the next cron run first (a crash here must not lose it)."""
+        """Start a run in ``run.state``: store the next cron run first (a crash here must not
+        lose it)."""
         now = self.rt.clock.now_ms()
         following = next_cron_run(task.spec.schedule, PlannedRun(run.run_no, run.due_at))
         if following is not None:
             await self.runs.add(task.task_no, following)
-        await self.runs.start(run, now)
+        await self.runs.start(run, now, run.state)
         if task.status is TaskStatus.SCHEDULED:
             await self._move(task, (TaskStatus.SCHEDULED,), TaskStatus.RUNNING, f"run {run.run_no} started")
         self.rt.metrics.task_runs.labels(task.spec.schedule.kind.value).inc()
-        return RunRow(run.task_no, run.run_no, run.due_at, "expanding", run.checkpoint, run.audience,
-                      run.planned, now, run.finished_at)  # fmt: skip
+        return dataclasses.replace(run, started_at=now)
 
-    async def page(self, task: TaskRow, encoder: PageEncoder, run: RunRow) -> tuple[RunRow, int] | None:
-        """Plan one page; None when the run should stop for this tick."""
-        statuses = await self.tasks.statuses([task.task_no])
-        status = statuses.get(task.task_no)
-        if status is not TaskStatus.RUNNING:
-            if status is TaskStatus.PAUSED:
-                await self.runs.release(run)
-            return None
+    async def group(self, task: TaskRow, run: RunRow, deadline: float) -> bool:
+        """Assign a local-time task's audience to its parts, page by page from the run's
+        checkpoint, until ``deadline``; returns whether the drive should go on (the next
+        claim finds the first part grouped and expanding, or more pages to group). Pause
+        and cancel stop it at the next page, as they stop an expansion."""
+        parts = PartAssigner(task.spec, self.rt.settings.task_default_zone)
+        with PageReader(self.pool, task.spec.audience) as reader:
+            while time.monotonic() < deadline:
+                status = await self._status(task)
+                if status is not TaskStatus.RUNNING:
+                    if status is TaskStatus.PAUSED:
+                        await self.runs.release(run)
+                    return False
+                page = await reader.read(run.checkpoint, self.rt.settings.task_page_size, ahead=True)
+                if not page:
+                    return await self.runs.grouped(run)
+                members = [(r.user_id, parts.part(r.timezone)) for r in page]
+                now = self.rt.clock.now_ms()
+                if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
+                    return False
+                run = dataclasses.replace(run, checkpoint=page[-1].user_id)
+        return True
+
+    async def page(
+        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
+    ) -> tuple[RunRow, int, TaskStatus | None] | None:
+        """Plan one page of a running task; returns the run advanced, the messages planned
+        and the task's status for the next page (read while the broker acknowledges this
+        one: every wait of a page is a turn of the loop the channel agents share), or None
+        when the run stops for this tick."""
         now = self.rt.clock.now_ms()
         size = page_allowance(
             task.spec.rate_per_minute, run.started_at, now, run.audience, self.rt.settings.task_page_size
         )
         if size == 0:
             return None
-        recipients = await audience_page(self.pool, task.spec.audience, run.checkpoint, size)
+        recipients = await reader.read(run.checkpoint, size, ahead=not task.spec.rate_per_minute)
         if not recipients:
             await self.finish(task, run)
             return None
         records, reached, made = encoder.page(recipients, now)
-        await self._produce(records)
+        _, status = await asyncio.gather(self._produce(records), self._status(task))
         last = recipients[-1].user_id
         if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
             log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
             return None
         for channel, channel_records in records.items():
             self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
-        advanced = RunRow(run.task_no, run.run_no, run.due_at, run.state, last, run.audience + reached,
-                          run.planned + made, run.started_at, run.finished_at)  # fmt: skip
-        return advanced, made
+        advanced = dataclasses.replace(
+            run, checkpoint=last, audience=run.audience + reached, planned=run.planned + made
+        )
+        return advanced, made, status
 
     async def _produce(self, records: Records) -> None:
         frame_messages = self.rt.settings.outbox_frame_messages
@@ -188,6 +242,8 @@ class TaskRunner:
         now = self.rt.clock.now_ms()
         if not await self.runs.finish(run, now):
             return
+        if run.grouped:
+            await self.runs.drop_members(run)
         remaining = await self.runs.active(task.task_no)
         next_at = remaining[0] if remaining else None
         if remaining and task.spec.schedule.kind is not ScheduleKind.CRON:  # local time: parts to come
@@ -210,6 +266,54 @@ class TaskRunner:
             )
         except TransitionRefusedError as exc:  # cancelled or paused meanwhile: theirs wins
             log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
+
+
+class PageReader:
+    """Reads a run's audience pages, the next one ahead while the caller plans, produces and
+    checkpoints the current one, so the database's time overlaps the worker's. The page
+    read ahead starts after the last recipient read, is used only if the caller asks for
+    exactly it next (the checkpoint moved there), and is dropped on leaving the block:
+    nothing about it is stored, so a crash loses no more than before."""
+
+    def __init__(self, pool: Any, audience: Audience, part: tuple[int, int] | None = None) -> None:
+        self.pool = pool
+        self.audience = audience
+        self.part = part  # (task_no, run_no): a grouped part's members instead of the audience
+        self.ahead: tuple[tuple[str, int], asyncio.Task[list[Recipient]]] | None = None
+
+    async def read(self, after: str, size: int, ahead: bool) -> list[Recipient]:
+        """The page of ``size`` recipients after ``after``; with ``ahead``, start the next."""
+        page = await self._take(after, size)
+        if ahead and len(page) == size:
+            key = (page[-1].user_id, size)
+            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key, self.part))
+        return page
+
+    async def _take(self, after: str, size: int) -> list[Recipient]:
+        found, self.ahead = self.ahead, None
+        if found is not None and found[0] == (after, size):
+            return await found[1]
+        if found is not None:
+            _drop(found[1])
+        return await audience_page(self.pool, self.audience, after, size, self.part)
+
+    def __enter__(self) -> PageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ahead is not None:
+            _drop(self.ahead[1])
+            self.ahead = None
+
+
+def _drop(read: asyncio.Task[list[Recipient]]) -> None:
+    """Stop a page read ahead that is not needed; a read that already failed has its error
+    retrieved here (the next read meets the same outage and reports it)."""
+    if read.done():
+        if not read.cancelled():
+            read.exception()
+    else:
+        read.cancel()
 
 
 async def export_task_gauges(runtime: Runtime, pool: Any) -> None:

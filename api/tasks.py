@@ -235,7 +235,7 @@ async def _resumed_status(tasks: TaskStore, task_no: int) -> TaskStatus:
     """Where a resumed task goes: running (a run was expanding), scheduled (runs to come),
     or completed (every run was planned before the pause)."""
     states = {run.state for run in await tasks.runs(task_no)}
-    if "expanding" in states:
+    if states & {"grouping", "expanding"}:
         return TaskStatus.RUNNING
     return TaskStatus.SCHEDULED if "pending" in states else TaskStatus.COMPLETED
 

@@ -311,7 +311,9 @@ def main() -> int:
         summary.update(sustained(int(summary["messages_per_minute"] / 60 * 0.6), seconds))
     task_members = int(os.environ.get("BENCH_TASK_MEMBERS", "1000000"))
     if task_members > 0:
-        summary.update(task_scenario(task_members, timeout, int(os.environ.get("BENCH_PARTITIONS", "4"))))
+        partitions = int(os.environ.get("BENCH_PARTITIONS", "4"))
+        sample = int(os.environ.get("BENCH_TASK_DELIVERED", "0")) or None
+        summary.update(task_scenario(task_members, timeout, partitions, sample))
     print(orjson.dumps(summary).decode())
     return 0
 

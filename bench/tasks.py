@@ -3,8 +3,10 @@
 
 Measures the time from the task's creation until every recipient is planned onto the
 outbox (target <= 60 s), the delivered rate through the inbox, and the worker's peak RSS
-(target < 300 MB during the expansion). ``python -m bench.tasks`` runs it alone and prints
-its JSON; ``bench/pipeline.py`` adds the same figures to its last line.
+(target < 300 MB during the expansion), with the load and a ceiling measured in the same
+run (:func:`bare_produce`). BENCH_TASK_DELIVERED times the delivered rate over the first
+that many messages instead of all. ``python -m bench.tasks`` runs it alone and prints its
+JSON; ``bench/pipeline.py`` adds the same figures to its last line.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from typing import Any
 import httpx
 import orjson
 import pymysql
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from agents.records import value_limit
 from bench.channels import CHANNELS
+from models.outbox import pack
 from models.storage import create_pool, migrate
 from models.tasks import ValidationContext, first_runs, validate_task
 from models.taskstore import TaskStore
@@ -97,7 +103,56 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str, Any]:
+CEILING_MESSAGE = 575  # bytes of one planned inbox message of this task (measured)
+CEILING_PAGE = 5000  # messages acknowledged at a time (fixed, so ceilings compare across page sizes)
+
+
+async def bare_produce(settings: Settings, members: int, partitions: int) -> float:
+    """The ceiling of planning: the seconds to produce ``members`` messages of a planned
+    message's size, framed and acknowledged page by page as the runner does, from a bare
+    aiokafka producer with nothing else to do. Measured in the same run as the task, so
+    ``task_planned_per_s / task_ceiling_produce_per_s`` compares like with like on a shared box."""
+    topic = f"{settings.topic_prefix}bench.ceiling"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    limit = value_limit(settings.kafka_max_message_bytes)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+        max_request_size=settings.kafka_max_message_bytes,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for first in range(0, members, CEILING_PAGE):
+            page = [
+                (f"bt-{n:08d}".encode(), b'{"m":"' + b"x" * (CEILING_MESSAGE - 8) + b'"}')
+                for n in range(first, min(members, first + CEILING_PAGE))
+            ]
+            frames = pack(page, settings.outbox_frame_messages, limit)
+            acks = [await producer.send(topic, value, key=key) for key, value in frames]
+            await asyncio.gather(*acks)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+        async with asyncio.timeout(30):
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([topic])
+            finally:
+                await admin.close()
+
+
+def task_scenario(
+    members: int, timeout: float, partitions: int = 4, sample: int | None = None
+) -> dict[str, Any]:
+    """``sample``: time the delivered rate over the first this many messages (all by default;
+    fewer when the delivery of a large audience would take longer than the run may)."""
+    sample = min(members, sample or members)
     tmp = Path(tempfile.mkdtemp(prefix="reach-bench-task-"))
     (tmp / "rules").mkdir()  # no trigger rules: only the task sends
     (tmp / "rules" / "bench.yaml").write_text("templates:\n  unused: {title: t, text: t}\n")
@@ -107,14 +162,17 @@ def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str
     seeded = time.time()
     seed(settings, members)
     seed_s = time.time() - seeded
+    ceiling_s = asyncio.run(bare_produce(settings, members, partitions))
     worker = WorkerProcess(settings, tmp / "worker.log").start()
     try:
         wait_until(lambda: ready(settings), 120, "the worker's partitions (readyz)", interval=0.2)
+        load_at_start = os.getloadavg()[0]
         created = time.time()
         task_no = asyncio.run(create_task(settings))
         run = lambda: db.query("SELECT state, planned FROM task_runs WHERE task_no = %s", [task_no])[0]  # noqa: E731
         wait_until(lambda: run()[0] == "planned", timeout, "every recipient planned", interval=0.2)
         planned_s = time.time() - created
+        load_at_planned = os.getloadavg()[0]
         started_at, finished_at = db.query(
             "SELECT started_at, finished_at FROM task_runs WHERE task_no = %s", [task_no]
         )[0]
@@ -125,10 +183,11 @@ def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str
                 [task_no],
             )[0][0]
         )
-        wait_until(lambda: sent() >= members, timeout, "every task message sent", interval=1.0)
+        wait_until(lambda: sent() >= sample, timeout, "the task messages timed", interval=1.0)
         first, last = db.query(
-            "SELECT MIN(completed_at), MAX(completed_at) FROM delivery_results WHERE rule_id = %s",
-            [f"task:{task_no}"],
+            "SELECT MIN(completed_at), MAX(completed_at) FROM (SELECT completed_at FROM delivery_results "
+            "WHERE rule_id = %s ORDER BY completed_at LIMIT %s) timed",
+            [f"task:{task_no}", sample],
         )[0]
         rss = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
     finally:
@@ -143,15 +202,20 @@ def task_scenario(members: int, timeout: float, partitions: int = 4) -> dict[str
         "task_planned_s": round(planned_s, 2),  # from the task's creation
         "task_expansion_s": round((finished_at - started_at) / 1000, 2),  # the run's own time
         "task_planned_per_s": round(members / planned_s),
+        "task_ceiling_produce_per_s": round(members / ceiling_s),  # see bare_produce
+        "task_planned_to_ceiling": round(ceiling_s / planned_s, 3),
         "task_planned_peak_rss_mb": round(rss_planned, 1),
-        "task_delivered_per_minute": round(members / delivery_s * 60),
+        "task_load_avg_1m": [round(load_at_start, 2), round(load_at_planned, 2)],  # at creation, at planned
+        "task_delivered_per_minute": round(sample / delivery_s * 60),
+        "task_delivered_timed": sample,
         "task_worker_peak_rss_mb": round(rss, 1),
     }
 
 
 def main() -> int:
     members = int(os.environ.get("BENCH_TASK_MEMBERS", "1000000"))
-    summary = task_scenario(members, float(os.environ.get("BENCH_TIMEOUT", "900")))
+    sample = int(os.environ.get("BENCH_TASK_DELIVERED", "0")) or None
+    summary = task_scenario(members, float(os.environ.get("BENCH_TIMEOUT", "900")), sample=sample)
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(orjson.dumps(summary).decode())
     return 0

@@ -201,7 +201,7 @@ CREATE TABLE IF NOT EXISTS task_runs (
   task_no      BIGINT        NOT NULL,
   run_no       INT           NOT NULL,
   due_at       BIGINT        NOT NULL,
-  state        VARCHAR(16)   NOT NULL,   -- pending, expanding, planned, cancelled
+  state        VARCHAR(16)   NOT NULL,   -- pending, grouping, expanding, planned, cancelled
   checkpoint   VARCHAR(128)  NOT NULL DEFAULT '',
   audience     BIGINT        NOT NULL DEFAULT 0,   -- recipients evaluated and chosen
   planned      BIGINT        NOT NULL DEFAULT 0,   -- messages put on the outbox
@@ -209,8 +209,21 @@ CREATE TABLE IF NOT EXISTS task_runs (
   finished_at  BIGINT        NOT NULL DEFAULT 0,
   lease_owner  CHAR(16)      NOT NULL DEFAULT '',
   lease_until  BIGINT        NOT NULL DEFAULT 0,
+  grouped      TINYINT       NOT NULL DEFAULT 0,   -- 1: the run's recipients are its task_run_members
   PRIMARY KEY (task_no, run_no),
   KEY idx_runs_due (state, due_at)
+);
+
+-- Which part of a local-time task each recipient belongs to, written once by the first
+-- part (state 'grouping') so each part reads only its own members. Keyed by user: a
+-- recipient is in one part even if their zone changes while the task spans the zones.
+-- A part's rows are deleted once it is planned.
+CREATE TABLE IF NOT EXISTS task_run_members (
+  task_no  BIGINT        NOT NULL,
+  user_id  VARCHAR(128)  NOT NULL,
+  run_no   INT           NOT NULL,
+  PRIMARY KEY (task_no, user_id),
+  KEY idx_run_members (task_no, run_no, user_id)
 );
 
 -- Final outcomes of task messages per channel, added per channel-agent batch

@@ -114,6 +114,7 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "ADD INDEX idx_results_rule_user (rule_id, user_id, message_id)",
     ),
     ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
+    ("task_runs", "column", "grouped", "ADD COLUMN grouped TINYINT NOT NULL DEFAULT 0"),
     ("delivery_results", "column", "category", "ADD COLUMN category VARCHAR(32) NOT NULL DEFAULT ''"),
     (
         "inbox_messages",

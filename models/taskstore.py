@@ -65,13 +65,18 @@ class RunRow:
     planned: int
     started_at: int
     finished_at: int
+    grouped: bool = False  # a local-time part reading its task_run_members (models/taskruns.py)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> RunRow:
-        return cls(int(row[0]), int(row[1]), int(row[2]), row[3], row[4], *(int(v) for v in row[5:9]))
+        task_no, run_no, due_at, state, checkpoint, audience, planned, started_at, finished_at, grouped = row
+        return cls(int(task_no), int(run_no), int(due_at), state, checkpoint, int(audience), int(planned),
+                   int(started_at), int(finished_at), bool(grouped))  # fmt: skip
 
 
-RUN_COLUMNS = "task_no, run_no, due_at, state, checkpoint, audience, planned, started_at, finished_at"
+RUN_COLUMNS = (
+    "task_no, run_no, due_at, state, checkpoint, audience, planned, started_at, finished_at, grouped"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -297,7 +302,7 @@ class TaskStore:
             if to in FINAL_STATUSES:
                 await cur.execute(
                     "UPDATE task_runs SET state = 'cancelled', lease_until = 0 "
-                    "WHERE task_no = %s AND state IN ('pending', 'expanding')",
+                    "WHERE task_no = %s AND state IN ('pending', 'grouping', 'expanding')",
                     [task_no],
                 )
             return current

@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     task_poll_interval: float = Field(0.2, gt=0)  # seconds between the runner's looks for due runs
     task_tick_budget: float = Field(0.5, gt=0)  # seconds a run expands between renewals of its claim
     # Recipients per audience page (one checkpoint each). Big pages: the expansion shares the
-    # worker's event loop with the channel agents and advances about a page per their batch.
-    task_page_size: int = Field(5000, ge=1)
+    # worker's event loop with the channel agents and waits a turn of it at each of a page's
+    # few round trips; 20,000 took a third of the time 5,000 did (measured, 100k members).
+    task_page_size: int = Field(20000, ge=1)
     task_lease_seconds: float = Field(15.0, gt=0)  # a crashed worker's run is taken over after this
     task_pause_recheck_ms: int = Field(2000, ge=100)  # a paused task's message is checked again after this
     task_default_zone: str = "UTC"  # local-time tasks: the zone of a profile without a valid timezone

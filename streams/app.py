@@ -91,13 +91,30 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
     segments.register(app, topics["segments"], runtime, profiles)
     tracking.register(app, topics["tracking"], runtime)
     for name, config in runtime.channels.channels.items():
-        topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name))
+        topics[f"outbox.{name}"] = outbox_topic(app, settings, name)
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
     deferred.register(app, runtime)
     tasks.register(app, runtime)
     health = WorkerHealth(settings.worker_ready_commit_age)
     _register_housekeeping(app, runtime, health)
     return Topology(app, runtime, profiles, topics, health)
+
+
+def outbox_topic(app: faust.App, settings: Settings, channel: str) -> Any:
+    """A channel's outbox topic, its read-ahead bounded by :func:`outbox_buffer`. Built
+    through ``conf.Topic``: faust's ``app.topic()`` takes ``maxsize`` and drops it
+    (faust-streaming 0.15.3, ``App.topic``), leaving ``stream_buffer_maxsize``."""
+    topic_class: Any = app.conf.Topic
+    return topic_class(app, topics=[settings.outbox_topic(channel)], maxsize=outbox_buffer(settings))
+
+
+def outbox_buffer(settings: Settings) -> int:
+    """Outbox records a channel agent may hold read ahead: eight batches. The app-wide
+    ``stream_buffer_maxsize`` counts records, and an outbox record is a frame of up to
+    ``outbox_frame_messages`` messages (~290 KB for a task's frame of 500): 4096 of them
+    would let a million-recipient task's backlog (2,000 frames) sit in the worker's memory
+    instead of in Kafka."""
+    return max(16, 8 * max(1, settings.batch_size // settings.outbox_frame_messages))
 
 
 def _register_housekeeping(app: faust.App, runtime: Runtime, health: WorkerHealth) -> None:

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from models import taskruns
 from models.messages import DeliveryResult, DeliveryStatus
 from models.profiles import UserProfile
 from models.receipts import Receipt, ReceiptStatus, ReceiptStore
 from models.storage import ResultStore, create_pool
-from models.tasks import TaskStatus
+from models.taskruns import AudienceLists, Recipient, audience_page
+from models.tasks import Audience, TaskStatus
 from models.taskstore import TaskStore
+from tests.integration.harness import Db
 from tests.integration.task_rig import RunnerRig, SimulatedCrashError, task_body
 
 pytestmark = pytest.mark.integration
@@ -144,3 +147,67 @@ async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -
     for _ in range(2):  # the provider calls back twice
         await ReceiptStore(rig.pool).record("sms-a", [receipt], rig.clock.now_ms())
     assert await TaskStore(rig.pool).counts(77) == {"sms": {"delivered": 1}}
+
+
+async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
+    rig: RunnerRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    odd = [
+        UserProfile('u-"quoted\\', segments=("task-seg", "vip"), contact={"phone": "+1555"},
+                    timezone="Asia/Tokyo", attributes={"name": "Zoë", "tier": {"level": 2}}),
+        UserProfile("u-é-unicode", segments=("task-seg",), attributes={"n": [1, None, "x"]}),
+        UserProfile("u-plain", segments=("task-seg",)),
+    ]  # fmt: skip
+    await rig.profiles(odd)
+    db = Db(rig.settings)
+    db.query("UPDATE user_profiles SET attributes = '' WHERE user_id = 'u-plain'")  # an empty column
+    db.query(
+        "INSERT INTO segment_members (segment, user_id, updated_at) VALUES ('task-seg', 'u-noprofile', 0)"
+    )
+    uploaded = AudienceLists(rig.pool)
+    list_id = await uploaded.begin(0)
+    await uploaded.add(list_id, ["u-plain", "u-zlisted"])  # one in the segment too, one without a profile
+    both = Audience(segments=("task-seg",), lists=(list_id,))
+    expected = [
+        Recipient("u-\"quoted\\", ("task-seg", "vip"), {"phone": "+1555"}, "Asia/Tokyo",
+                  {"name": "Zoë", "tier": {"level": 2}}),
+        Recipient("u-noprofile"),
+        Recipient("u-plain", ("task-seg",)),
+        Recipient("u-zlisted"),
+        Recipient("u-é-unicode", ("task-seg",), {}, "", {"n": [1, None, "x"]}),
+    ]  # fmt: skip
+    assert await audience_page(rig.pool, both, "", 10) == expected
+    assert await audience_page(rig.pool, both, "u-noprofile", 2) == expected[2:4]
+    monkeypatch.setattr(taskruns, "PAGE_BYTES", 64)  # too small for the page: read row by row
+    assert await audience_page(rig.pool, both, "", 10) == expected
+
+
+async def test_local_time_parts_read_only_their_members_grouped_once(rig: RunnerRig) -> None:
+    """The first part assigns every recipient to a part once; a recipient whose zone changes
+    while the task spans the zones is reached once, in the part of their zone at the start."""
+    await rig.profiles(
+        [UserProfile(user, segments=("task-seg",), timezone=zone) for user, (zone, _) in ZONES.items()]
+    )
+    schedule = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
+    task_no = await rig.create(task_body(schedule=schedule))
+    runner, db = rig.runner(), Db(rig.settings)
+    rig.at(utc_ms("2026-03-07T23:00:00"))  # the first part (UTC+14) is due: it groups
+    await runner.tick()
+    parts = dict(db.query("SELECT user_id, run_no FROM task_run_members WHERE task_no = %s", [task_no]))
+    assert len(parts) == len(ZONES) and len(set(parts.values())) == len(ZONES)
+    rig.at(utc_ms("2026-03-08T00:00:00"))
+    await runner.tick()
+    assert [m["user_id"] for m in rig.produced] == ["u-tokyo"]
+    # Tokyo's user moves to New York, Berlin's to Tokyo (a part already past): neither
+    # is reached again, and each part still reads only its own members.
+    await rig.profiles([UserProfile("u-tokyo", segments=("task-seg",), timezone="America/New_York"),
+                        UserProfile("u-berlin", segments=("task-seg",), timezone="Asia/Tokyo")])  # fmt: skip
+    rig.at(utc_ms("2026-03-09T12:00:00"))
+    while (await TaskStore(rig.pool).get(task_no)).status is not TaskStatus.COMPLETED:  # type: ignore[union-attr]
+        await runner.tick()
+    assert collections.Counter(m["user_id"] for m in rig.produced) == {user: 1 for user in ZONES}
+    by_user = {m["user_id"]: m["event_ts"] for m in rig.produced}
+    assert by_user == {user: utc_ms(due) for user, (_zone, due) in ZONES.items()}
+    runs = await TaskStore(rig.pool).runs(task_no)
+    assert sum(r.audience for r in runs) == len(ZONES) and all(r.grouped for r in runs)
+    assert db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no]) == [(0,)]
