@@ -144,6 +144,8 @@ def add_cors(app: FastAPI, settings: Settings) -> None:
 async def open_access(
     stack: contextlib.AsyncExitStack, settings: Settings, pool: Any, built: Built
 ) -> Access:
+    # A client of its own, not the preferences' one: the limiter waits at most 0.5 s for
+    # Redis (a request must not hang on it), a preference write up to 10 s.
     redis = rate_limit.connect(settings)
     stack.push_async_callback(redis.aclose)
     ms = 1000
