@@ -8,7 +8,6 @@ builds :class:`~api.resources.Resources`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -39,7 +38,7 @@ from models.access import KeyStore
 from models.phones import PhoneHasher, PhoneIndex
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
-from models.storage import InboxStore, create_pool
+from models.storage import InboxStore, close_pool, create_pool
 from models.taskruns import AudienceLists
 from models.taskstore import TaskStore
 from models.tracking_links import LinkSigner
@@ -109,7 +108,6 @@ def create_app(
 
 # The OpenAPI document's version: a release keeps its document in api/openapi/ (see api.compat).
 API_VERSION = "0.2.0"
-POOL_CLOSE_TIMEOUT_S = 5.0
 DESCRIPTION = (
     "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts, the "
     "inbound messages, the unsubscribe links and the tracking pixel and links (their signed token "
@@ -237,15 +235,3 @@ def open_redis(settings: Settings) -> Any:
     return aioredis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
     )
-
-
-async def close_pool(pool: Any) -> None:
-    """Close the pool; connections still held after ``POOL_CLOSE_TIMEOUT_S`` (a query that a
-    hung database never answers) are dropped, so a stopping API never waits on MariaDB."""
-    pool.close()
-    try:
-        async with asyncio.timeout(POOL_CLOSE_TIMEOUT_S):
-            await pool.wait_closed()
-    except TimeoutError:
-        log.warning("api.pool_close_timeout", seconds=POOL_CLOSE_TIMEOUT_S)
-        pool.terminate()

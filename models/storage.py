@@ -20,6 +20,7 @@ from typing import Any
 import aiomysql
 import orjson
 import pymysql
+import structlog
 
 from models.messages import DeliveryResult
 from models.phones import PhoneHasher, rebuild, replace_rows
@@ -27,8 +28,11 @@ from models.profiles import UserProfile
 from reach.clock import SystemClock
 from reach.settings import Settings
 
+log = structlog.get_logger("reach.storage")
+
 # TiDB advises 100-500 rows per transaction; MariaDB is happy with it too.
 MAX_ROWS_PER_STATEMENT = 500
+POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 async def create_pool(settings: Settings, *, database: bool = True, maxsize: int | None = None) -> Any:
@@ -55,6 +59,18 @@ async def _open_pool(settings: Settings, database: bool, maxsize: int | None) ->
         # fails the start-up within this, instead of aiomysql's 60 s.
         connect_timeout=settings.mysql_connect_timeout,
     )
+
+
+async def close_pool(pool: Any, timeout_s: float = POOL_CLOSE_TIMEOUT_S) -> None:
+    """Close the pool; connections still held after ``timeout_s`` (a query that a hung
+    database never answers) are dropped, so a stopping process never waits on MariaDB."""
+    pool.close()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pool.wait_closed()
+    except TimeoutError:
+        log.warning("storage.pool_close_timeout", seconds=timeout_s)
+        pool.terminate()
 
 
 _COMMENT = re.compile(r"(^|\s)--(\s.*)?$")
