@@ -20,9 +20,9 @@ from typing import Protocol
 
 from agents.plan import result_for
 from channels.base import Outcome
-from models.cancel_markers import CANCEL_GRACE_MS, Cancel, CancelOp, Pending
+from models.cancel_markers import CANCEL_GRACE_MS, Cancel, CancelMarkers, CancelOp, Pending
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage
-from reach.runtime import Runtime
+from reach.metrics import WorkerMetrics
 
 CANCELLED = "cancelled"
 
@@ -79,8 +79,9 @@ class Batch(Protocol):
 class CancelGate:
     """The send-time check of one channel agent."""
 
-    def __init__(self, runtime: Runtime, channel: str) -> None:
-        self.rt = runtime
+    def __init__(self, markers: CancelMarkers, metrics: WorkerMetrics, channel: str) -> None:
+        self.markers = markers
+        self.metrics = metrics
         self.channel = channel
 
     async def keep_live(
@@ -92,19 +93,18 @@ class CancelGate:
         ids = [m.message_id for m in messages if m.cancellable]
         if not ids:
             return list(messages)
-        assert self.rt.cancel_markers is not None
-        keep, dropped = split_cancelled(messages, await self.rt.cancel_markers.cancelled(ids))
+        keep, dropped = split_cancelled(messages, await self.markers.cancelled(ids))
         for message in dropped:
             batch.results.append(suppressed_result(message, now_ms))
             batch.done_ids.append(message.message_id)
             batch.handled.add(message.message_id)
         if dropped:
-            self.rt.metrics.messages_suppressed.labels(self.channel, CANCELLED).inc(len(dropped))
+            self.metrics.messages_suppressed.labels(self.channel, CANCELLED).inc(len(dropped))
         return keep
 
     def _observe_lateness(self, messages: Sequence[ReachMessage], now_ms: int) -> None:
         arrivals = first_arrivals(messages)
         if arrivals:
-            histogram = self.rt.metrics.delayed_lateness.labels(self.channel)
+            histogram = self.metrics.delayed_lateness.labels(self.channel)
             for message in arrivals:
                 histogram.observe(max(0, now_ms - message.due_ts) / 1000)

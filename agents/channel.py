@@ -64,14 +64,11 @@ log = structlog.get_logger("reach.agents.channel")
 class ChannelSender:
     """The chain of steps of :mod:`agents.delivery` for one channel.
 
-    Built once the runtime's resources are open (the worker opens them before it
-    builds the agents).
+    Built from the worker's open resources (:class:`~reach.runtime.Runtime`).
     """
 
     def __init__(self, runtime: Runtime, channel: ChannelConfig, produce: Produce) -> None:
         rt, s = runtime, runtime.settings
-        assert rt.sent is not None and rt.results is not None and rt.deferred is not None
-        assert rt.dead_addresses is not None and rt.throttle is not None
         self.rt = runtime
         self.channel = channel
         self.sent = rt.sent
@@ -86,7 +83,7 @@ class ChannelSender:
         )
         stores = Stores(rt.sent, rt.results, rt.dead_addresses, rt.deferred, rt.preferences)
         self.persister = Persister(channel.name, stores, produce, s, rt.metrics, rt.clock, limit)
-        self.cancels = CancelGate(runtime, channel.name)
+        self.cancels = CancelGate(rt.cancel_markers, rt.metrics, channel.name)
         self.configs = {p.name: p for p in channel.providers}
         self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
         self.links = LinkCheck(rt.link_domains)

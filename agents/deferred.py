@@ -23,7 +23,6 @@ BATCH = 2000
 async def pump_once(app: Any, runtime: Runtime) -> int:
     """Republish up to BATCH due messages; return how many."""
     queue = runtime.deferred
-    assert queue is not None
     due = await queue.due(runtime.clock.now_ms(), BATCH)
     by_topic: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
     for payload in due:
@@ -43,7 +42,6 @@ def register(app: Any, runtime: Runtime) -> None:
                 pass
 
         await run_step("deferred", drain)
-        assert runtime.deferred is not None
         runtime.metrics.deferred_pending.set(await runtime.deferred.pending())
 
     app.timer(interval=runtime.settings.deferred_poll_interval, on_leader=True)(pump)

@@ -63,7 +63,6 @@ class SegmentsStep:
 
     async def store(self, parsed: list[Parsed], dead: list[DeadLetter]) -> None:
         """Persist, then update the table with what the database took; repeatable."""
-        assert self.rt.profiles is not None
         store, now = self.rt.profiles, self.rt.clock.now_ms()
 
         async def apply(items: Sequence[Parsed]) -> None:

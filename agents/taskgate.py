@@ -64,25 +64,19 @@ class Batch(Protocol):
 
 
 class TaskGate:
-    """Built empty with the runtime; :meth:`open` gives it the store once MariaDB is up."""
-
-    def __init__(self, pause_recheck_ms: int = 2000, counter: Any = None) -> None:
+    def __init__(self, store: TaskStore, pause_recheck_ms: int = 2000, counter: Any = None) -> None:
+        self.store = store
         self.pause_recheck_ms = pause_recheck_ms
         self.counter = counter  # reach_task_messages{channel, status}, or None
-        self.store: TaskStore | None = None
         self._inline: dict[str, Template] = {}
         # task number -> its inline template (None: it uses a rule-file one), oldest first
         self._tasks: collections.OrderedDict[int, Template | None] = collections.OrderedDict()
-
-    def open(self, store: TaskStore) -> None:
-        self.store = store
 
     async def screen(self, messages: Sequence[ReachMessage], now: int, batch: Batch) -> list[ReachMessage]:
         """The messages to send now; the others are held or suppressed into ``batch``."""
         tasks = {n for n in (task_no_of(m.rule_id) for m in messages) if n is not None}
         if not tasks:
             return list(messages)
-        assert self.store is not None, "TaskGate.open() was not called"
         statuses = await self.store.statuses(tasks)
         await self._load_templates(tasks - self._tasks.keys())
         send = []
@@ -114,7 +108,6 @@ class TaskGate:
         loaded again if one of their messages comes back."""
         if not tasks:
             return
-        assert self.store is not None
         specs = await self.store.specs(tasks)
         for number in tasks:
             spec = specs.get(number)
@@ -142,7 +135,6 @@ class TaskGate:
                 sums[(number, result.channel, str(result.status))] += 1
         if not sums:
             return
-        assert self.store is not None
         await self.store.add_counts([(*key, n) for key, n in sums.items()])
         if self.counter is not None:
             for (_number, channel, status), n in sums.items():

@@ -39,7 +39,7 @@ from models.cancel_markers import CancelOp
 from models.events import EventError, parse_event
 from models.outbox import pack
 from models.profiles import UserProfile
-from reach.runtime import Runtime
+from reach.runtime import Runtime, Setup
 from rules.engine import RuleEngine
 
 log = structlog.get_logger("reach.agents.trigger")
@@ -97,12 +97,14 @@ class PlannedBatch:
     planned_ids: set[str] = dataclasses.field(default_factory=set)
 
 
-class TriggerStep:
-    def __init__(self, app: Any, runtime: Runtime, profiles: Any) -> None:
-        self.app = app
-        self.rt = runtime
+class TriggerPlanner:
+    """The pure part: a batch of events planned with the rules, the profile table and the
+    clock, nothing opened (tested without Kafka, Redis or MariaDB)."""
+
+    def __init__(self, setup: Setup, profiles: Any) -> None:
+        self.rt = setup
         self.profiles = profiles
-        self.limit = value_limit(runtime.settings.kafka_max_message_bytes)
+        self.limit = value_limit(setup.settings.kafka_max_message_bytes)
 
     def plan(self, events: Sequence[Any]) -> PlannedBatch:
         """The outbox records, delayed messages and cancel bookkeeping of a batch (in event
@@ -156,6 +158,17 @@ class TriggerStep:
         raw = self.profiles.get(user_id.encode())
         return UserProfile.from_bytes(raw) if raw else None
 
+
+class TriggerStep:
+    def __init__(self, app: Any, runtime: Runtime, profiles: Any) -> None:
+        self.app = app
+        self.rt = runtime
+        self.planner = TriggerPlanner(runtime, profiles)
+        self.limit = self.planner.limit
+
+    def plan(self, events: Sequence[Any]) -> PlannedBatch:
+        return self.planner.plan(events)
+
     async def send(self, batch: PlannedBatch) -> None:
         await self._schedule(batch)
         settings = self.rt.settings
@@ -173,7 +186,6 @@ class TriggerStep:
         which is all the order needs (a later event is in a later batch or later in this one)."""
         if not batch.cancel_ops and not batch.delayed:
             return
-        assert self.rt.cancel_markers is not None and self.rt.deferred is not None
         cancelled = await self.rt.cancel_markers.apply(batch.cancel_ops)
         self.rt.metrics.cancels_recorded.inc(cancelled)
         await self.rt.deferred.add([(due, value) for due, value, _ in batch.delayed])

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from models.messages import ReachMessage
+from reach.clock import Clock, SystemClock
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,6 +117,9 @@ class ProviderContext:
     mysql_pool: Any = None  # aiomysql pool, for providers that store (inbox)
     redis: Any = None  # redis.asyncio client, for shared caches (tokens)
     redis_prefix: str = "reach:"  # the deployment's key prefix (REACH_REDIS_PREFIX)
+    #: the worker's clock: every time a provider decides by (signed timestamps, token
+    #: lifetimes, Retry-After dates, quota resets) is read from it, so tests move it
+    clock: Clock = dataclasses.field(default_factory=SystemClock)
 
 
 class Provider(abc.ABC):
@@ -166,6 +170,10 @@ class Provider(abc.ABC):
     @property
     def name(self) -> str:
         return self.config.name
+
+    def now(self) -> float:
+        """Seconds since the epoch by the worker's clock (``context.clock``)."""
+        return self.context.clock.now_ms() / 1000
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Open connections; raise ``ValueError`` naming the option for bad configuration."""

@@ -36,7 +36,7 @@ class Stores:
     results: ResultStore
     dead_addresses: DeadAddressStore
     deferred: DeferredQueue
-    preferences: Preferences | None = None  # where a provider's opt-out signal is recorded
+    preferences: Preferences  # where a provider's opt-out signal is recorded
 
 
 class Persister:
@@ -65,7 +65,7 @@ class Persister:
         await s.sent.release(batch.released_ids)
         results, refused = await self.store_results(batch.results)
         await s.dead_addresses.record(batch.dead_addresses, self.clock.now_ms())
-        if batch.opted_out and s.preferences is not None:
+        if batch.opted_out:
             await s.preferences.opt_out(batch.opted_out, self.channel, "provider", self.clock.now_ms())
         frames = result_frames(results, settings.outbox_frame_messages, self.record_limit)
         await self.produce(settings.results_topic, frames)

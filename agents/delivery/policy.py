@@ -44,9 +44,7 @@ class PolicyResources:
 
     @classmethod
     def of(cls, rt: Runtime) -> PolicyResources:
-        """The runtime's, once its resources are open (``Runtime.start``)."""
         s = rt.settings
-        assert rt.preferences is not None and rt.caps is not None
         signer = TokenSigner.from_settings(s)
         zone, categories = s.default_timezone, s.category_names
         return cls(rt.policies, rt.preferences, rt.caps, signer, s.public_url, zone, categories)

@@ -24,7 +24,7 @@ from models.storage import ProfileStore, create_pool, migrate
 from models.tasks import TaskSpec, ValidationContext, first_runs, validate_task
 from models.taskstore import TaskStore
 from reach.clock import ManualClock
-from reach.runtime import Runtime
+from reach.runtime import Setup
 from reach.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.conftest import channels_yaml
@@ -40,7 +40,7 @@ class SimulatedCrashError(BaseException):
 class RunnerRig:
     settings: Settings
     clock: ManualClock
-    runtime: Runtime
+    runtime: Setup  # the runner reads only the configuration part; the rig brings its pool
     pool: Any
     producer: AIOKafkaProducer
     produced: list[dict[str, Any]]
@@ -54,7 +54,7 @@ class RunnerRig:
         await migrate(settings)
         await ensure_topics(settings, channels.channels)
         clock = ManualClock(start_ms)
-        runtime = Runtime.build(settings, channels, clock)
+        runtime = Setup.load(settings, channels, clock)
         pool = await create_pool(settings)
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
         await producer.start()

@@ -3,36 +3,39 @@ batch with a final suppressed result; the rest go on."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from agents.cancels import CancelGate
 from agents.channel import BatchOutcome
-from channels.config import parse_channels
 from models.cancel_markers import Cancel, CancelMarkers, Pending
 from models.messages import DeliveryStatus, ReachMessage
-from reach.runtime import Runtime
+from reach.metrics import WorkerMetrics
 from reach.settings import Settings
 from tests.integration.harness import unique_run_id
 
 pytestmark = pytest.mark.integration
 
-RULES = "templates:\n  t: {title: T, text: T}\n"
-CHANNELS = "channels:\n  inbox:\n    window_seconds: 1\n    providers: [{name: mariadb, type: inbox}]\n"
 NOW = 1_790_000_000_000
 
 
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    markers: CancelMarkers
+    registry: CollectorRegistry
+    gate: CancelGate
+
+
 @pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    (tmp_path / "rules.yaml").write_text(RULES)
-    built = Runtime.build(Settings(rules_dir=tmp_path), parse_channels(CHANNELS, {}))
-    client = aioredis.from_url(built.settings.redis_url.get_secret_value())
+async def gated() -> AsyncIterator[Gate]:
+    client = aioredis.from_url(Settings().redis_url.get_secret_value())
     prefix = f"{unique_run_id()}:"
-    built.cancel_markers = CancelMarkers(client, prefix, 60_000)
-    yield built
+    markers, registry = CancelMarkers(client, prefix, 60_000), CollectorRegistry()
+    yield Gate(markers, registry, CancelGate(markers, WorkerMetrics(registry), "inbox"))
     keys = [k async for k in client.scan_iter(f"{prefix}*")]
     if keys:
         await client.delete(*keys)
@@ -46,9 +49,8 @@ def message(message_id: str, user_id: str, *, cancellable: bool = True, due: int
     )  # fmt: skip
 
 
-async def test_the_gate_drops_cancelled_messages_and_records_them_final(runtime: Runtime) -> None:
-    assert runtime.cancel_markers is not None
-    await runtime.cancel_markers.apply(
+async def test_the_gate_drops_cancelled_messages_and_records_them_final(gated: Gate) -> None:
+    await gated.markers.apply(
         [
             Pending("cart", "u-1", "m1", 60_000, 1),
             Pending("cart", "u-2", "m2", 60_000, 2),
@@ -57,7 +59,7 @@ async def test_the_gate_drops_cancelled_messages_and_records_them_final(runtime:
     )
     batch = BatchOutcome()
     messages = [message("m1", "u-1"), message("m2", "u-2"), message("m3", "u-3", cancellable=False, due=0)]
-    kept = await CancelGate(runtime, "inbox").keep_live(messages, NOW, batch)
+    kept = await gated.gate.keep_live(messages, NOW, batch)
     assert [m.message_id for m in kept] == ["m2", "m3"]
     [result] = batch.results
     assert (result.message_id, result.status, result.error_code) == (
@@ -66,7 +68,7 @@ async def test_the_gate_drops_cancelled_messages_and_records_them_final(runtime:
         "cancelled",
     )
     assert (batch.done_ids, batch.handled) == (["m1"], {"m1"})
-    registry = runtime.registry
+    registry = gated.registry
     suppressed = {"channel": "inbox", "reason": "cancelled"}
     assert registry.get_sample_value("reach_messages_suppressed_total", suppressed) == 1
     # Both delayed messages reached the agent 300 ms after they were due; m3 is not delayed.
@@ -75,8 +77,8 @@ async def test_the_gate_drops_cancelled_messages_and_records_them_final(runtime:
     assert registry.get_sample_value("reach_delayed_lateness_seconds_count", {"channel": "inbox"}) == 2
 
 
-async def test_a_batch_without_cancellable_messages_passes_untouched(runtime: Runtime) -> None:
+async def test_a_batch_without_cancellable_messages_passes_untouched(gated: Gate) -> None:
     batch = BatchOutcome()
     messages = [message("m4", "u-4", cancellable=False, due=0)]
-    assert await CancelGate(runtime, "inbox").keep_live(messages, NOW, batch) == messages
+    assert await gated.gate.keep_live(messages, NOW, batch) == messages
     assert (batch.results, batch.done_ids, batch.handled) == ([], [], set())

@@ -23,6 +23,7 @@ class TcpProxy:
         self.silent = threading.Event()
         self._stopped = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._clients: list[socket.socket] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -41,6 +42,11 @@ class TcpProxy:
     def go_silent(self) -> None:
         self.silent.set()
 
+    def open_connections(self) -> int:
+        """Client connections accepted and not closed yet: the proxy closes both sides of a
+        connection once either side closed it."""
+        return sum(1 for client in self._clients if client.fileno() != -1)
+
     def _accept_forever(self) -> None:
         while not self._stopped.is_set():
             try:
@@ -50,6 +56,7 @@ class TcpProxy:
             except OSError:
                 return
             self._sockets.append(client)
+            self._clients.append(client)
             if not self.silent.is_set():
                 self._connect(client)
 

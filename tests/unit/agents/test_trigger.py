@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents.trigger import TriggerStep
+from agents.trigger import TriggerPlanner
 from channels.config import parse_channels
-from reach.runtime import Runtime
+from reach.runtime import Setup
 from reach.settings import Settings
 
 RULES = """
@@ -28,10 +28,10 @@ templates:
 CHANNELS = "channels:\n  inbox:\n    window_seconds: 1\n    providers: [{name: mariadb, type: inbox}]\n"
 
 
-def step(tmp_path: Path, **settings: object) -> TriggerStep:
+def step(tmp_path: Path, **settings: object) -> TriggerPlanner:
     (tmp_path / "rules.yaml").write_text(RULES)
-    runtime = Runtime.build(Settings(rules_dir=tmp_path, **settings), parse_channels(CHANNELS, {}))  # type: ignore[arg-type]
-    return TriggerStep(None, runtime, {})
+    setup = Setup.load(Settings(rules_dir=tmp_path, **settings), parse_channels(CHANNELS, {}))  # type: ignore[arg-type]
+    return TriggerPlanner(setup, {})
 
 
 def record(value: bytes, offset: int) -> types.SimpleNamespace:

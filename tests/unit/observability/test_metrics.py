@@ -14,13 +14,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.plan import end_to_end_seconds, event_age_seconds
-from agents.trigger import TriggerStep, ingested_ms
+from agents.trigger import TriggerPlanner, ingested_ms
 from channels.config import parse_channels
 from models.events import parse_event
 from models.messages import ReachMessage
 from reach.metric_defs import METRICS, exported_names
 from reach.metrics import ApiMetrics, WorkerMetrics, platform_label
-from reach.runtime import Runtime
+from reach.runtime import Setup
 from reach.settings import Settings
 from tests.unit.agents.test_trigger import CHANNELS, RULES  # one rule, one inbox channel
 
@@ -34,9 +34,9 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
     }
 
 
-def runtime(tmp_path: Path) -> Runtime:
+def runtime(tmp_path: Path) -> Setup:
     (tmp_path / "rules.yaml").write_text(RULES)
-    return Runtime.build(Settings(rules_dir=tmp_path), parse_channels(CHANNELS, {}))
+    return Setup.load(Settings(rules_dir=tmp_path), parse_channels(CHANNELS, {}))
 
 
 def test_failure_counters_have_series_before_the_first_failure(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def event_record(name: str, offset: int) -> types.SimpleNamespace:
 
 def test_events_matching_no_rule_are_counted_and_their_age_observed(tmp_path: Path) -> None:
     rt = runtime(tmp_path)
-    batch = TriggerStep(None, rt, {}).plan(
+    batch = TriggerPlanner(rt, {}).plan(
         [event_record("hello", 1), event_record("other", 2), event_record("x", 3)]
     )
     found = samples(rt.registry)
