@@ -43,14 +43,13 @@ import enum
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import httpx
 import structlog
 
-from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext, Rendered
+from channels.base import Delivery, Outcome, Rendered
 from channels.http import HttpProvider, json_body, redact, retry_after_seconds, status_outcome
 from channels.options import OptionReader
 
@@ -106,19 +105,15 @@ class DingtalkBotProvider(HttpProvider[DingtalkOptions]):
     default_base_url: ClassVar[str] = "https://oapi.dingtalk.com"
     option_keys: ClassVar[frozenset[str]] = frozenset({"access_token", "secret", "msgtype", "at_mobiles"})
 
-    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
-        super().__init__(config, context)
-        self.clock: Callable[[], float] = time.time  # signs the timestamp; tests replace it
-
     def parse_options(self, reader: OptionReader) -> DingtalkOptions:
         return DingtalkOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options
-        params = query(options.access_token, options.secret, int(self.clock() * 1000))
+        params = query(options.access_token, options.secret, self.context.clock.now_ms())
         body = build_body(delivery.content, options.msgtype, options.at_mobiles)
         response = await self.client.post(SEND_PATH, params=params, json=body)
-        outcome = classify(response, self._scrub)
+        outcome = classify(response, self._scrub, self.now())
         if outcome.code == str(SECURITY):
             log.warning("dingtalk_bot_refused", provider=self.name, code=outcome.code)
         return outcome
@@ -163,8 +158,9 @@ def build_body(content: Rendered, msgtype: MsgType, at_mobiles: Sequence[str]) -
     return body
 
 
-def classify(response: httpx.Response, scrub: Callable[[str], str]) -> Outcome:
-    """The outcome of a send answer (see the table in the module docstring)."""
+def classify(response: httpx.Response, scrub: Callable[[str], str], now: float) -> Outcome:
+    """The outcome of a send answer (see the table in the module docstring); ``now`` (epoch
+    seconds) reads a ``Retry-After`` date."""
     body = json_body(response)
     if not isinstance(body, dict):
         body = {}
@@ -173,18 +169,18 @@ def classify(response: httpx.Response, scrub: Callable[[str], str]) -> Outcome:
     unexplained = status != 200 and not isinstance(errcode, int)
     if (status == 429 or status >= 500 or unexplained) and errcode not in TOO_FAST:
         code = str(errcode) if isinstance(errcode, int) else str(status)
-        return status_outcome(response, code, f"HTTP {status}")
+        return status_outcome(response, code, f"HTTP {status}", now)
     if not isinstance(errcode, int):
         return Outcome.unknown("bad_response", "HTTP 200 without an errcode")
-    return _by_code(errcode, scrub(f"errcode {errcode}: {body.get('errmsg', '')}"), response)
+    return _by_code(errcode, scrub(f"errcode {errcode}: {body.get('errmsg', '')}"), response, now)
 
 
-def _by_code(errcode: int, detail: str, response: httpx.Response) -> Outcome:
+def _by_code(errcode: int, detail: str, response: httpx.Response, now: float) -> Outcome:
     code = str(errcode)
     if errcode == 0:
         return Outcome.sent()
     if errcode in TOO_FAST:
-        retry_after = retry_after_seconds(response.headers) or TOO_FAST_RETRY_AFTER
+        retry_after = retry_after_seconds(response.headers, now) or TOO_FAST_RETRY_AFTER
         return Outcome.retry(code, f"sending too fast ({detail})", retry_after)
     if errcode == BUSY:
         return Outcome.retry(code, f"DingTalk is busy ({detail})")

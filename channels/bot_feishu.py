@@ -42,14 +42,13 @@ import dataclasses
 import enum
 import hashlib
 import hmac
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
 import structlog
 
-from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext, Rendered
+from channels.base import Delivery, Outcome, Rendered
 from channels.http import HttpProvider, json_body, redact, retry_after_seconds, status_outcome
 from channels.options import OptionReader
 
@@ -99,18 +98,14 @@ class FeishuBotProvider(HttpProvider[FeishuOptions]):
     default_base_url: ClassVar[str] = "https://open.feishu.cn"
     option_keys: ClassVar[frozenset[str]] = frozenset({"hook_token", "secret", "msg_type"})
 
-    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
-        super().__init__(config, context)
-        self.clock: Callable[[], float] = time.time  # signs the timestamp; tests replace it
-
     def parse_options(self, reader: OptionReader) -> FeishuOptions:
         return FeishuOptions.parse(reader)
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options
-        body = build_body(delivery.content, options.msg_type, options.secret, int(self.clock()))
+        body = build_body(delivery.content, options.msg_type, options.secret, int(self.now()))
         response = await self.client.post(HOOK_PATH + options.hook_token, json=body)
-        outcome = classify(response, self._scrub)
+        outcome = classify(response, self._scrub, self.now())
         if outcome.code.isdigit() and int(outcome.code) in CONFIG_ERRORS:
             log.warning("feishu_bot_refused", provider=self.name, code=outcome.code)
         return outcome
@@ -160,30 +155,31 @@ def _card(content: Rendered) -> dict[str, Any]:
     return card
 
 
-def classify(response: httpx.Response, scrub: Callable[[str], str]) -> Outcome:
-    """The outcome of a webhook answer (see the table in the module docstring)."""
+def classify(response: httpx.Response, scrub: Callable[[str], str], now: float) -> Outcome:
+    """The outcome of a webhook answer (see the table in the module docstring); ``now``
+    (epoch seconds) reads a ``Retry-After`` date."""
     body = json_body(response)
     code, msg = _code(body)
     status = response.status_code
     if status == 429:
-        retry_after = retry_after_seconds(response.headers) or RATE_LIMIT_RETRY_AFTER
+        retry_after = retry_after_seconds(response.headers, now) or RATE_LIMIT_RETRY_AFTER
         return Outcome.retry(str(code if code is not None else status), f"HTTP {status}", retry_after)
     if status >= 500:
-        return status_outcome(response, str(code if code is not None else status), f"HTTP {status}")
+        return status_outcome(response, str(code if code is not None else status), f"HTTP {status}", now)
     if code is None:
         if 200 <= status < 300:
             return Outcome.unknown("bad_response", f"HTTP {status} without a code")
-        return status_outcome(response, str(status), f"HTTP {status}")
-    return _by_code(code, scrub(f"code {code}: {msg}"), response)
+        return status_outcome(response, str(status), f"HTTP {status}", now)
+    return _by_code(code, scrub(f"code {code}: {msg}"), response, now)
 
 
-def _by_code(code: int, detail: str, response: httpx.Response) -> Outcome:
+def _by_code(code: int, detail: str, response: httpx.Response, now: float) -> Outcome:
     if code == 0:
         return Outcome.sent()
     if code in CONFIG_ERRORS:
         return Outcome.permanent(str(code), f"{CONFIG_ERRORS[code]} ({detail})")
     if code in RATE_LIMITED or (code == AMBIGUOUS and "too many" in detail.lower()):
-        retry_after = retry_after_seconds(response.headers) or RATE_LIMIT_RETRY_AFTER
+        retry_after = retry_after_seconds(response.headers, now) or RATE_LIMIT_RETRY_AFTER
         return Outcome.retry(str(code), f"rate limited ({detail})", retry_after)
     return Outcome.permanent(str(code), detail)
 

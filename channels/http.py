@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import email.utils
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -244,8 +243,9 @@ async def send_chunked(
     return [outcomes[index] for index in range(len(deliveries))]
 
 
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date), or None."""
+def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (epoch seconds, the provider's :meth:`now`):
+    delta-seconds, or an HTTP date; None when absent or unreadable."""
     value = headers.get("retry-after")
     if not value:
         return None
@@ -256,7 +256,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when.timestamp() - now)
 
 
 def redact(text: str, *secrets: str) -> str:
@@ -268,14 +268,15 @@ def redact(text: str, *secrets: str) -> str:
 
 
 def status_outcome(
-    response: httpx.Response, code: str, detail: str, *, permanent_4xx: bool = True
+    response: httpx.Response, code: str, detail: str, now: float, *, permanent_4xx: bool = True
 ) -> Outcome:
     """The usual HTTP status rules for an error the provider did not explain better:
-    429 and 5xx retry (honouring ``Retry-After``), 408 retries, other 4xx are permanent.
+    429 and 5xx retry (honouring ``Retry-After``, a date read against ``now``), 408 retries,
+    other 4xx are permanent.
     """
     status = response.status_code
     if status == 429 or status >= 500 or status == 408 or not permanent_4xx:
-        return Outcome.retry(code, detail, retry_after_seconds(response.headers))
+        return Outcome.retry(code, detail, retry_after_seconds(response.headers, now))
     return Outcome.permanent(code, detail)
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -206,8 +205,6 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        #: wall-clock seconds; JWT ``iat`` and apns-expiration. Tests replace it before ``setup``.
-        self.clock: Callable[[], float] = time.time
         self._token: ProviderToken | None = None
         self._logged: dict[str, float] = {}
 
@@ -219,7 +216,7 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
 
     def parse_options(self, reader: OptionReader) -> ApnsOptions:
         options = ApnsOptions.parse(reader)
-        self._token = ProviderToken(options, lambda: self.clock())
+        self._token = ProviderToken(options, self.now)
         return options
 
     async def send_one(self, delivery: Delivery) -> Outcome:
@@ -264,7 +261,7 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
         if self.options.ttl == 0:
             return 0
         expires = created_ms // 1000 + self.options.ttl
-        return expires if expires > self.clock() else 0
+        return expires if expires > self.now() else 0
 
     async def _post(
         self, device: str, payload: bytes, headers: Mapping[str, str], bearer: str
@@ -276,24 +273,24 @@ class ApnsProvider(HttpProvider[ApnsOptions]):
     def _classify(self, response: httpx.Response, sent_id: str, device: str, bearer: str) -> Outcome:
         if response.status_code == 200:
             return Outcome.sent(response.headers.get("apns-id") or sent_id)
-        reason = _reason(response) or str(response.status_code)
+        reason, now = _reason(response) or str(response.status_code), self.now()
         detail = redact(f"{response.status_code} {reason}", device, bearer)
         if reason in _CONFIG or reason == "TooManyProviderTokenUpdates":
             self._config_error(reason, response.status_code)
         if reason in _DEAD_TOKEN:
             return Outcome.invalid_address(reason, detail)
         if reason == "TooManyProviderTokenUpdates":
-            retry_after = retry_after_seconds(response.headers) or TOKEN_UPDATE_RETRY_SECONDS
+            retry_after = retry_after_seconds(response.headers, now) or TOKEN_UPDATE_RETRY_SECONDS
             return Outcome.retry(reason, detail, retry_after)
         if reason == "TooManyRequests":
-            retry_after = retry_after_seconds(response.headers) or DEVICE_RATE_RETRY_SECONDS
+            retry_after = retry_after_seconds(response.headers, now) or DEVICE_RATE_RETRY_SECONDS
             return Outcome.retry(reason, detail, retry_after)
         if reason in _TEMPORARY:
-            return Outcome.retry(reason, detail, retry_after_seconds(response.headers))
-        return status_outcome(response, reason, detail)
+            return Outcome.retry(reason, detail, retry_after_seconds(response.headers, now))
+        return status_outcome(response, reason, detail, now)
 
     def _config_error(self, reason: str, status: int) -> None:
-        now = self.clock()
+        now = self.now()
         if now - self._logged.get(reason, float("-inf")) >= CONFIG_LOG_INTERVAL:
             self._logged[reason] = now
             log.error("apns_config_error", provider=self.name, reason=reason, status=status)

@@ -46,7 +46,6 @@ import dataclasses
 import enum
 import json
 import re
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -257,7 +256,9 @@ class TokenSource:
             # The key, the account or token_uri is wrong: no retry will fix it.
             log.error("fcm_token_refused", provider=self._provider, status=status, reason=reason)
             raise _TokenError(Outcome.permanent("auth_refused", detail))
-        raise _TokenError(status_outcome(response, "token_unavailable", detail, permanent_4xx=False))
+        raise _TokenError(
+            status_outcome(response, "token_unavailable", detail, self._clock(), permanent_4xx=False)
+        )
 
     def _assertion(self, now: float) -> str:
         account = self._options.account
@@ -319,8 +320,6 @@ class FcmProvider(HttpProvider[FcmOptions]):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        #: wall-clock seconds; JWT times and token expiry. Tests replace it before ``setup``.
-        self.clock: Callable[[], float] = time.time
         self._tokens: TokenSource | None = None
         self._logged: dict[str, float] = {}
 
@@ -334,7 +333,7 @@ class FcmProvider(HttpProvider[FcmOptions]):
         return FcmOptions.parse(reader)
 
     async def start(self) -> None:
-        self._tokens = TokenSource(self.client, self.options, self.clock, self.name)
+        self._tokens = TokenSource(self.client, self.options, self.now, self.name)
         try:
             await self._tokens.get()
         except _TokenError as exc:
@@ -388,7 +387,7 @@ class FcmProvider(HttpProvider[FcmOptions]):
     def _remaining_ttl(self, created_ms: int) -> int:
         """The TTL counts from the message's creation, so a retry does not extend its life."""
         expires = created_ms / 1000 + self.options.ttl
-        return max(0, min(MAX_TTL, int(expires - self.clock())))
+        return max(0, min(MAX_TTL, int(expires - self.now())))
 
     async def _post(self, body: Mapping[str, Any], access: str) -> httpx.Response:
         path = f"/v1/projects/{self.options.project_id}/messages:send"
@@ -400,13 +399,13 @@ class FcmProvider(HttpProvider[FcmOptions]):
             name = body.get("name") if isinstance(body, Mapping) else None
             return Outcome.sent(name if isinstance(name, str) else "")
         error = FcmError.of(response)
-        outcome = error.outcome(response, device, access)
+        outcome = error.outcome(response, self.now(), device, access)
         if error.is_config_error(response.status_code):
             self._config_error(outcome)
         return outcome
 
     def _config_error(self, outcome: Outcome) -> None:
-        now = self.clock()
+        now = self.now()
         if now - self._logged.get(outcome.code, float("-inf")) >= CONFIG_LOG_INTERVAL:
             self._logged[outcome.code] = now
             log.error("fcm_config_error", provider=self.name, code=outcome.code, detail=outcome.detail)
@@ -433,17 +432,19 @@ class FcmError:
                 error_code = str(entry.get("errorCode") or "")
         return cls(str(error.get("status") or ""), error_code, str(error.get("message") or ""))
 
-    def outcome(self, response: httpx.Response, *secrets: str) -> Outcome:
-        """The outcome for this error; ``secrets`` are blanked from the detail."""
+    def outcome(self, response: httpx.Response, now: float, *secrets: str) -> Outcome:
+        """The outcome for this error; ``now`` (epoch seconds) reads a ``Retry-After`` date,
+        ``secrets`` are blanked from the detail."""
         code = self.error_code or self.status or str(response.status_code)
         detail = redact(f"{response.status_code} {code}: {self.message}", *secrets)
         if self.error_code == "UNREGISTERED":
             return Outcome.invalid_address(code, detail)
         if self.error_code == "QUOTA_EXCEEDED":
-            return Outcome.retry(code, detail, retry_after_seconds(response.headers) or QUOTA_RETRY_SECONDS)
+            retry_after = retry_after_seconds(response.headers, now) or QUOTA_RETRY_SECONDS
+            return Outcome.retry(code, detail, retry_after)
         if self.error_code in ("INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
             return Outcome.permanent(code, detail)
-        return status_outcome(response, code, detail)
+        return status_outcome(response, code, detail, now)
 
     def is_config_error(self, status_code: int) -> bool:
         """Every message would fail like this: the provider's setup, not the message, is wrong."""

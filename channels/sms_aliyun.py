@@ -66,7 +66,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -77,8 +77,6 @@ from channels.base import (
     Delivery,
     Outcome,
     OutcomeKind,
-    ProviderConfig,
-    ProviderContext,
     StartHook,
     no_start_hook,
 )
@@ -238,11 +236,6 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
     max_content_bytes: ClassVar[int] = 2048  # a long SMS: a few hundred characters at most
 
-    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
-        super().__init__(config, context)
-        #: seconds since the epoch, for Timestamp; tests skew it to provoke InvalidTimeStamp
-        self.clock: Callable[[], float] = time.time
-
     def parse_options(self, reader: OptionReader) -> AliyunOptions:
         return AliyunOptions.parse(reader)
 
@@ -336,7 +329,7 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
             "SignatureMethod": "HMAC-SHA1",
             "SignatureNonce": uuid.uuid4().hex,
             "SignatureVersion": "1.0",
-            "Timestamp": utc_timestamp(self.clock()),
+            "Timestamp": utc_timestamp(self.now()),
             "Version": API_VERSION,
         }
         signature = rpc_signature("POST", {**common, **params}, options.access_key_secret)
@@ -349,7 +342,7 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
         code = body.get("Code") if isinstance(body, dict) else None
         if not isinstance(code, str) or not code:
             detail = f"HTTP {response.status_code} without an Aliyun Code"
-            return status_outcome(response, str(response.status_code), detail)
+            return status_outcome(response, str(response.status_code), detail, self.now())
         assert isinstance(body, dict)
         if code == "OK":
             return Outcome.sent(str(body.get("BizId") or ""))
@@ -371,7 +364,7 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
             )
             return Outcome.permanent(code, f"configuration: {detail}")
         if code in _RETRYABLE or code.startswith(("Throttling", "isp.")) or response.status_code >= 500:
-            return Outcome.retry(code, detail, retry_after_seconds(response.headers))
+            return Outcome.retry(code, detail, retry_after_seconds(response.headers, self.now()))
         return Outcome.permanent(code, detail)
 
     def _scrub(self, message: str) -> str:

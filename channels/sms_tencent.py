@@ -78,7 +78,7 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
-from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext, StartHook, no_start_hook
+from channels.base import Delivery, Outcome, StartHook, no_start_hook
 from channels.http import (
     HttpProvider,
     contact_field,
@@ -307,11 +307,6 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
     max_content_bytes: ClassVar[int] = 2048  # a long SMS: a few hundred characters at most
 
-    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
-        super().__init__(config, context)
-        #: seconds since the epoch, for X-TC-Timestamp; tests skew it
-        self.clock: Callable[[], float] = time.time
-
     def parse_options(self, reader: OptionReader) -> TencentOptions:
         return TencentOptions.parse(reader)
 
@@ -383,7 +378,7 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
             host=_host(self.client.base_url),
             action="SendSms",
             region=options.region,
-            timestamp=int(self.clock()),
+            timestamp=int(self.now()),
             payload=payload,
         )
         response = await self.client.post("/", content=payload, headers=headers)
@@ -409,7 +404,7 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
         reply = body.get("Response") if isinstance(body, dict) else None
         if not isinstance(reply, dict):
             detail = f"HTTP {response.status_code} without a Tencent Cloud Response"
-            return status_outcome(response, str(response.status_code), detail)
+            return status_outcome(response, str(response.status_code), detail, self.now())
         error = reply.get("Error")
         if isinstance(error, dict):
             return self._status(error, response)
@@ -442,7 +437,7 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
         if code in _AMBIGUOUS:
             return Outcome.unknown(code, detail)
         if _transient(code) or response.status_code >= 500:
-            return Outcome.retry(code, detail, retry_after_seconds(response.headers))
+            return Outcome.retry(code, detail, retry_after_seconds(response.headers, self.now()))
         return Outcome.permanent(code, detail)
 
     def _scrub(self, message: str) -> str:

@@ -184,13 +184,13 @@ class TwilioSmsProvider(HttpProvider[TwilioOptions]):
         if code in _INVALID_ADDRESS:
             return Outcome.invalid_address(code, detail)
         if code in _RETRYABLE:
-            return Outcome.retry(code, detail, retry_after_seconds(response.headers))
+            return Outcome.retry(code, detail, retry_after_seconds(response.headers, self.now()))
         if code in _CONFIG or response.status_code in (401, 403):
             log.error(
                 "sms_provider_misconfigured", provider=self.name, provider_type=self.type_name, code=code
             )
             return Outcome.permanent(code, f"configuration: {detail}")
-        return status_outcome(response, code, detail)
+        return status_outcome(response, code, detail, self.now())
 
     def _scrub(self, message: str) -> str:
         text = redact(" ".join(message.split()), *self.options.secrets)

@@ -49,14 +49,13 @@ import dataclasses
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import httpx
 import orjson
 
-from channels.base import Delivery, Outcome, ProviderConfig, ProviderContext
+from channels.base import Delivery, Outcome, ProviderConfig
 from channels.http import HttpProvider, json_body, redact, retry_after_seconds, status_outcome
 from channels.options import OptionReader
 
@@ -104,10 +103,6 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
     option_keys: ClassVar[frozenset[str]] = frozenset({"path", "secret", "headers", "contact_fields"})
     idempotent: ClassVar[bool] = True
 
-    def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
-        super().__init__(config, context)
-        self.clock: Callable[[], float] = time.time  # the signed timestamp; tests replace it
-
     async def setup(self) -> None:
         OptionReader(self.config.options, self.name).required("base_url")  # "is required", not "not a URL"
         await super().setup()
@@ -123,7 +118,7 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options
         body = orjson.dumps(payload(delivery, options.contact_fields))
-        timestamp = str(int(self.clock()))
+        timestamp = str(int(self.now()))
         headers = {
             **options.headers,
             "Content-Type": "application/json",
@@ -132,7 +127,7 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
             SIGNATURE_HEADER: f"{SCHEME}={sign(options.secret, timestamp, body)}",
         }
         response = await self.client.post(options.path, content=body, headers=headers)
-        return classify(response, delivery.message.message_id, self._scrub)
+        return classify(response, delivery.message.message_id, self._scrub, self.now())
 
     def transport_outcome(self, exc: httpx.HTTPError) -> Outcome:
         outcome = super().transport_outcome(exc)
@@ -206,15 +201,16 @@ def _signatures(header: str) -> list[bytes]:
     return found
 
 
-def classify(response: httpx.Response, message_id: str, scrub: Callable[[str], str]) -> Outcome:
-    """The outcome of the receiver's answer (see the table in the module docstring)."""
+def classify(response: httpx.Response, message_id: str, scrub: Callable[[str], str], now: float) -> Outcome:
+    """The outcome of the receiver's answer (see the table in the module docstring); ``now``
+    (epoch seconds) reads a ``Retry-After`` date."""
     status = response.status_code
     if 200 <= status < 300:
         return Outcome.sent(_receipt_id(json_body(response)) or message_id)
     detail = scrub(f"HTTP {status}: {response.text}")
     if status == 409:
-        return Outcome.retry("409", detail, retry_after_seconds(response.headers))
-    return status_outcome(response, str(status), detail)
+        return Outcome.retry("409", detail, retry_after_seconds(response.headers, now))
+    return status_outcome(response, str(status), detail, now)
 
 
 def _receipt_id(body: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.bot_dingtalk import DingtalkBotProvider, query
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault, Reply
 from tests.support.providers.dingtalk import DingtalkServer, errcode
 from tests.unit.channels.factories import delivery
@@ -27,12 +27,15 @@ def server() -> Iterator[DingtalkServer]:
         yield running
 
 
-async def make_provider(server: DingtalkServer, **options: Any) -> DingtalkBotProvider:
+async def make_provider(
+    server: DingtalkServer, clock: Clock | None = None, **options: Any
+) -> DingtalkBotProvider:
     merged = {
         k: v for k, v in {**server.provider_options(), "timeout": 1, **options}.items() if v is not None
     }
     provider = DingtalkBotProvider(
-        ProviderConfig("dingtalk-1", "dingtalk_bot", options=merged), ProviderContext()
+        ProviderConfig("dingtalk-1", "dingtalk_bot", options=merged),
+        ProviderContext(clock=clock or SystemClock()),
     )
     await provider.setup()
     return provider
@@ -68,11 +71,13 @@ async def test_sends_a_signed_markdown_message(provider: DingtalkBotProvider, se
 
 async def test_signatures_with_plus_and_slash_survive_url_encoding(server: DingtalkServer) -> None:
     """base64 has ``+``, ``/`` and ``=``: left unencoded, ``+`` would arrive as a space."""
-    provider = await make_provider(server)
-    millis = itertools.count()
-    provider.clock = lambda: time.time() + next(millis) / 1000  # a new signature per message
+    clock = ManualClock(SystemClock().now_ms())
+    provider = await make_provider(server, clock)
+    outcomes = []
     try:
-        outcomes = [await send_one(provider, delivery(n)) for n in range(40)]
+        for n in range(40):
+            outcomes.append(await send_one(provider, delivery(n)))
+            clock.advance(1)  # a new signature per message
     finally:
         await provider.close()
     signs = [r.query["sign"] for r in server.requests]
@@ -119,9 +124,12 @@ async def test_a_wrong_secret_is_a_permanent_310000_without_secrets(server: Ding
     assert "SECnot-the-secret" not in outcome.detail and ACCESS_TOKEN not in outcome.detail
 
 
-async def test_a_clock_more_than_an_hour_off_is_refused(provider: DingtalkBotProvider) -> None:
-    provider.clock = lambda: time.time() + 3700
-    outcome = await send_one(provider)
+async def test_a_clock_more_than_an_hour_off_is_refused(server: DingtalkServer) -> None:
+    provider = await make_provider(server, ManualClock(SystemClock().now_ms() + 3_700_000))
+    try:
+        outcome = await send_one(provider)
+    finally:
+        await provider.close()
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "310000")
     assert "invalid timestamp" in outcome.detail
 

@@ -11,6 +11,7 @@ import pytest
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext, Rendered
 from channels.bot_feishu import FeishuBotProvider, MsgType, build_body
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault, Reply
 from tests.support.providers.feishu import FeishuServer, code
 from tests.unit.channels.factories import delivery
@@ -26,11 +27,14 @@ def server() -> Iterator[FeishuServer]:
         yield running
 
 
-async def make_provider(server: FeishuServer, **options: Any) -> FeishuBotProvider:
+async def make_provider(
+    server: FeishuServer, clock: Clock | None = None, **options: Any
+) -> FeishuBotProvider:
     merged = {
         k: v for k, v in {**server.provider_options(), "timeout": 1, **options}.items() if v is not None
     }
-    provider = FeishuBotProvider(ProviderConfig("feishu-1", "feishu_bot", options=merged), ProviderContext())
+    context = ProviderContext(clock=clock or SystemClock())
+    provider = FeishuBotProvider(ProviderConfig("feishu-1", "feishu_bot", options=merged), context)
     await provider.setup()
     return provider
 
@@ -108,9 +112,12 @@ async def test_a_wrong_secret_is_a_permanent_19021_without_secrets(server: Feish
     assert server.delivered.items() == []
 
 
-async def test_a_clock_more_than_an_hour_off_is_refused(provider: FeishuBotProvider) -> None:
-    provider.clock = lambda: time.time() - 3700
-    outcome = await send_one(provider)
+async def test_a_clock_more_than_an_hour_off_is_refused(server: FeishuServer) -> None:
+    provider = await make_provider(server, ManualClock(SystemClock().now_ms() - 3_700_000))
+    try:
+        outcome = await send_one(provider)
+    finally:
+        await provider.close()
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "19021")
 
 

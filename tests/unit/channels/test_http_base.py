@@ -10,6 +10,7 @@ import pytest
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.http import HttpProvider, retry_after_seconds, status_outcome
 from channels.options import OptionReader
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault, ProviderServer, Recorded, Refused, Reply
 from tests.support.sockets import closed_port
 from tests.unit.channels.factories import delivery
@@ -36,7 +37,7 @@ class EchoProvider(HttpProvider[None]):
         )
         if response.status_code == 200:
             return Outcome.sent(response.json()["id"])
-        return status_outcome(response, str(response.status_code), response.text)
+        return status_outcome(response, str(response.status_code), response.text, self.now())
 
 
 @pytest.fixture
@@ -45,9 +46,9 @@ def server() -> Iterator[EchoServer]:
         yield running
 
 
-async def provider_for(base_url: str, **options: object) -> EchoProvider:
+async def provider_for(base_url: str, clock: Clock | None = None, **options: object) -> EchoProvider:
     config = ProviderConfig("echo-1", "echo", options={"base_url": base_url, "timeout": 1, **options})
-    provider = EchoProvider(config, ProviderContext())
+    provider = EchoProvider(config, ProviderContext(clock=clock or SystemClock()))
     await provider.setup()
     return provider
 
@@ -113,10 +114,30 @@ async def test_unknown_options_are_refused() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert retry_after_seconds({"retry-after": "12"}) == 12
-    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480) == 10
-    assert retry_after_seconds({}) is None
-    assert retry_after_seconds({"retry-after": "soon"}) is None
+    now = 1445412480  # 2015-10-21 07:28:00 UTC
+    assert retry_after_seconds({"retry-after": "12"}, now) == 12
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now) == 10
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:27:00 GMT"}, now) == 0  # passed
+    assert retry_after_seconds({}, now) is None
+    assert retry_after_seconds({"retry-after": "soon"}, now) is None
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_date_is_read_against_the_providers_clock(
+    server: EchoServer, status: int
+) -> None:
+    clock = ManualClock(1_445_412_480_000)  # 10 s before the date the server names
+    provider = await provider_for(server.base_url, clock)
+    server.inject(Fault.status(status, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"}))
+    server.inject(Fault.status(status, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"}))
+    try:
+        [first] = await provider.send_batch([delivery(1)])
+        clock.advance(4_000)
+        [later] = await provider.send_batch([delivery(2)])
+    finally:
+        await provider.close()
+    assert (first.kind, first.retry_after) == (OutcomeKind.RETRY, 10)
+    assert later.retry_after == 6
 
 
 async def test_an_answer_the_provider_cannot_parse_fails_that_message_alone(

@@ -17,23 +17,16 @@ import structlog
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.push_apns import ApnsProvider, apns_id
+from reach.clock import ManualClock, SystemClock
 from tests.support.http_provider import Fault
 from tests.support.providers.apns import ApnsServer, device_token, throwaway_p8
 from tests.support.tls import SelfSignedCert
 from tests.unit.channels.factories import delivery
 
 
-class FakeClock:
-    """Wall-clock seconds that only move when a test says so (shared by provider and server)."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+def manual_clock() -> ManualClock:
+    """Now, to the second, moving only when a test says so (shared by provider and server)."""
+    return ManualClock(int(time.time()) * 1000)
 
 
 @pytest.fixture
@@ -45,13 +38,12 @@ def server(tls_cert: SelfSignedCert) -> Iterator[ApnsServer]:
 
 @contextlib.asynccontextmanager
 async def apns(
-    server: ApnsServer, clock: FakeClock | None = None, **options: Any
+    server: ApnsServer, clock: ManualClock | None = None, **options: Any
 ) -> AsyncIterator[ApnsProvider]:
     """A set-up provider sending to ``server`` (``options`` override), closed after."""
     merged = {**server.provider_options(), "timeout": 1, **options}
-    provider = ApnsProvider(ProviderConfig("apns-1", "apns", options=merged), ProviderContext())
-    if clock is not None:
-        provider.clock = clock
+    context = ProviderContext(clock=clock or SystemClock())
+    provider = ApnsProvider(ProviderConfig("apns-1", "apns", options=merged), context)
     try:
         await provider.setup()
         yield provider
@@ -111,14 +103,14 @@ async def test_one_provider_token_serves_many_sends(server: ApnsServer) -> None:
 
 
 async def test_the_provider_token_is_renewed_after_50_minutes(server: ApnsServer) -> None:
-    clock = FakeClock()
-    server.clock = clock
+    clock = manual_clock()
+    server.clock = clock.seconds
     async with apns(server, clock) as provider:
         await provider.send_batch([push(1)])
-        clock.advance(49 * 60)
+        clock.advance(49 * 60_000)
         await provider.send_batch([push(2)])
         assert len(server.provider_tokens) == 1
-        clock.advance(2 * 60)
+        clock.advance(2 * 60_000)
         [outcome] = await provider.send_batch([push(3)])
     assert outcome.kind is OutcomeKind.SENT
     assert len(server.provider_tokens) == 2
@@ -145,15 +137,15 @@ async def test_expired_provider_token_twice_is_a_configuration_error(server: Apn
 
 
 async def test_too_many_token_updates_keeps_the_token_and_retries_later(tls_cert: SelfSignedCert) -> None:
-    clock = FakeClock()
-    with ApnsServer(tls_cert, min_token_update_seconds=20 * 60, clock=clock) as server:
+    clock = manual_clock()
+    with ApnsServer(tls_cert, min_token_update_seconds=20 * 60, clock=clock.seconds) as server:
         async with apns(server, clock) as provider:
             await provider.send_batch([push(1)])
-            clock.advance(5 * 60)
+            clock.advance(5 * 60_000)
             server.expire_provider_tokens()  # renewed 5 minutes after the last update: too soon
             [refused] = await provider.send_batch([push(2)])
             [again] = await provider.send_batch([push(3)])
-            clock.advance(16 * 60)
+            clock.advance(16 * 60_000)
             [accepted] = await provider.send_batch([push(4)])
         signed = {r.headers["authorization"] for r in server.requests}
     assert (refused.kind, refused.code, refused.retry_after) == (
@@ -361,8 +353,8 @@ async def test_unsendable_messages_never_reach_apple(server: ApnsServer) -> None
 
 
 async def test_expiration_counts_from_the_message_creation(server: ApnsServer) -> None:
-    clock = FakeClock()
-    created = int(clock.now * 1000) - 100_000
+    clock = manual_clock()
+    created = clock.now_ms() - 100_000
     async with apns(server, clock, ttl=3600, priority=5) as provider:
         await provider.send_batch([push(1, created_ts=created), push(2, created_ts=created - 4_000_000)])
     async with apns(server, clock, ttl=0) as provider:

@@ -17,22 +17,15 @@ import structlog
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.push_fcm import GRANT_TYPE, SCOPE, FcmProvider
+from reach.clock import ManualClock, SystemClock
 from tests.support.http_provider import Fault
 from tests.support.providers.fcm import GOOGLE_TOKEN_URI, FcmServer, fcm_error, throwaway_rsa_key
 from tests.unit.channels.factories import delivery
 
 
-class FakeClock:
-    """Wall-clock seconds that only move when a test says so (shared by provider and server)."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+def manual_clock() -> ManualClock:
+    """Now, to the second, moving only when a test says so (shared by provider and server)."""
+    return ManualClock(int(time.time()) * 1000)
 
 
 @pytest.fixture
@@ -44,13 +37,12 @@ def server() -> Iterator[FcmServer]:
 
 @contextlib.asynccontextmanager
 async def fcm(
-    server: FcmServer, clock: FakeClock | None = None, **options: Any
+    server: FcmServer, clock: ManualClock | None = None, **options: Any
 ) -> AsyncIterator[FcmProvider]:
     """A set-up provider sending to ``server`` (``options`` override), closed after."""
     merged = {**server.provider_options(), "timeout": 1, **options}
-    provider = FcmProvider(ProviderConfig("fcm-1", "fcm", options=merged), ProviderContext())
-    if clock is not None:
-        provider.clock = clock
+    context = ProviderContext(clock=clock or SystemClock())
+    provider = FcmProvider(ProviderConfig("fcm-1", "fcm", options=merged), context)
     try:
         await provider.setup()
         yield provider
@@ -135,14 +127,14 @@ async def test_a_401_refreshes_the_token_once_and_resends(server: FcmServer) -> 
 
 
 async def test_the_token_is_refreshed_before_it_expires(server: FcmServer) -> None:
-    clock = FakeClock()
-    server.clock = clock
+    clock = manual_clock()
+    server.clock = clock.seconds
     server.token_lifetime = 600
     async with fcm(server, clock) as provider:
-        clock.advance(290)  # refreshed 5 minutes (here: half the lifetime) before expiry
+        clock.advance(290_000)  # refreshed 5 minutes (here: half the lifetime) before expiry
         await provider.send_batch([push(1)])
         assert server.token_requests == 1
-        clock.advance(20)
+        clock.advance(20_000)
         [outcome] = await provider.send_batch([push(2)])
     assert outcome.kind is OutcomeKind.SENT
     assert server.token_requests == 2
@@ -313,9 +305,9 @@ async def test_no_token_in_the_contact_is_permanent(server: FcmServer) -> None:
 
 
 async def test_the_ttl_counts_from_the_message_creation(server: FcmServer) -> None:
-    clock = FakeClock()
-    server.clock = clock
-    created = int(clock.now * 1000) - 100_000
+    clock = manual_clock()
+    server.clock = clock.seconds
+    created = clock.now_ms() - 100_000
     async with fcm(server, clock, android_priority="normal", ttl=3600) as provider:
         await provider.send_batch([push(1, created_ts=created), push(2, created_ts=created - 4_000_000)])
     first, stale = server.delivered.items()

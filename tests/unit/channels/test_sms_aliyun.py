@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.sms_aliyun import AliyunSmsProvider, percent_encode, rpc_signature, template_param
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault
 from tests.support.providers.aliyun_sms import AliyunSmsServer, aliyun_encode, aliyun_signature
 from tests.unit.channels.factories import delivery
@@ -65,9 +66,12 @@ def server() -> Iterator[AliyunSmsServer]:
 
 
 @contextlib.asynccontextmanager
-async def aliyun(server: AliyunSmsServer, **options: Any) -> AsyncIterator[AliyunSmsProvider]:
+async def aliyun(
+    server: AliyunSmsServer, clock: Clock | None = None, **options: Any
+) -> AsyncIterator[AliyunSmsProvider]:
     merged = {**server.provider_options(), "timeout": 1, **options}
-    provider = AliyunSmsProvider(ProviderConfig("aliyun-1", "aliyun_sms", options=merged), ProviderContext())
+    context = ProviderContext(clock=clock or SystemClock())
+    provider = AliyunSmsProvider(ProviderConfig("aliyun-1", "aliyun_sms", options=merged), context)
     await provider.setup()
     try:
         yield provider
@@ -259,8 +263,7 @@ async def test_an_unknown_key_id_is_a_configuration_error(server: AliyunSmsServe
 
 
 async def test_a_skewed_clock_is_refused_as_expired(server: AliyunSmsServer) -> None:
-    async with aliyun(server) as provider:
-        provider.clock = lambda: 1_500_000_000.0
+    async with aliyun(server, ManualClock(1_500_000_000_000)) as provider:
         [outcome] = await provider.send_batch([sms(1)])
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "InvalidTimeStamp.Expired")
 

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.sms_tencent import TencentSmsProvider, tc3_signature
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault
 from tests.support.providers.tencent_sms import TencentSmsServer, tc3_sign
 from tests.unit.channels.factories import delivery
@@ -37,10 +38,13 @@ def server() -> Iterator[TencentSmsServer]:
 
 
 @contextlib.asynccontextmanager
-async def tencent(server: TencentSmsServer, **options: Any) -> AsyncIterator[TencentSmsProvider]:
+async def tencent(
+    server: TencentSmsServer, clock: Clock | None = None, **options: Any
+) -> AsyncIterator[TencentSmsProvider]:
     merged = {**server.provider_options(), "timeout": 1, **options}
     provider = TencentSmsProvider(
-        ProviderConfig("tencent-1", "tencent_sms", options=merged), ProviderContext()
+        ProviderConfig("tencent-1", "tencent_sms", options=merged),
+        ProviderContext(clock=clock or SystemClock()),
     )
     await provider.setup()
     try:
@@ -263,8 +267,7 @@ async def test_wrong_account_settings_are_configuration_errors(
 
 
 async def test_a_skewed_clock_is_refused_as_expired(server: TencentSmsServer) -> None:
-    async with tencent(server) as provider:
-        provider.clock = lambda: 1_600_000_000.0
+    async with tencent(server, ManualClock(1_600_000_000_000)) as provider:
         [outcome] = await provider.send_batch([sms(1)])
     assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "AuthFailure.SignatureExpire")
 
