@@ -7,12 +7,16 @@ day, and each fetch replaces the previous token (WeChat keeps the old one valid
 for a few minutes). So the token is fetched by one worker and shared by all,
 through Redis:
 
-* key ``<redis_prefix>wechat:token:<app_id>``, TTL ``expires_in`` minus a
-  5-minute margin, so a cached token is never one WeChat already dropped;
-* when the key is missing, a worker takes the lock
+* key ``<redis_prefix>wechat:token:<app_id>``, value ``<token> <expires_at_ms>``:
+  the token is used until ``expires_in`` minus a 5-minute margin has passed by the
+  worker's clock (``context.clock``), so a cached token is never one WeChat already
+  dropped (the key's TTL is the same lifetime; a value without the time, written by an
+  older reach, lasts until its TTL);
+* when the key is missing or its token expired, a worker takes the lock
   ``<redis_prefix>wechat:token-lock:<app_id>`` (``SET NX PX``, a few seconds),
   re-reads the key, fetches and stores the token; the others poll the key for
-  up to ``timeout`` + 1 seconds instead of fetching too;
+  up to ``timeout`` + 1 seconds instead of fetching too (a failed fetch is handed to
+  this worker's other messages for as long, rather than fetched again for each);
 * when WeChat calls the token invalid or expired (40001, 40014, 42001), the
   token is removed only if the key still holds that same token
   (compare-and-delete), so a newer token another worker stored is kept; then
@@ -67,7 +71,6 @@ import dataclasses
 import re
 import secrets
 import string
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -79,6 +82,7 @@ from redis.exceptions import RedisError
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.http import HttpProvider, contact_field, json_body, redact, status_outcome
 from channels.options import OptionReader
+from reach.clock import Clock
 
 log = structlog.get_logger(__name__)
 
@@ -106,9 +110,17 @@ _BEIJING = 8 * 3600  # UTC+8, no DST: WeChat's daily quotas reset at Beijing mid
 _QUERY_SECRET = re.compile(r"(access_token|secret)=[^&\s\"']+")
 _FIELDS = ("template_id", "data", "url")
 _OPTION_KEYS = frozenset({"app_id", "app_secret", "redis_prefix", "templates", *_FIELDS})
-# Compare-and-delete: drop the cached token only if it is still the one WeChat refused.
-_DISCARD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-_RELEASE = _DISCARD  # the lock is released the same way: only by the nonce that took it
+# Compare-and-delete: drop the cached token only if it is still the one WeChat refused
+# (the value is the token, then a space and its expiry; or the bare token).
+_DISCARD = """
+local value = redis.call('get', KEYS[1])
+if value and (value == ARGV[1] or string.sub(value, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+# The lock is released only by the nonce that took it.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,7 +191,6 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)
-        self.clock: Callable[[], float] = time.time  # wall clock, for the quota reset; tests replace it
         self._token: SharedToken | None = None
 
     @property
@@ -193,7 +204,9 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
             raise ValueError(f"provider {self.name!r}: WeChat needs Redis (context.redis) to share its token")
         options = WechatOptions.parse(reader, self.context.redis_prefix)
         wait = reader.number("timeout", 10.0) + 1  # a fetch takes at most the HTTP timeout
-        self._token = SharedToken(self.context.redis, options.token_key, options.lock_key, wait)
+        self._token = SharedToken(
+            self.context.redis, options.token_key, options.lock_key, wait, self.context.clock
+        )
         return options
 
     async def send_one(self, delivery: Delivery) -> Outcome:
@@ -245,7 +258,7 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
 
     async def _post(self, body: dict[str, Any], token: str) -> Outcome:
         response = await self.client.post(SEND_PATH, params={"access_token": token}, json=body)
-        return classify_send(response, self.clock(), self._scrub)
+        return classify_send(response, self.now(), self._scrub)
 
     # -- the shared token ------------------------------------------------------------------------
 
@@ -259,7 +272,7 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
             response = await self.client.get(TOKEN_PATH, params=params)
         except httpx.HTTPError as exc:  # nothing was sent to the user: always a plain retry
             return Outcome.retry("token", self._scrub(f"token fetch failed: {type(exc).__name__}: {exc}"))
-        result = classify_token(response, self.clock(), self._scrub)
+        result = classify_token(response, self.now(), self._scrub)
         if isinstance(result, Outcome):
             if result.code == "auth":
                 log.warning("wechat_token_refused", provider=self.name, detail=result.detail)
@@ -277,17 +290,22 @@ class SharedToken:
     Works with a ``redis.asyncio`` client with or without ``decode_responses``.
     """
 
-    def __init__(self, redis: Any, key: str, lock_key: str, wait: float) -> None:
+    def __init__(self, redis: Any, key: str, lock_key: str, wait: float, clock: Clock) -> None:
         self.redis = redis
         self.key = key
         self.lock_key = lock_key
         self.wait = wait  # how long a worker waits for another one's fetch, in seconds
+        self.clock = clock  # token lifetimes, the wait and the failed fetch's reuse
         self._local = asyncio.Lock()  # one coroutine per process goes for the Redis lock
-        self._failed: tuple[float, Outcome] | None = None  # the last failed fetch, and when
+        self._failed: tuple[int, Outcome] | None = None  # the last failed fetch, and when (ms)
 
     async def cached(self) -> str | None:
+        """The cached token, unless it expired by the clock."""
         value = await self.redis.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        if value is None:
+            return None
+        token, expires_at = stored_token(value.decode() if isinstance(value, bytes) else value)
+        return token if expires_at is None or self.clock.now_ms() < expires_at else None
 
     async def get(self, fetch: Fetch) -> str | Outcome:
         """The cached token, or one fetched (by ``fetch``, in this worker or another) and cached.
@@ -303,10 +321,11 @@ class SharedToken:
             token = await self.cached()
             if token is not None:
                 return token
-            if self._failed is not None and time.monotonic() - self._failed[0] < self.wait:
+            now = self.clock.now_ms()
+            if self._failed is not None and now - self._failed[0] < self.wait * 1000:
                 return self._failed[1]
             result = await self._refresh(fetch)
-            self._failed = (time.monotonic(), result) if isinstance(result, Outcome) else None
+            self._failed = (self.clock.now_ms(), result) if isinstance(result, Outcome) else None
             return result
 
     async def discard(self, token: str) -> bool:
@@ -324,9 +343,9 @@ class SharedToken:
             await self.redis.eval(_RELEASE, 1, self.lock_key, nonce)
 
     async def _wait_for_other(self) -> str | Outcome:
-        deadline = time.monotonic() + self.wait
-        while time.monotonic() < deadline:
-            await asyncio.sleep(_POLL)
+        deadline = self.clock.now_ms() + self.wait * 1000
+        while self.clock.now_ms() < deadline:
+            await self.clock.sleep(_POLL)
             token = await self.cached()
             if token is not None:
                 return token
@@ -337,13 +356,20 @@ class SharedToken:
         if isinstance(fetched, Outcome):
             return fetched
         token, expires_in = fetched
-        await self.redis.set(self.key, token, ex=cache_ttl(expires_in))
+        ttl = cache_ttl(expires_in)
+        await self.redis.set(self.key, f"{token} {self.clock.now_ms() + ttl * 1000}", ex=ttl)
         return token
 
 
 def cache_ttl(expires_in: int) -> int:
     """Seconds to cache a token WeChat gave ``expires_in`` seconds: a margin before it expires."""
     return max(1, expires_in - min(TOKEN_MARGIN, expires_in // 2))
+
+
+def stored_token(value: str) -> tuple[str, int | None]:
+    """The token of a cached value and when it expires (ms; None for a bare token)."""
+    token, _, expires_at = value.partition(" ")
+    return token, int(expires_at) if expires_at.isdigit() else None
 
 
 # --- the request ------------------------------------------------------------------------------
@@ -385,7 +411,8 @@ def classify_send(response: httpx.Response, now: float, scrub: Callable[[str], s
     body = json_body(response)
     errcode = body.get("errcode") if isinstance(body, dict) else None
     if response.status_code != 200:
-        return status_outcome(response, str(response.status_code), scrub(f"HTTP {response.status_code}"))
+        status = response.status_code
+        return status_outcome(response, str(status), scrub(f"HTTP {status}"), now)
     if not isinstance(errcode, int):
         return Outcome.unknown("bad_response", "HTTP 200 without an errcode")
     detail = scrub(f"errcode {errcode}: {body.get('errmsg', '')}")

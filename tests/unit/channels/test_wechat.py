@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.wechat import SharedToken, WechatTemplateProvider, cache_ttl, until_quota_reset
+from reach.clock import Clock, ManualClock, SystemClock
 from tests.support.http_provider import Fault
 from tests.support.providers.wechat import WechatServer
 from tests.support.sockets import closed_port
@@ -53,16 +54,28 @@ async def redis() -> AsyncIterator[tuple[aioredis.Redis, str]]:
 
 
 async def make_provider(
-    server: WechatServer, redis: tuple[aioredis.Redis, str], name: str = "wechat-1", **options: Any
+    server: WechatServer,
+    redis: tuple[aioredis.Redis, str],
+    name: str = "wechat-1",
+    clock: Clock | None = None,
+    **options: Any,
 ) -> WechatTemplateProvider:
+    """A provider on ``clock``, by default a manual one standing at :data:`NOW`."""
     client, prefix = redis
     merged = {**server.provider_options(), "redis_prefix": prefix, "timeout": 1, **options}
-    provider = WechatTemplateProvider(
-        ProviderConfig(name, "wechat_template", options=merged), ProviderContext(redis=client)
-    )
+    context = ProviderContext(redis=client, clock=clock or ManualClock(NOW * 1000))
+    provider = WechatTemplateProvider(ProviderConfig(name, "wechat_template", options=merged), context)
     await provider.setup()
-    provider.clock = lambda: NOW
     return provider
+
+
+def shared_token(client: aioredis.Redis, prefix: str, wait: float, clock: Clock) -> SharedToken:
+    return SharedToken(client, f"{prefix}wechat:token:x", f"{prefix}wechat:token-lock:x", wait, clock)
+
+
+def sent_with(server: WechatServer) -> list[str | None]:
+    """The access token of each template send the server received, in order."""
+    return [r.query.get("access_token") for r in server.requests if r.path.endswith("/send")]
 
 
 @pytest.fixture
@@ -94,8 +107,9 @@ async def test_sends_a_template_message_with_a_cached_token(
     }
     client, prefix = redis
     key = f"{prefix}wechat:token:wx-test-app"
-    assert await client.get(key) == b"token-1"
-    assert 6800 < await client.ttl(key) <= 6900  # expires_in 7200 minus the 5-minute margin
+    # Good for expires_in 7200 minus the 5-minute margin, by the provider's clock and the TTL.
+    assert await client.get(key) == f"token-1 {(NOW + 6900) * 1000}".encode()
+    assert 6800 < await client.ttl(key) <= 6900
     await send(provider, wechat(2))
     assert server.token_fetches == 1
 
@@ -103,8 +117,9 @@ async def test_sends_a_template_message_with_a_cached_token(
 async def test_two_workers_sharing_redis_fetch_the_token_once(
     server: WechatServer, redis: tuple[aioredis.Redis, str]
 ) -> None:
-    first = await make_provider(server, redis, "wechat-a")
-    second = await make_provider(server, redis, "wechat-b")
+    # On the wall clock: the second provider polls Redis while the first one fetches.
+    first = await make_provider(server, redis, "wechat-a", SystemClock())
+    second = await make_provider(server, redis, "wechat-b", SystemClock())
     try:
         outcomes = await asyncio.gather(
             first.send_batch([wechat(n) for n in range(1, 6)]),
@@ -128,7 +143,7 @@ async def test_a_refused_token_is_refreshed_once_and_the_send_succeeds(
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT] * 3
     assert server.token_fetches == 2
     client, prefix = redis
-    assert await client.get(f"{prefix}wechat:token:wx-test-app") == b"token-2"
+    assert (await client.get(f"{prefix}wechat:token:wx-test-app")).startswith(b"token-2 ")
 
 
 async def test_a_token_refused_twice_is_a_retry_not_a_loop(
@@ -143,21 +158,24 @@ async def test_a_token_refused_twice_is_a_retry_not_a_loop(
 
 async def test_discard_keeps_a_newer_token_from_another_worker(redis: tuple[aioredis.Redis, str]) -> None:
     client, prefix = redis
-    shared = SharedToken(client, f"{prefix}wechat:token:x", f"{prefix}wechat:token-lock:x", wait=1)
-    await client.set(shared.key, "token-new")
-    assert not await shared.discard("token-old")
-    assert await shared.cached() == "token-new"
-    assert await shared.discard("token-new")
-    assert await shared.cached() is None
+    shared = shared_token(client, prefix, 1, ManualClock(NOW * 1000))
+    for stored in ("token-new", f"token-new {(NOW + 60) * 1000}"):  # an older reach's value, and ours
+        await client.set(shared.key, stored)
+        assert not await shared.discard("token-old")
+        assert not await shared.discard("token-ne")
+        assert await shared.cached() == "token-new"
+        assert await shared.discard("token-new")
+        assert await shared.cached() is None
 
 
 async def test_a_worker_waits_for_the_one_holding_the_lock(redis: tuple[aioredis.Redis, str]) -> None:
     client, prefix = redis
-    shared = SharedToken(client, f"{prefix}wechat:token:x", f"{prefix}wechat:token-lock:x", wait=2)
+    clock = ManualClock(NOW * 1000)
+    shared = shared_token(client, prefix, 2, clock)
     await client.set(shared.lock_key, "other-worker", px=5000)
 
     async def other_worker_stores_a_token() -> None:
-        await asyncio.sleep(0.2)
+        await clock.sleep(1)  # a second into the wait, by the clock both share
         await client.set(shared.key, "token-from-b")
 
     async def must_not_fetch() -> tuple[str, int]:
@@ -170,11 +188,53 @@ async def test_a_worker_waits_for_the_one_holding_the_lock(redis: tuple[aioredis
 
 async def test_a_lock_never_released_is_a_short_retry(redis: tuple[aioredis.Redis, str]) -> None:
     client, prefix = redis
-    shared = SharedToken(client, f"{prefix}wechat:token:x", f"{prefix}wechat:token-lock:x", wait=0.3)
+    clock = ManualClock(NOW * 1000)
+    shared = shared_token(client, prefix, 30, clock)
     await client.set(shared.lock_key, "stuck-worker", px=5000)
     outcome = await shared.get(lambda: asyncio.sleep(0, ("never", 7200)))
     assert isinstance(outcome, Outcome)
     assert (outcome.kind, outcome.code) == (OutcomeKind.RETRY, "token_busy")
+    assert clock.now_ms() - NOW * 1000 >= 30_000  # it waited the 30 s out, by its clock
+
+
+async def test_the_token_is_fetched_again_once_its_lifetime_is_over_by_the_clock(
+    server: WechatServer, redis: tuple[aioredis.Redis, str]
+) -> None:
+    clock = ManualClock(SystemClock().now_ms())  # the key's TTL runs on Redis's clock: keep them near
+    provider = await make_provider(server, redis, clock=clock)
+    try:
+        await send(provider, wechat(1))
+        clock.advance(6899_000)  # expires_in 7200 minus the margin: 6900 s
+        await send(provider, wechat(2))
+        assert server.token_fetches == 1
+        clock.advance(2_000)
+        [outcome] = await send(provider, wechat(3))
+    finally:
+        await provider.close()
+    assert outcome.kind is OutcomeKind.SENT
+    assert server.token_fetches == 2
+    assert sent_with(server) == ["token-1", "token-1", "token-2"]  # never sent with the old one
+
+
+async def test_a_failed_fetch_is_reused_for_the_wait_then_tried_again(
+    redis: tuple[aioredis.Redis, str],
+) -> None:
+    client, prefix = redis
+    clock = ManualClock(NOW * 1000)
+    shared = shared_token(client, prefix, 11, clock)
+    fetches: list[int] = []
+
+    async def refused() -> Outcome:
+        fetches.append(clock.now_ms())
+        return Outcome.retry("token", "token fetch: HTTP 503")
+
+    first = await shared.get(refused)
+    clock.advance(10_999)
+    again = await shared.get(refused)
+    clock.advance(1)
+    await shared.get(refused)
+    assert isinstance(first, Outcome) and again == first
+    assert fetches == [NOW * 1000, (NOW + 11) * 1000]
 
 
 def test_cache_ttl_keeps_a_margin() -> None:
