@@ -7,6 +7,9 @@ messages with their result rows. One run measures, in order:
   the first event to the last result row, latency p50/p99 (event time to result
   row), the worker's peak RSS, and the Redis memory the run's keys hold per
   100,000 messages;
+- the burst again **with policies** (``bench/policies.py``: caps and quiet hours that
+  check every message and hold none), right after it: both rates, their ratio, and what
+  the policies suppressed or deferred (``policies`` in the JSON);
 - **the ceiling**, a bare two-hop faust app (``bench/bare_faust.py``) carrying
   as many records, and reach's ratio to it;
 - the burst again with **two worker processes**;
@@ -18,7 +21,9 @@ The last line is JSON with these figures and the load average beside each.
 Then the reach-task scenario (``bench/tasks.py``): a task to a segment of BENCH_TASK_MEMBERS
 users (default 1000000, 0 skips it), its ``task_*`` figures added to the same JSON line.
 
-Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_BARE=0 to skip the bare app,
+Environment: BENCH_EVENTS (default 200000), BENCH_PARTITIONS (4), BENCH_POLICIES=0 to skip the burst
+with policies, BENCH_POLICY_ROUNDS (1) pairs of bursts without and with them (in alternating
+order; the medians are compared), BENCH_BARE=0 to skip the bare app,
 BENCH_TWO_WORKERS=0 to skip two workers, BENCH_SUSTAIN_SECONDS=0 to skip the sustained search,
 BENCH_TIMEOUT seconds (900), BENCH_PROFILE=1 to run the (first) worker under pyinstrument (its
 report is written next to the worker log).
@@ -30,6 +35,7 @@ import asyncio
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +49,7 @@ import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.channels import CHANNELS
+from bench.policies import held, write_policies
 from bench.tasks import task_scenario
 from models.storage import migrate
 from reach.producer import SyncProducer
@@ -145,7 +152,7 @@ def events(first: int, count: int) -> Iterator[tuple[bytes, bytes]]:
 class Run:
     """One benchmark run: its settings, database and worker processes."""
 
-    def __init__(self, tmp: Path, workers: int) -> None:
+    def __init__(self, tmp: Path, workers: int, policies: Path | None = None) -> None:
         (tmp / "rules").mkdir()
         (tmp / "rules" / "bench.yaml").write_text(RULES)
         self.settings = make_settings(
@@ -155,6 +162,7 @@ class Run:
             partitions=int(os.environ.get("BENCH_PARTITIONS", "4")),
             batch_within=0.05,
             batch_size=int(os.environ.get("BENCH_BATCH", "2000")),
+            policies_file=policies,
         )
         asyncio.run(migrate(self.settings))
         self.db = Db(self.settings)
@@ -191,6 +199,11 @@ class Run:
         sql = "SELECT COUNT(*) FROM delivery_results WHERE status = 'sent' AND event_ts >= %s"
         return int(self.db.query(sql, (since_ms,))[0][0])
 
+    def finished(self) -> int:
+        """Messages with a final result: sent, or suppressed by a policy."""
+        sql = "SELECT COUNT(*) FROM delivery_results WHERE status IN ('sent', 'suppressed')"
+        return int(self.db.query(sql)[0][0])
+
     def latencies(self, since_ms: int = 0) -> list[int]:
         sql = "SELECT completed_at - event_ts FROM delivery_results WHERE event_ts >= %s"
         return sorted(int(r[0]) for r in self.db.query(sql, (since_ms,)))
@@ -199,16 +212,20 @@ class Run:
         return max(peak_rss_mb(w.proc.pid) if w.proc else 0.0 for w in self.workers)
 
 
-def burst(workers: int, total: int, timeout: float) -> dict[str, Any]:
-    """Every event produced at once; the rate from the first event to the last result row."""
+def burst(workers: int, total: int, timeout: float, policies: bool = False) -> dict[str, Any]:
+    """Every event produced at once; the rate from the first event to the last result row.
+    With ``policies``, the run's worker reads the file of :mod:`bench.policies`."""
     tmp = Path(tempfile.mkdtemp(prefix="reach-bench-"))
-    with Run(tmp, workers) as run:
+    policies_file, described = write_policies(tmp) if policies else (None, "")
+    with Run(tmp, workers, policies_file) as run:
         started = time.time()
         run.produce(total)
         print(
-            f"produced {total} events in {time.time() - started:.1f}s ({workers} worker(s))", file=sys.stderr
+            f"produced {total} events in {time.time() - started:.1f}s ({workers} worker(s)"
+            f"{', with policies' if policies else ''})",
+            file=sys.stderr,
         )
-        wait_until(lambda: run.delivered() >= total, timeout, f"{total} result rows", interval=2.0)
+        wait_until(lambda: run.finished() >= total, timeout, f"{total} result rows", interval=2.0)
         first_event, last_result = run.db.query(
             "SELECT MIN(event_ts), MAX(completed_at) FROM delivery_results"
         )[0]
@@ -220,6 +237,8 @@ def burst(workers: int, total: int, timeout: float) -> dict[str, Any]:
             "worker_peak_rss_mb": round(run.peak_rss_mb(), 1),
             "redis_bytes_per_100k_messages": redis_bytes_per_100k(run.settings, total),
         }
+        if policies:
+            figures.update(policies=described, **held(run.settings, run.db))
     if os.environ.get("BENCH_PROFILE"):
         print(f"profile: {tmp / 'profile.txt'}", file=sys.stderr)
     else:
@@ -289,16 +308,60 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+POLICY_KEYS = ("policies", "suppressed", "suppressed_by_reason", "deferred", "cap_keys")
+
+
+def policy_comparison(first_without: dict[str, Any], total: int, timeout: float) -> dict[str, Any]:
+    """Bursts with policies beside bursts without them (the first one already run): one pair
+    a round, the order alternating so neither side always runs second. Compares the medians."""
+    rounds: list[dict[str, Any]] = []
+    for n in range(int(os.environ.get("BENCH_POLICY_ROUNDS", "1"))):
+        order = (False, True) if n % 2 == 0 else (True, False)
+        runs = {
+            flag: first_without if n == 0 and not flag else burst(1, total, timeout, flag) for flag in order
+        }
+        with_policies = runs[True]
+        rounds.append(
+            {
+                "without_per_minute": runs[False]["messages_per_minute"],
+                "with_per_minute": with_policies["messages_per_minute"],
+                "with_latency_p99_ms": with_policies["latency_p99_ms"],
+                "with_redis_bytes_per_100k_messages": with_policies["redis_bytes_per_100k_messages"],
+                "first": "with" if order[0] else "without",
+                "load_avg_1m": load(),
+                **{k: with_policies[k] for k in POLICY_KEYS},
+            }
+        )
+        print(f"  policies round {n + 1}: {rounds[-1]}", file=sys.stderr)
+    without = statistics.median(r["without_per_minute"] for r in rounds)
+    with_ = statistics.median(r["with_per_minute"] for r in rounds)
+    return {
+        "without_per_minute": round(without),
+        "with_per_minute": round(with_),
+        "ratio": round(with_ / without, 3),
+        "suppressed": sum(r["suppressed"] for r in rounds),
+        "deferred": sum(r["deferred"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
 def main() -> int:
     total = int(os.environ.get("BENCH_EVENTS", "200000"))
     timeout = float(os.environ.get("BENCH_TIMEOUT", "900"))
     summary: dict[str, Any] = {"messages": total, "load_avg_1m_before": load()}
-    summary.update(burst(1, total, timeout))
+    first = burst(1, total, timeout)
+    summary.update(first)
     summary["load_avg_1m"] = load()
+    if os.environ.get("BENCH_POLICIES", "1") != "0":
+        summary["policies"] = policy_comparison(first, total, timeout)
     if os.environ.get("BENCH_BARE", "1") != "0":
         bare = bare_two_hop_per_minute(total, int(os.environ.get("BENCH_PARTITIONS", "4")), timeout)
         summary["bare_two_hop_per_minute"] = bare
         summary["ratio_to_bare"] = round(summary["messages_per_minute"] / bare, 2)
+        if "policies" in summary:
+            summary["policies"]["with_ratio_to_bare"] = round(
+                summary["policies"]["with_per_minute"] / bare, 2
+            )
         summary["load_avg_1m_after_bare"] = load()
     if os.environ.get("BENCH_TWO_WORKERS", "1") != "0":
         two = burst(2, total, timeout)
