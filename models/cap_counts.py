@@ -19,12 +19,13 @@ from typing import Any
 import orjson
 
 # ARGV[1]: JSON [[member, now, [[key, window_start, limit, keep_ms], ...]], ...] (numbers as
-# strings: Lua would print a number with 14 significant digits). Returns two numbers a
-# message: 0 and 0 when admitted, else the index (1-based) of the first full cap and the
-# score of the oldest member in its window (when the window frees a place).
+# strings: Lua would print a number with 14 significant digits). Returns three values for
+# each message refused, none for the others (most of a batch: the reply stays small): its
+# index in the batch (1-based), the index (1-based) of its first full cap, and the score of
+# the oldest member in that cap's window (when the window frees a place).
 _ADMIT = """
 local out = {}
-for _, check in ipairs(cjson.decode(ARGV[1])) do
+for i, check in ipairs(cjson.decode(ARGV[1])) do
   local member, now, caps = check[1], check[2], check[3]
   local full, oldest = 0, 0
   if #caps > 0 and not redis.call('ZSCORE', caps[1][1], member) then
@@ -44,8 +45,11 @@ for _, check in ipairs(cjson.decode(ARGV[1])) do
       end
     end
   end
-  out[#out + 1] = full
-  out[#out + 1] = oldest
+  if full > 0 then
+    out[#out + 1] = i
+    out[#out + 1] = full
+    out[#out + 1] = oldest
+  end
 end
 return out
 """
@@ -72,6 +76,9 @@ class Verdict:
         return self.full == 0
 
 
+ADMITTED = Verdict(0, 0)
+
+
 class CapCounts:
     def __init__(self, redis: Any, prefix: str) -> None:
         self.redis = redis
@@ -89,5 +96,8 @@ class CapCounts:
             [member, str(now), [[c.key, str(c.window_start), str(c.limit), str(c.keep_ms)] for c in caps]]
             for member, now, caps in checks
         ]
-        flat = await self._admit(keys=[], args=[orjson.dumps(payload)])
-        return [Verdict(int(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        refused = await self._admit(keys=[], args=[orjson.dumps(payload)])
+        verdicts = [ADMITTED] * len(checks)
+        for i in range(0, len(refused), 3):
+            verdicts[int(refused[i]) - 1] = Verdict(int(refused[i + 1]), int(float(refused[i + 2])))
+        return verdicts

@@ -19,6 +19,8 @@ from models.messages import ReachMessage
 from models.policies import Action, Cap, Policies
 
 REASON = "frequency_cap"
+#: what a cap asks of the counter, without the user: (scope, window start, limit, keep ms)
+Spec = tuple[str, int, int, int]
 
 
 class Counter(Protocol):
@@ -47,6 +49,16 @@ def frees_at(cap: Cap, verdict: Verdict, now_ms: int, zone_name: str, default_zo
     return max(now_ms + 1, verdict.oldest + cap.window_ms)
 
 
+def specs(caps: Sequence[Cap], now_ms: int, zone_name: str, default_zone: str) -> list[Spec]:
+    """What each cap asks at ``now_ms`` of a user in ``zone_name``; a scope's set keeps its
+    members for the longest window that reads it."""
+    keep = {c.channel: max(x.keep_ms for x in caps if x.channel == c.channel) for c in caps}
+    return [
+        (cap.channel, window_start(cap, now_ms, zone_name, default_zone), cap.limit, keep[cap.channel])
+        for cap in caps
+    ]
+
+
 class Caps:
     def __init__(self, counter: Counter, policies: Policies, holds: Holds, default_zone: str) -> None:
         self.counter = counter
@@ -54,17 +66,9 @@ class Caps:
         self.holds = holds
         self.default_zone = default_zone
 
-    def checks(self, message: ReachMessage, caps: Sequence[Cap], now: int) -> list[CapCheck]:
-        keep = {c.channel: max(x.keep_ms for x in caps if x.channel == c.channel) for c in caps}
-        return [
-            CapCheck(
-                self.counter.key(message.user_id, message.category, cap.channel),
-                window_start(cap, now, message.timezone, self.default_zone),
-                cap.limit,
-                keep[cap.channel],
-            )
-            for cap in caps
-        ]
+    def checks(self, message: ReachMessage, specs: Sequence[Spec]) -> list[CapCheck]:
+        key = self.counter.key
+        return [CapCheck(key(message.user_id, message.category, s[0]), s[1], s[2], s[3]) for s in specs]
 
     async def screen(
         self, messages: Sequence[ReachMessage], now: int, batch: BatchOutcome
@@ -74,8 +78,14 @@ class Caps:
         asked = [(m, caps) for m, caps in capped if caps]
         if not asked:
             return list(messages)
+        # A batch shares one now, and mostly a few zones and policies: each of their specs
+        # (a zone's day start, above all) is worked out once per batch, not per message.
+        memo: dict[tuple[tuple[Cap, ...], str], list[Spec]] = {}
+        for m, caps in asked:
+            if (caps, m.timezone) not in memo:
+                memo[caps, m.timezone] = specs(caps, now, m.timezone, self.default_zone)
         verdicts = await self.counter.admit(
-            [(m.message_id, now, self.checks(m, caps, now)) for m, caps in asked]
+            [(m.message_id, now, self.checks(m, memo[caps, m.timezone])) for m, caps in asked]
         )
         refused = {
             m.message_id: (caps, v) for (m, caps), v in zip(asked, verdicts, strict=True) if not v.admitted

@@ -125,6 +125,26 @@ async def test_a_deferring_cap_sends_the_rest_after_the_users_midnight(redis_pre
         await client.aclose()
 
 
+async def test_a_deferred_message_over_a_rolling_cap_waits_for_the_oldest_to_leave(redis_prefix: str) -> None:
+    """The script answers only for the refused messages of a batch: each answer must reach
+    its own message, with the oldest member of its window."""
+    client = aioredis.from_url(Settings().redis_url.get_secret_value())
+    holds = Holds("email", WorkerMetrics(CollectorRegistry()), ["marketing"])
+    hourly = CategoryPolicy(caps=(Cap(2, "*", 3_600_000),), over_cap=Action.DEFER)
+    caps = Caps(CapCounts(client, redis_prefix), Policies({"marketing": hourly}), holds, "UTC")
+    try:
+        assert [m.message_id for m in await caps.screen([promo(1)], NOW, BatchOutcome())] == ["m-email-1"]
+        batch = BatchOutcome()
+        users = [promo(2), promo(3, user="other"), promo(4), promo(5, user="other")]
+        kept = await caps.screen(users, NOW + 60_000, batch)
+        assert [m.message_id for m in kept] == ["m-email-2", "m-email-3", "m-email-5"]
+        [(when, payload)] = batch.deferred
+        assert ReachMessage.from_bytes(payload).message_id == "m-email-4"
+        assert when == NOW + 3_600_000  # when m-email-1, the oldest of the hour, leaves it
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def preferences(redis_prefix: str) -> AsyncIterator[Preferences]:
     settings = Settings(mysql_database=f"reach_{unique_run_id()}")
