@@ -57,8 +57,8 @@ chaos: $(STAMP) up ## crash harness: 20 random kill -9 runs, then Redis paused, 
 bench: $(STAMP) up ## end-to-end pipeline throughput; last line is JSON
 	$(BIN)/python -m bench.pipeline
 
-bench-policies: $(STAMP) up ## the pipeline with and without caps and quiet hours (3 rounds) and the bare ceiling; last line is JSON
-	BENCH_POLICY_ROUNDS=3 BENCH_TWO_WORKERS=0 BENCH_SUSTAIN_SECONDS=0 BENCH_TASK_MEMBERS=0 $(BIN)/python -m bench.pipeline
+bench-policies: $(STAMP) up ## the pipeline with and without caps and quiet hours (BENCH_POLICY_ROUNDS, 3) and the bare ceiling; last line is JSON
+	BENCH_POLICY_ROUNDS=$${BENCH_POLICY_ROUNDS:-3} BENCH_TWO_WORKERS=0 BENCH_SUSTAIN_SECONDS=0 BENCH_TASK_MEMBERS=0 $(BIN)/python -m bench.pipeline
 
 bench-api: $(STAMP) up ## HTTP API under wrk at 100 and 1,000 connections vs a bare FastAPI endpoint; last line is JSON
 	bash deploy/stack.sh wrk

@@ -83,6 +83,12 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -211,6 +217,9 @@ class Run:
     def peak_rss_mb(self) -> float:
         return max(peak_rss_mb(w.proc.pid) if w.proc else 0.0 for w in self.workers)
 
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(w.proc.pid) if w.proc else 0.0 for w in self.workers)
+
 
 def burst(workers: int, total: int, timeout: float, policies: bool = False) -> dict[str, Any]:
     """Every event produced at once; the rate from the first event to the last result row.
@@ -218,7 +227,7 @@ def burst(workers: int, total: int, timeout: float, policies: bool = False) -> d
     tmp = Path(tempfile.mkdtemp(prefix="reach-bench-"))
     policies_file, described = write_policies(tmp) if policies else (None, "")
     with Run(tmp, workers, policies_file) as run:
-        started = time.time()
+        started, cpu_before = time.time(), run.cpu_seconds()
         run.produce(total)
         print(
             f"produced {total} events in {time.time() - started:.1f}s ({workers} worker(s)"
@@ -226,6 +235,7 @@ def burst(workers: int, total: int, timeout: float, policies: bool = False) -> d
             file=sys.stderr,
         )
         wait_until(lambda: run.finished() >= total, timeout, f"{total} result rows", interval=2.0)
+        cpu = run.cpu_seconds() - cpu_before
         first_event, last_result = run.db.query(
             "SELECT MIN(event_ts), MAX(completed_at) FROM delivery_results"
         )[0]
@@ -235,6 +245,8 @@ def burst(workers: int, total: int, timeout: float, policies: bool = False) -> d
             "latency_p50_ms": percentile(latencies, 0.50),
             "latency_p99_ms": percentile(latencies, 0.99),
             "worker_peak_rss_mb": round(run.peak_rss_mb(), 1),
+            # less sensitive to what else runs on the machine than the rate
+            "worker_cpu_us_per_message": round(cpu / total * 1e6, 1),
             "redis_bytes_per_100k_messages": redis_bytes_per_100k(run.settings, total),
         }
         if policies:
@@ -326,6 +338,8 @@ def policy_comparison(first_without: dict[str, Any], total: int, timeout: float)
                 "without_per_minute": runs[False]["messages_per_minute"],
                 "with_per_minute": with_policies["messages_per_minute"],
                 "with_latency_p99_ms": with_policies["latency_p99_ms"],
+                "without_cpu_us_per_message": runs[False]["worker_cpu_us_per_message"],
+                "with_cpu_us_per_message": with_policies["worker_cpu_us_per_message"],
                 "with_redis_bytes_per_100k_messages": with_policies["redis_bytes_per_100k_messages"],
                 "first": "with" if order[0] else "without",
                 "load_avg_1m": load(),
@@ -335,10 +349,15 @@ def policy_comparison(first_without: dict[str, Any], total: int, timeout: float)
         print(f"  policies round {n + 1}: {rounds[-1]}", file=sys.stderr)
     without = statistics.median(r["without_per_minute"] for r in rounds)
     with_ = statistics.median(r["with_per_minute"] for r in rounds)
+    cpu_without = statistics.median(r["without_cpu_us_per_message"] for r in rounds)
+    cpu_with = statistics.median(r["with_cpu_us_per_message"] for r in rounds)
     return {
         "without_per_minute": round(without),
         "with_per_minute": round(with_),
         "ratio": round(with_ / without, 3),
+        "without_cpu_us_per_message": cpu_without,
+        "with_cpu_us_per_message": cpu_with,
+        "cpu_ratio": round(cpu_without / cpu_with, 3),  # as a rate: 1.0 = the policies cost nothing
         "suppressed": sum(r["suppressed"] for r in rounds),
         "deferred": sum(r["deferred"] for r in rounds),
         "rounds": rounds,
