@@ -38,6 +38,7 @@ from agents.cancels import CancelGate
 from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
+from agents.delivery.fallback import ChannelFallback
 from agents.delivery.optout import provider_opt_outs
 from agents.delivery.persist import Persister, Stores
 from agents.delivery.policy import PolicyResources, PolicyStep
@@ -86,6 +87,7 @@ class ChannelSender:
         self.cancels = CancelGate(runtime, channel.name)
         self.configs = {p.name: p for p in channel.providers}
         self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
+        self.fallback = ChannelFallback(channel.name, rt.choosers, rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -136,7 +138,10 @@ class ChannelSender:
         provider = self.rt.providers[self.channel.name][provider_name]
         sendable, dead = await self.addresses.skip(provider_name, provider.address_fields, messages, now)
         templates = self.rt.taskgate.templates(self.rt.rules.current.rulebook.templates)
-        ready, failed = deliveries_for(sendable, templates, self.channel.max_content_bytes)
+        prepared = deliveries_for(sendable, templates, self.channel.max_content_bytes, self.rt.upgrades)
+        for fallback, count in prepared.fallbacks.items():
+            self.rt.metrics.app_version_fallbacks.labels(self.channel.name, fallback).inc(count)
+        ready, failed = prepared.ready, prepared.failed + self.fallback.move(prepared.moved, now, batch)
         outcomes = await self._provider_send(provider_name, provider, ready)
         done = self.rt.clock.now_ms()
         if ready:

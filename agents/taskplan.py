@@ -15,6 +15,7 @@ from agents.plan import reachable_channels
 from channels.routing import WeightedChooser
 from models import schedule as sched
 from models.messages import ReachMessage, message_id_for
+from models.profiles import app_version_for
 from models.taskruns import Recipient
 from models.tasks import ScheduleKind, TaskSpec, rule_id, template_id
 from rules.audience import AudienceFilter
@@ -97,19 +98,30 @@ def plan_recipient(
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
     selections: dict[Any, tuple[str, ...]] | None = None,
+    platforms: Mapping[str, str] | None = None,
 ) -> list[ReachMessage]:
     """The recipient's messages: one per candidate channel the channel rules keep and a
     provider can address. Ids derive from (task, run, user, channel), so a page planned
-    again after a crash makes the same messages, which the channel agent skips."""
+    again after a crash makes the same messages, which the channel agent skips. Content
+    is chosen for the app the profile last saw (on the channel's platform, when
+    ``platforms`` binds it to one: see :func:`agents.plan.app_on_channel`)."""
     contact = recipient.contact
     reachable = reachable_channels(choosers, contact)
     fact = selection_fact(plan, recipient, reachable)
     context = variables(plan, recipient)
     return [
-        _message(plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms)
+        _message(
+            plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms
+        ).replace(**app_fields(recipient, (platforms or {}).get(channel, "")))
         for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
+
+
+def app_fields(recipient: Recipient, channel_platform: str) -> dict[str, str]:
+    """``app_platform`` and ``app_version`` of a task message: what the profile last saw."""
+    platform, version = app_version_for(recipient.app_versions, channel_platform)
+    return {"app_version": version, "app_platform": platform} if version else {}
 
 
 def _selected(
@@ -164,8 +176,15 @@ class PageEncoder:
     only the id, user, provider, due time, contact and template context are. A million
     recipients cost a few microseconds each instead of ~100 (profiled)."""
 
-    def __init__(self, plan: RunPlan, engine: RuleEngine, choosers: Mapping[str, WeightedChooser]) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        engine: RuleEngine,
+        choosers: Mapping[str, WeightedChooser],
+        platforms: Mapping[str, str] | None = None,
+    ) -> None:
         self.plan = plan
+        self.platforms = platforms or {}
         self.engine = engine
         self.choosers = choosers
         self.rule = rule_id(plan.task_no)
@@ -227,6 +246,8 @@ class PageEncoder:
                     "attributes": recipient.attributes,
                 },
             }
+            if recipient.app_versions:
+                tail.update(app_fields(recipient, self.platforms.get(channel, "")))
             out.append((channel, heads[channel] + orjson.dumps(tail)[1:]))
         return out
 
@@ -247,6 +268,7 @@ def plan_page(
     engine: RuleEngine,
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
+    platforms: Mapping[str, str] | None = None,
 ) -> tuple[list[ReachMessage], int]:
     """The messages of one audience page, and how many of its recipients the run reaches
     (the reference form of :class:`PageEncoder`)."""
@@ -256,7 +278,7 @@ def plan_page(
     for recipient in page:
         if chosen(plan, recipient):
             reached += 1
-            messages += plan_recipient(plan, recipient, engine, choosers, now_ms, selections)
+            messages += plan_recipient(plan, recipient, engine, choosers, now_ms, selections, platforms)
     return messages, reached
 
 

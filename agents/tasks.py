@@ -125,7 +125,7 @@ class TaskRunner:
         if run.state == "pending":
             run = await self.begin(task, run)
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, self.rt.settings.task_default_zone)
-        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
+        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers, self.rt.platforms)
         planned = 0
         while time.monotonic() < deadline:
             step = await self.page(task, encoder, run)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.errors import ApiError
 from api.resources import Popups
 from api.schemas import PopupList, PopupMessage
+from api.upgrade import PLATFORM_HEADER, VERSION_HEADER
+from models.popups import upgraded
 from reach.clock import Clock
 
 USER_ID = Path(min_length=1, max_length=128)
@@ -26,13 +28,17 @@ def router(clock: Clock) -> APIRouter:
         description=(
             "Pop-ups whose display window contains the current time and that are not dismissed, "
             "highest priority first, then the most recent window start. A show-once pop-up is "
-            "returned by one request only: that request marks it shown."
+            "returned by one request only: that request marks it shown. A pop-up of `type` "
+            "`upgrade` asks the user to upgrade the app (`upgrade`: platform, minimum_version, "
+            "upgrade_url); an app that sends X-App-Platform and X-App-Version at or above its "
+            "minimum does not get it."
         ),
     )
     async def get_popups(
-        popups: Popups, user_id: str = USER_ID, limit: int = Query(10, ge=1, le=50)
+        request: Request, popups: Popups, user_id: str = USER_ID, limit: int = Query(10, ge=1, le=50)
     ) -> dict[str, Any]:
-        items = await popups.active(user_id, clock.now_ms(), limit)
+        hidden = upgraded(request.headers.get(PLATFORM_HEADER), request.headers.get(VERSION_HEADER))
+        items = await popups.active(user_id, clock.now_ms(), limit, hidden)
         return {"items": [PopupMessage.from_item(i).model_dump() for i in items]}
 
     @routes.post(

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from models.profiles import SeenVersion
 from models.tasks import Audience, PlannedRun
 from models.taskstore import RUN_COLUMNS, RunRow
 
@@ -31,6 +32,8 @@ class Recipient:
     contact: dict[str, str] = dataclasses.field(default_factory=dict)
     timezone: str = ""
     attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: per platform, the app version the user's events last reported (``user_app_versions``)
+    app_versions: dict[str, SeenVersion] = dataclasses.field(default_factory=dict)
 
     def fact(self) -> dict[str, Any]:
         """What an audience filter reads."""
@@ -39,6 +42,7 @@ class Recipient:
             "segments": list(self.segments),
             "timezone": self.timezone,
             "attributes": self.attributes,
+            "app_version": {platform: seen.version for platform, seen in self.app_versions.items()},
         }
 
 
@@ -168,7 +172,35 @@ async def audience_page(pool: Any, audience: Audience, after: str, limit: int) -
         for sql, args in _sources(audience):
             await cur.execute(sql, [*args, after, limit])
             pages.append(list(await cur.fetchall()))
-    return merge_pages(pages, limit)
+        recipients = merge_pages(pages, limit)
+        return with_app_versions(recipients, await _app_versions(cur, [r.user_id for r in recipients]))
+
+
+async def _app_versions(cur: Any, user_ids: list[str]) -> dict[str, dict[str, SeenVersion]]:
+    """The page's app versions: one primary-key range read per page, not a join (a join
+    would repeat each profile once per platform)."""
+    if not user_ids:
+        return {}
+    marks = ",".join(["%s"] * len(user_ids))
+    await cur.execute(
+        f"SELECT user_id, platform, app_version, seen_at FROM user_app_versions WHERE user_id IN ({marks})",
+        user_ids,
+    )
+    found: dict[str, dict[str, SeenVersion]] = {}
+    for user_id, platform, version, seen_at in await cur.fetchall():
+        found.setdefault(user_id, {})[platform] = SeenVersion(version, int(seen_at))
+    return found
+
+
+def with_app_versions(
+    recipients: list[Recipient], versions: dict[str, dict[str, SeenVersion]]
+) -> list[Recipient]:
+    if not versions:
+        return recipients
+    return [
+        dataclasses.replace(r, app_versions=versions[r.user_id]) if r.user_id in versions else r
+        for r in recipients
+    ]
 
 
 def merge_pages(pages: Iterable[Sequence[Sequence[Any]]], limit: int) -> list[Recipient]:
