@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 from models.events import MAX_ID_LENGTH, EventError, load_json
-from rules.versions import MAX_LENGTH as MAX_VERSION_LENGTH
 from rules.versions import version_key
 
 CONTACT_FIELDS = ("email", "phone", "fcm_token", "apns_token", "wechat_openid")
@@ -146,12 +145,15 @@ def observe_version(
     changes nothing: the same version, an event older than the one recorded, or a value
     that is not a version. A user without a profile gets one holding only the versions."""
     name = platform_name(platform)
-    if not name or not isinstance(version, str) or version_key(version) is None:
+    if not name or not isinstance(version, str):
         return None
-    text = version.strip()[:MAX_VERSION_LENGTH]
+    text = version.strip()
     current = profile or UserProfile(user_id)
     seen = current.app_versions.get(name)
+    # The usual event reports the version already recorded: decided before any parsing.
     if seen is not None and (seen.version == text or ts < seen.ts):
+        return None
+    if version_key(text) is None:
         return None
     versions = {**current.app_versions, name: SeenVersion(text, ts)}
     return dataclasses.replace(current, app_versions=_bounded(versions))
