@@ -34,14 +34,14 @@ from agents.taskplan import PageEncoder, Records, RunPlan, page_allowance
 from models.outbox import pack
 from models.taskruns import RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
-from models.taskstore import RunRow, TaskRow, TaskStore, TransitionRefusedError
+from models.taskstore import SCHEDULER, RunRow, TaskRow, TaskStore, TransitionRefusedError
 from reach.errors import DEPENDENCY_ERRORS
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.tasks")
 
 Produce = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
-ACTOR = "scheduler"
+ACTOR = SCHEDULER
 CLAIMS_PER_TICK = 16
 
 

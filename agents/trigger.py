@@ -76,6 +76,15 @@ def ingested_ms(record: Any, now_ms: int) -> int:
     return int(timestamp * 1000) if timestamp else now_ms
 
 
+def check_key(key: bytes | None, user_id: str) -> None:
+    """Raise ``key_mismatch`` unless the record's key is its user id: the profile table is
+    co-partitioned by user, so an event keyed otherwise would be planned without its profile
+    (or with another user's state) once there is more than one worker."""
+    if key != user_id.encode():
+        shown = "no key" if key is None else f"a key of {len(key)} bytes"
+        raise EventError("key_mismatch", f"the record has {shown}; events are keyed by their user_id")
+
+
 def as_event_error(exc: Exception) -> EventError:
     """Why an event could not be planned: its contract error, or ``plan_error``."""
     return exc if isinstance(exc, EventError) else EventError("plan_error", describe(exc))
@@ -123,6 +132,7 @@ class TriggerStep:
 
     def _plan_one(self, record: Any, engine: RuleEngine, now: int, batch: PlannedBatch) -> None:
         parsed = parse_event(record.value, self.rt.settings.event_max_depth)
+        check_key(record.key, parsed.user_id)
         ingested = ingested_ms(record, now)
         self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
         profile = self._observe(parsed, batch)

@@ -9,6 +9,7 @@ builds :class:`~api.resources.Resources`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,22 @@ import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, preferences, receipts, tasks
+from api import events, health, inbox, popups, preferences, rate_limit, receipts, tasks
+from api.auth import Access, KeyCache
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
 from api.receipts import ReceiptService
 from api.resources import Resources
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
+from api.user_tokens import UserTokens, user_tokens
+from models.access import KeyStore
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
@@ -40,7 +46,14 @@ from reach.settings import Settings
 
 log = structlog.get_logger("reach.api")
 
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+HTTP_ERROR_CODES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    503: "unavailable",
+}
 
 
 def create_app(
@@ -52,13 +65,17 @@ def create_app(
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
     receipt_service = receipts.service_from(settings, metrics, clock)
-    app = FastAPI(
+    tokens = user_tokens(settings)  # a bad key file fails here, before serving
+    # Swagger UI and ReDoc from the fastapi-offline package's own files: /docs works with no
+    # internet (FastAPI's default page loads them from a CDN).
+    app = FastAPIOffline(
         title="reach",
-        version="0.1.0",
-        description="CRM user reach: behaviour events in, messages out.",
-        lifespan=lambda app: lifespan(app, settings, receipt_service),
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lambda app: lifespan(app, settings, receipt_service, Built(clock, metrics, tokens)),
     )
     add_error_handlers(app)
+    add_cors(app, settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.include_router(events.router(settings, metrics))
     # App-facing routes answer 426 to apps below their platform's minimum version.
@@ -81,8 +98,56 @@ def create_app(
     return app
 
 
+# The OpenAPI document's version: a release keeps its document in api/openapi/ (see api.compat).
+API_VERSION = "0.2.0"
+DESCRIPTION = (
+    "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts and the "
+    "unsubscribe links takes "
+    "Authorization: Bearer <credential>: an API key (rk_..., made with `reach keys create`) with "
+    "the route's scope, or, for a user's inbox, pop-ups and preferences, that user's JWT (sub = user id)."
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Built:
+    """What ``create_app`` built that the lifespan's resources need."""
+
+    clock: Clock
+    metrics: ApiMetrics
+    tokens: UserTokens
+
+
+def add_cors(app: FastAPI, settings: Settings) -> None:
+    """CORS only for the configured origins; none by default, so browsers on other sites
+    cannot read answers or send JSON (which needs a preflight)."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+
+
+async def open_access(
+    stack: contextlib.AsyncExitStack, settings: Settings, pool: Any, built: Built
+) -> Access:
+    redis = rate_limit.connect(settings)
+    stack.push_async_callback(redis.aclose)
+    ms = 1000
+    keys = KeyCache(
+        KeyStore(pool), built.clock, int(settings.api_key_cache_seconds * ms),
+        int(settings.api_key_max_stale_seconds * ms),
+    )  # fmt: skip
+    limiter = rate_limit.RateLimiter(redis, settings, built.clock, built.metrics)
+    return Access(keys, built.tokens, limiter, settings, built.metrics)
+
+
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptService) -> AsyncIterator[None]:
+async def lifespan(
+    app: FastAPI, settings: Settings, receipt_service: ReceiptService, built: Built
+) -> AsyncIterator[None]:
     # Each resource is released if a later one fails to start (Kafka unreachable, say),
     # so a failed start-up ends with the error that caused it and nothing left open.
     async with contextlib.AsyncExitStack() as stack:
@@ -98,9 +163,11 @@ async def lifespan(app: FastAPI, settings: Settings, receipt_service: ReceiptSer
             PreferenceStore(pool),
             PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
         )
+        access = await open_access(stack, settings, pool, built)
         app.state.resources = Resources(
-            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs
-        )
+            pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs,
+            access,
+        )  # fmt: skip
         yield
 
 

@@ -9,7 +9,13 @@ client when it:
 
 New paths, methods, status codes, optional parameters and response fields are fine.
 ``python -m api.compat OLD.json`` prints what the running code's document breaks
-against ``OLD.json`` and exits 1 when it breaks anything.
+against ``OLD.json`` (default: the newest release) and exits 1 when it breaks anything;
+``python -m api.compat --write`` stores the running code's document as a release.
+
+Each release's document is kept (``api/openapi/v1-<version>.json``). Where a release
+corrected a document that described something the API never did (so no client could
+rely on it), ``api/openapi/corrections.json`` lists exactly those lines with the reason;
+every other difference between consecutive releases must be an addition.
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ from typing import Any
 import orjson
 
 Doc = Mapping[str, Any]
-RELEASED = Path(__file__).resolve().parent / "openapi" / "v1-0.1.0.json"
+RELEASES_DIR = Path(__file__).resolve().parent / "openapi"
+CORRECTIONS = RELEASES_DIR / "corrections.json"
+
+
+def release_version(path: Path) -> tuple[int, ...]:
+    """``(0, 2, 0)`` of ``v1-0.2.0.json``."""
+    return tuple(int(part) for part in path.stem.removeprefix("v1-").split("."))
+
+
+RELEASES = sorted(RELEASES_DIR.glob("v1-*.json"), key=release_version)
+RELEASED = RELEASES[-1]
 METHODS = ("get", "put", "post", "delete", "patch")
 MAX_DEPTH = 12
 
@@ -140,8 +156,14 @@ def main(argv: list[str]) -> int:
     from api.app import create_app
     from reach.settings import Settings
 
+    current = create_app(Settings()).openapi()
+    if argv == ["--write"]:  # a release: keep the running code's document
+        path = RELEASES_DIR / f"v1-{current['info']['version']}.json"
+        path.write_bytes(orjson.dumps(current, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+        print(path)
+        return 0
     old = orjson.loads(Path(argv[0]).read_bytes() if argv else RELEASED.read_bytes())
-    problems = breaking_changes(old, create_app(Settings()).openapi())
+    problems = breaking_changes(old, current)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

@@ -12,11 +12,19 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from api.auth import EventsWriter
 from api.errors import ApiError
 from api.receipts import read_limited
 from api.resources import Producer
-from api.schemas import EVENT_REQUEST_SCHEMA
-from models.events import DEFAULT_MAX_DEPTH, Event, EventError, event_from_dict, is_depth_error
+from api.schemas import AUTHENTICATED, EVENT_REQUEST_SCHEMA, error_responses
+from models.events import (
+    DEFAULT_MAX_DEPTH,
+    Event,
+    EventError,
+    event_from_dict,
+    is_depth_error,
+    refuse_duplicate_keys,
+)
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
 
@@ -40,14 +48,16 @@ def router(settings: Settings, metrics: ApiMetrics) -> APIRouter:
         },
         responses={
             202: {"description": "Accepted: the events are on the events topic"},
-            400: {"description": "The body is not JSON, or nests too deep to parse"},
-            413: {"description": "The body, the batch or one event's Kafka record is too large"},
-            422: {"description": "Invalid events; none was accepted"},
-            503: {"description": "Kafka did not acknowledge in time; retry after Retry-After seconds"},
+            **error_responses(400, 413, 415, *AUTHENTICATED),
         },
     )
-    async def post_events(request: Request, producer: Producer) -> Response:
+    async def post_events(request: Request, producer: Producer, caller: EventsWriter) -> Response:
+        require_json(request)
         events = parse_events(await read_body(request), max_depth)
+        refused = caller.refused_events([e.name for e in events])
+        if refused:
+            message = f"this key may not emit {len(refused)} of the events"
+            raise ApiError(403, "event_not_allowed", message, refused)
         records = [(e.user_id.encode(), event_record(e)) for e in events]
         producer.check_sizes(records)
         await producer.send_all(topic, records)
@@ -71,6 +81,14 @@ def event_record(event: Event) -> bytes:
     )
 
 
+def require_json(request: Request) -> None:
+    """``415`` unless the body is declared ``application/json``: a browser page on another
+    site can send ``text/plain`` or a form without a CORS preflight, never JSON."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+
+
 async def read_body(request: Request) -> Any:
     """The decoded JSON body; ``413`` over :data:`MAX_BODY_BYTES`, ``400`` when not JSON or
     nesting past the decoder's own depth limit (1024; events are held to far less)."""
@@ -78,11 +96,16 @@ async def read_body(request: Request) -> Any:
     if body is None:
         raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if is_depth_error(exc):
             raise ApiError(400, "too_deep", f"request body nests too deep to parse: {exc}") from None
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    try:
+        refuse_duplicate_keys(body, data)
+    except EventError as exc:
+        raise ApiError(400, exc.reason, exc.detail) from None
+    return data
 
 
 def parse_events(data: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Event]:

@@ -11,42 +11,47 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
+from api.auth import ForUser
 from api.errors import ApiError
 from api.resources import Inbox
-from api.schemas import InboxPage
+from api.schemas import AUTHENTICATED, MESSAGE_ID, InboxPage, error_responses
 from models.storage import CursorError, cursor_for
 from reach.clock import Clock
 
-USER_ID = Path(min_length=1, max_length=128)
-MESSAGE_ID = Path(min_length=1, max_length=64)
-
 
 def router(clock: Clock) -> APIRouter:
-    routes = APIRouter()
+    """Reached with a key holding ``inbox:read`` (any user) or the user's own token."""
+    routes = APIRouter(responses=error_responses(*AUTHENTICATED))
 
     @routes.get(
-        "/v1/users/{user_id}/inbox", response_model=InboxPage, summary="A user's site messages, newest first"
+        "/v1/users/{user_id}/inbox",
+        response_model=InboxPage,
+        summary="A user's site messages, newest first",
+        responses=error_responses(400),
     )
     async def get_inbox(
         inbox: Inbox,
-        user_id: str = USER_ID,
+        access: ForUser,
         limit: int = Query(20, ge=1, le=100),
         cursor: str | None = Query(None, description="next_cursor of the previous page"),
     ) -> Response:
         try:
-            rows, unread = await inbox.page_with_unread(user_id, limit, cursor)
+            rows, unread = await inbox.page_with_unread(access.user_id, limit, cursor)
         except CursorError as exc:
             raise ApiError(400, "bad_cursor", str(exc)) from None
         return Response(page_json(rows, limit, unread), media_type="application/json")
 
     @routes.post(
-        "/v1/users/{user_id}/inbox/{message_id}/read", status_code=204, summary="Mark a site message read"
+        "/v1/users/{user_id}/inbox/{message_id}/read",
+        status_code=204,
+        summary="Mark a site message read",
+        responses=error_responses(404),
     )
-    async def mark_read(inbox: Inbox, user_id: str = USER_ID, message_id: str = MESSAGE_ID) -> Response:
-        if not await inbox.mark_read(user_id, message_id, clock.now_ms()):
-            raise ApiError(404, "not_found", f"user {user_id!r} has no message {message_id!r}")
+    async def mark_read(inbox: Inbox, access: ForUser, message_id: str = MESSAGE_ID) -> Response:
+        if not await inbox.mark_read(access.user_id, message_id, clock.now_ms()):
+            raise ApiError(404, "not_found", f"the user has no message {message_id!r}")
         return Response(status_code=204)
 
     return routes

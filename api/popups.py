@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from api.auth import ForUser
 from api.errors import ApiError
 from api.resources import Popups
-from api.schemas import PopupList, PopupMessage
+from api.schemas import AUTHENTICATED, MESSAGE_ID, PopupList, PopupMessage, error_responses
 from api.upgrade import PLATFORM_HEADER, VERSION_HEADER
 from models.popups import upgraded
 from reach.clock import Clock
 
-USER_ID = Path(min_length=1, max_length=128)
-MESSAGE_ID = Path(min_length=1, max_length=64)
-
 
 def router(clock: Clock) -> APIRouter:
-    """``GET /v1/users/{user_id}/popups`` and ``POST .../popups/{message_id}/dismiss``."""
-    routes = APIRouter()
+    """``GET /v1/users/{user_id}/popups`` and ``POST .../popups/{message_id}/dismiss``; reached
+    with a key holding ``inbox:read`` (any user) or the user's own token."""
+    routes = APIRouter(responses=error_responses(*AUTHENTICATED))
 
     @routes.get(
         "/v1/users/{user_id}/popups",
@@ -35,21 +34,21 @@ def router(clock: Clock) -> APIRouter:
         ),
     )
     async def get_popups(
-        request: Request, popups: Popups, user_id: str = USER_ID, limit: int = Query(10, ge=1, le=50)
+        request: Request, popups: Popups, access: ForUser, limit: int = Query(10, ge=1, le=50)
     ) -> dict[str, Any]:
         hidden = upgraded(request.headers.get(PLATFORM_HEADER), request.headers.get(VERSION_HEADER))
-        items = await popups.active(user_id, clock.now_ms(), limit, hidden)
+        items = await popups.active(access.user_id, clock.now_ms(), limit, hidden)
         return {"items": [PopupMessage.from_item(i).model_dump() for i in items]}
 
     @routes.post(
         "/v1/users/{user_id}/popups/{message_id}/dismiss",
         status_code=204,
         summary="Dismiss a pop-up: it is never shown again",
-        responses={404: {"description": "The user has no such pop-up"}},
+        responses=error_responses(404),
     )
-    async def dismiss_popup(popups: Popups, user_id: str = USER_ID, message_id: str = MESSAGE_ID) -> Response:
-        if not await popups.dismiss(user_id, message_id, clock.now_ms()):
-            raise ApiError(404, "not_found", f"user {user_id!r} has no pop-up {message_id!r}")
+    async def dismiss_popup(popups: Popups, access: ForUser, message_id: str = MESSAGE_ID) -> Response:
+        if not await popups.dismiss(access.user_id, message_id, clock.now_ms()):
+            raise ApiError(404, "not_found", f"the user has no pop-up {message_id!r}")
         return Response(status_code=204)
 
     return routes

@@ -5,7 +5,8 @@ for every channel or every category; the most specific row wins). ``/v1/unsubscr
 {token}`` is where every message's signed link points (RFC 8058): ``POST`` is the
 one-click unsubscribe a mail client sends (``List-Unsubscribe=One-Click``), ``GET`` a
 confirmation page whose button posts, because mail scanners follow links and must not
-unsubscribe anyone. The token is the only credential of the unsubscribe routes.
+unsubscribe anyone. The preferences take the user's own token or a key with
+``preferences:write``; the signed token is the only credential of the unsubscribe routes.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from api.auth import ForUserPreferences
 from api.errors import ApiError
-from api.resources import Prefs
+from api.events import require_json
+from api.resources import AppResources, Prefs
+from api.schemas import AUTHENTICATED, error_responses
+from models import audit
 from models.preferences import ANY, Preference
 from models.unsubscribe import TokenError, TokenSigner, Unsubscribe
 from reach.clock import Clock
 from reach.settings import Settings
 
-USER_ID = Path(min_length=1, max_length=128)
 TOKEN = Path(min_length=1, max_length=1024)
 CHANNEL_PATTERN = r"^(\*|[a-z0-9][a-z0-9_-]{0,31})$"
 
@@ -44,16 +48,31 @@ def router(settings: Settings, clock: Clock) -> APIRouter:
     signer = TokenSigner.from_settings(settings)
     known = (*settings.category_names, ANY)
 
-    @routes.get("/v1/users/{user_id}/preferences", summary="A user's channel and category choices")
-    async def get_preferences(prefs: Prefs, user_id: str = USER_ID) -> dict[str, Any]:
-        return shown(user_id, await prefs.of_user(user_id))
+    @routes.get(
+        "/v1/users/{user_id}/preferences",
+        summary="A user's channel and category choices",
+        responses=error_responses(*AUTHENTICATED),
+    )
+    async def get_preferences(prefs: Prefs, access: ForUserPreferences) -> dict[str, Any]:
+        return shown(access.user_id, await prefs.of_user(access.user_id))
 
-    @routes.put("/v1/users/{user_id}/preferences", summary="Change some of a user's choices")
-    async def put_preferences(prefs: Prefs, body: PreferencesIn, user_id: str = USER_ID) -> dict[str, Any]:
+    @routes.put(
+        "/v1/users/{user_id}/preferences",
+        summary="Change some of a user's choices",
+        responses=error_responses(400, 415, *AUTHENTICATED),
+        dependencies=[Depends(require_json)],
+    )
+    async def put_preferences(
+        prefs: Prefs, body: PreferencesIn, access: ForUserPreferences, app: AppResources
+    ) -> dict[str, Any]:
         changes = [
             Preference(p.channel, checked(p.category, known), p.allowed, "api") for p in body.preferences
         ]
-        return shown(user_id, await prefs.put(user_id, changes, clock.now_ms()))
+        now = clock.now_ms()
+        if access.caller.key is not None:  # an operator's tool changed a user's choices: audited
+            detail = {"changes": [[c.channel, c.category, c.allowed] for c in changes]}
+            await audit.record(app.pool, access.caller.actor, "preferences.put", access.user_id, now, detail)
+        return shown(access.user_id, await prefs.put(access.user_id, changes, now))
 
     @routes.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe page")
     async def confirm_page(token: str = TOKEN) -> Response:

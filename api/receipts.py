@@ -23,10 +23,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from api.auth import StatsReader
 from api.errors import ApiError
 from api.receipt_config import ReceiptEndpoint, load_endpoints
 from api.receipt_formats import FORMATS, Callback, Rejected
-from api.schemas import DeliveryStats
+from api.schemas import AUTHENTICATED, DeliveryStats, ErrorBody, error_responses
 from models.delivery_stats import DeliveryStatsStore
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
 from models.receipts import ReceiptResult, ReceiptStore
@@ -124,9 +125,8 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         ),
         responses={
             200: {"description": "Accepted; the body is what the provider expects"},
-            400: {"description": "Malformed callback body"},
-            403: {"description": "Bad signature or token; nothing was changed"},
-            404: {"description": "No provider of a receipt-capable type has this name"},
+            **error_responses(400, 404, 413, 422),
+            403: {"model": ErrorBody, "description": "Bad signature or token; nothing was changed"},
         },
     )
     async def post_receipt(request: Request, provider_name: str = PROVIDER_NAME) -> Response:
@@ -138,7 +138,7 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         if body is None:
             metrics.receipts_rejected.labels(endpoint.name, "too_large").inc()
             raise ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes")
-        callback = Callback(str(request.url), request.headers, request.query_params, body, clock.now_ms())
+        callback = Callback(request_url(request), request.headers, request.query_params, body, clock.now_ms())
         return await service.accept(endpoint, callback)
 
     @routes.get(
@@ -151,9 +151,10 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
             "accepted_rate = (sent + delivered) / messages. from and to are epoch milliseconds or "
             "ISO 8601 with an offset; to defaults to now, from to 24 hours before to; at most 31 days."
         ),
-        responses={400: {"description": "Bad time range"}},
+        responses=error_responses(400, *AUTHENTICATED),
     )
     async def delivery_stats(
+        _caller: StatsReader,
         from_: str | None = Query(None, alias="from", description="epoch ms or ISO 8601; default to - 24 h"),
         to: str | None = Query(None, description="epoch ms or ISO 8601, exclusive; default now"),
         channel: str | None = Query(None, min_length=1, max_length=32),
@@ -171,6 +172,25 @@ def service_from(settings: Settings, metrics: ApiMetrics, clock: Clock) -> Recei
     """The receipt service of the channels file's receipt-capable providers. Raises
     ``ChannelsConfigError`` for a channels file it cannot use."""
     return ReceiptService(dict(load_endpoints(settings.channels_file, os.environ)), metrics, clock)
+
+
+def request_url(request: Request) -> str:
+    """The URL as the caller asked for it, which is what providers sign: the path as sent
+    (``raw_path``: ``request.url`` decodes it, so a provider named ``twilio%20eu`` could never
+    verify), and behind a proxy the ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` it reports.
+    Trusting those headers widens nothing: the signature still has to match the URL."""
+    headers, scope = request.headers, request.scope
+    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
+    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or request.url.netloc
+    raw = scope.get("raw_path") or request.url.path.encode()
+    path = raw.partition(b"?")[0].decode("latin-1")  # some servers keep the query in raw_path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _first(value: str | None) -> str:
+    """The first of a comma-separated forwarded list (the client-most proxy's view)."""
+    return value.split(",")[0].strip() if value else ""
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

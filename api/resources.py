@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from api.auth import Access
 from api.event_producer import EventProducer
 from models.popups import PopupStore
 from models.preferences import Preferences
@@ -31,6 +32,7 @@ class Resources:
     tasks: TaskStore
     lists: AudienceLists
     preferences: Preferences
+    access: Access
 
 
 async def resources(request: Request) -> Resources:

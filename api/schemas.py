@@ -4,11 +4,50 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Path
 from pydantic import BaseModel
 
 from models.delivery_stats import DeliveryCounts, GroupKey
+from models.events import MAX_TS_MS, MIN_TS_MS
 from models.popups import PopupItem
 from models.storage import InboxItem
+
+# What an id in a path may hold: no control or bidi formatting character (as
+# models.events.CONTROL_CHARACTERS), written as regex escapes every engine reads.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+$"
+USER_ID = Path(min_length=1, max_length=128, pattern=ID_PATTERN)
+MESSAGE_ID = Path(min_length=1, max_length=64, pattern=ID_PATTERN)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str  # a short code: unauthenticated, forbidden, rate_limited, not_found, ...
+    message: str
+    details: Any = None
+
+
+_ERRORS = {
+    400: "Bad request: the body or a parameter cannot be used",
+    401: "No credential, or one that is unknown, revoked, expired or forged (WWW-Authenticate: Bearer)",
+    403: "The credential lacks the scope, the user, or the event names this needs",
+    404: "Not found",
+    409: "Conflicts with the resource's state (a transition it cannot make, a request still in progress)",
+    413: "The body is too large",
+    415: "The body is not application/json",
+    422: "A parameter or the body does not match the schema",
+    429: "Over the caller's rate limit; retry after Retry-After seconds",
+    503: "A dependency is unavailable; retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error ``codes``, each an :class:`ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in codes}
+
+
+# What any authenticated route may answer besides its own outcomes.
+AUTHENTICATED = (401, 403, 422, 429, 503)
 
 
 class InboxMessage(BaseModel):
@@ -39,7 +78,7 @@ class InboxPage(BaseModel):
     next_cursor: str | None
 
 
-_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128}
+_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
 
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,8 +92,18 @@ EVENT_SCHEMA: dict[str, Any] = {
         "name": {**_ID, "description": "What happened, e.g. signup, order_paid"},
         "ts": {
             "oneOf": [
-                {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
-                {"type": "integer", "description": "epoch milliseconds"},
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": "^20[0-9]{2}-",
+                    "description": "RFC 3339 with offset, years 2000-2099",
+                },
+                {
+                    "type": "integer",
+                    "minimum": MIN_TS_MS,
+                    "maximum": MAX_TS_MS,
+                    "description": "epoch milliseconds, 2000-01-01 to 2100-01-01",
+                },
             ]
         },
         "properties": {"type": "object", "description": "Free-form attributes rules can test"},

@@ -20,10 +20,13 @@ import structlog
 import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
+from api.auth import Principal, TasksWriter
 from api.errors import ApiError
+from api.events import require_json
 from api.receipts import read_limited
 from api.resources import Lists, Tasks
-from models.events import MAX_ID_LENGTH
+from api.schemas import AUTHENTICATED, error_responses
+from models.events import MAX_ID_LENGTH, EventError, refuse_duplicate_keys
 from models.tasks import (
     FINAL_STATUSES,
     Problem,
@@ -54,6 +57,8 @@ log = structlog.get_logger("reach.api.tasks")
 MAX_TASK_BODY = 1 << 20
 UPLOAD_CHUNK = 1000
 TASK_NO = Path(ge=1, lt=2**63)
+# Who acts through the key ("cli", an operator's name); key ids take 20 of the 128 characters.
+ACTOR_HEADER = Header("", max_length=100, pattern=r"^[\w.@-]*$")
 # From -> to for the operator's actions; the scheduler moves scheduled/running/completed.
 # A completed task may still have messages waiting (throttled, retrying): cancelling or
 # pausing it stops those.
@@ -101,16 +106,18 @@ def channel_names(path: pathlib.Path) -> list[str]:
 
 
 def router(checks: TaskChecks, clock: Clock) -> APIRouter:
-    routes = APIRouter(tags=["tasks"])
+    routes = APIRouter(tags=["tasks"], responses=error_responses(400, 404, 409, 413, 415, *AUTHENTICATED))
 
     @routes.post("/v1/tasks", status_code=201, summary="Create a reach task")
     async def create_task(
         request: Request,
         tasks: Tasks,
         lists: Lists,
+        caller: TasksWriter,
         idempotency_key: str | None = Header(None, max_length=128),
-        x_reach_actor: str = Header("api", max_length=128),
+        x_reach_actor: str = ACTOR_HEADER,
     ) -> Response:
+        require_json(request)
         body = parse_body(await read_limited(request, MAX_TASK_BODY))
         now = clock.now_ms()
         spec = await validated(body, checks, lists, now)
@@ -118,7 +125,7 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
             task_no, created = await tasks.create(
                 spec,
                 first_runs(spec.schedule, now),
-                x_reach_actor,
+                actor(caller, x_reach_actor),
                 now,
                 idempotency_key or "",
                 body_hash(body),
@@ -136,6 +143,7 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
     @routes.get("/v1/tasks", summary="Tasks, newest first")
     async def list_tasks(
         tasks: Tasks,
+        _caller: TasksWriter,
         status: TaskStatus | None = None,
         kind: str = Query("", max_length=16, description="schedule kind: now, at, local_time, cron"),
         category: str = Query("", max_length=32),
@@ -150,7 +158,7 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
         return json_response({"items": [summary(t) for t in shown], "next_cursor": next_cursor})
 
     @routes.get("/v1/tasks/{task_no}", summary="A task: status, counts per channel, runs, next run")
-    async def show_task(tasks: Tasks, task_no: int = TASK_NO) -> Response:
+    async def show_task(tasks: Tasks, _caller: TasksWriter, task_no: int = TASK_NO) -> Response:
         return json_response(await task_view(tasks, task_no))
 
     for action in ACTIONS:
@@ -164,6 +172,7 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
     @routes.get("/v1/tasks/{task_no}/recipients", summary="Per-recipient outcomes, by user id")
     async def recipients(
         tasks: Tasks,
+        _caller: TasksWriter,
         task_no: int = TASK_NO,
         limit: int = Query(100, ge=1, le=1000),
         cursor: str | None = None,
@@ -179,7 +188,7 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
     @routes.post(
         "/v1/audiences", status_code=201, summary="Upload an audience: CSV or JSON lines of user ids"
     )
-    async def upload_audience(request: Request, lists: Lists) -> Response:
+    async def upload_audience(request: Request, lists: Lists, _caller: TasksWriter) -> Response:
         list_id = await lists.begin(clock.now_ms())
         try:
             await store_upload(
@@ -194,15 +203,23 @@ def router(checks: TaskChecks, clock: Clock) -> APIRouter:
     return routes
 
 
+def actor(caller: Principal, named: str) -> str:
+    """Who the task's transitions name: the key, and the person or tool the caller says
+    acts through it (``X-Reach-Actor``), which only the key vouches for."""
+    return f"{caller.actor}:{named}" if named else caller.actor
+
+
 def _action_route(action: str, clock: Clock) -> Any:
     allowed, to = ACTIONS[action]
 
     async def act(
-        tasks: Tasks, task_no: int = TASK_NO, x_reach_actor: str = Header("api", max_length=128)
+        tasks: Tasks, caller: TasksWriter, task_no: int = TASK_NO, x_reach_actor: str = ACTOR_HEADER
     ) -> Response:
         target = await _resumed_status(tasks, task_no) if action == "resume" else to
         try:
-            await tasks.transition(task_no, allowed, target, x_reach_actor, clock.now_ms(), action)
+            await tasks.transition(
+                task_no, allowed, target, actor(caller, x_reach_actor), clock.now_ms(), action
+            )
         except TransitionRefusedError as exc:
             if exc.status is None:
                 raise ApiError(404, "not_found", f"no task {task_no}") from None
@@ -227,9 +244,13 @@ def parse_body(raw: bytes | None) -> Any:
     if raw is None:
         raise ApiError(413, "too_large", f"a task body is at most {MAX_TASK_BODY} bytes")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
+        refuse_duplicate_keys(raw, body)  # parsers disagree on which copy of a key wins
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    except EventError as exc:
+        raise ApiError(400, exc.reason, exc.detail) from None
+    return body
 
 
 async def validated(body: Any, checks: TaskChecks, lists: Any, now_ms: int) -> TaskSpec:

@@ -1,7 +1,7 @@
 -- POST /v1/events: one event per request, a new event id each time, users rotating.
 dofile("bench/wrk_report.lua")
 local users = tonumber(os.getenv("BENCH_USERS") or "10000")
-local headers = { ["Content-Type"] = "application/json" }
+local headers = { ["Content-Type"] = "application/json", ["Authorization"] = os.getenv("BENCH_AUTH") or "" }
 local sent = 0
 
 request = function()

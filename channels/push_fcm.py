@@ -264,7 +264,9 @@ class TokenSource:
         claims = {
             "iss": account.client_email,
             "scope": SCOPE,
-            "aud": self._options.token_uri,
+            # Google's own libraries always name Google's token endpoint as the audience, also
+            # when the request goes elsewhere (a proxy, a private endpoint): Google checks that.
+            "aud": DEFAULT_TOKEN_URI,
             "iat": int(now),
             "exp": int(now) + ASSERTION_LIFETIME,
         }

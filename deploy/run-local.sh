@@ -32,7 +32,9 @@ trap cleanup INT TERM EXIT
 "$bin/python" -m aiosmtpd -n -c aiosmtpd.handlers.Debugging -l "127.0.0.1:$REACH_SMTP_PORT" \
   >"$var/smtp.log" 2>&1 &
 pids+=($!)
-"$bin/reach" worker 2>&1 | tee "$var/worker.log" &
+# tee through a process substitution, so $! is the worker's PID (with a pipe it was tee's,
+# and stopping a backgrounded make run left the worker running).
+"$bin/reach" worker > >(tee "$var/worker.log") 2>&1 &
 pids+=($!)
 "$bin/reach" api >"$var/api.log" 2>&1 &
 pids+=($!)
@@ -58,10 +60,12 @@ cat <<MSG
 
   Try it, in another terminal:
     make demo
-  or send one event yourself:
-    curl -s -XPOST localhost:$REACH_API_PORT/v1/events -H 'content-type: application/json' \\
+  or make an API key and send one event yourself:
+    .venv/bin/reach keys create me --scope events:write --scope inbox:read   # prints rk_...
+    curl -s -XPOST localhost:$REACH_API_PORT/v1/events -H "authorization: Bearer \$TOKEN" \\
+      -H 'content-type: application/json' \\
       -d '{"event_id":"e-1","user_id":"u-1","name":"signup","ts":$(date +%s000),"properties":{"first_name":"Ada"}}'
-    curl -s localhost:$REACH_API_PORT/v1/users/u-1/inbox
+    curl -s -H "authorization: Bearer \$TOKEN" localhost:$REACH_API_PORT/v1/users/u-1/inbox
 
   Ctrl-C stops reach (the stack keeps running; \`make down\` stops it).
 MSG

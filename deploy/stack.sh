@@ -222,7 +222,7 @@ case "${1:-up}" in
     ;;
   up)
     install_debian
-    install_kafka
+    port_open "$kafka_port" || install_kafka  # a broker that answers needs no jars resolved
     start_redis
     start_mariadb
     start_kafka

@@ -251,3 +251,39 @@ CREATE TABLE IF NOT EXISTS user_preferences (
   updated_at  BIGINT       NOT NULL,
   PRIMARY KEY (user_id, channel, category)
 );
+
+-- API keys of calling systems (product backends, operators' tools). Only a SHA-256 of
+-- each key's secret is stored: the secret is 256 random bits, so a fast hash is as safe
+-- as a slow one and costs nothing on a cache refresh. scopes is a comma-separated list;
+-- events the JSON array of event names the key may emit, NULL for any. previous_hash
+-- stays valid until previous_until after a rotation, so callers can switch over.
+-- rate_limit is requests per window (REACH_RATE_WINDOW_SECONDS), NULL for the default,
+-- 0 for none.
+CREATE TABLE IF NOT EXISTS api_keys (
+  key_id          CHAR(16)     NOT NULL,
+  name            VARCHAR(128) NOT NULL,
+  secret_hash     CHAR(64)     NOT NULL,
+  previous_hash   CHAR(64)     NULL,
+  previous_until  BIGINT       NULL,
+  scopes          VARCHAR(255) NOT NULL,
+  events          TEXT         NULL,
+  rate_limit      INT          NULL,
+  created_at      BIGINT       NOT NULL,
+  rotated_at      BIGINT       NULL,
+  revoked_at      BIGINT       NULL,
+  PRIMARY KEY (key_id)
+);
+
+-- Operator actions (keys created, rotated, revoked; tasks; preference changes), newest
+-- last. audit_id is random, so TiDB spreads the writes; detail is a JSON object that
+-- never holds a secret.
+CREATE TABLE IF NOT EXISTS audit_log (
+  audit_id    CHAR(32)     NOT NULL,
+  at          BIGINT       NOT NULL,
+  actor       VARCHAR(160) NOT NULL,
+  action      VARCHAR(64)  NOT NULL,
+  target      VARCHAR(160) NOT NULL DEFAULT '',
+  detail      TEXT         NOT NULL,
+  PRIMARY KEY (audit_id),
+  KEY idx_audit_at (at)
+);

@@ -14,6 +14,7 @@ from typing import Any
 
 import pymysql
 
+from models.audit import AuditEntry, record_on
 from models.storage import in_transaction
 from models.tasks import FINAL_STATUSES, PlannedRun, TaskSpec, TaskStatus
 
@@ -22,6 +23,8 @@ TRIES = 3
 TASK_NO_LIMIT = 2**53  # JSON numbers stay exact below it
 # A key whose task was never written (the API died mid-creation) is taken over after this.
 STALE_REQUEST_MS = 60_000
+# The actor of the worker's own transitions; every other actor is an operator, audited.
+SCHEDULER = "scheduler"
 
 TASK_COLUMNS = (
     "task_no, name, comment, category, schedule_kind, spec, status, next_run_at, "
@@ -352,3 +355,6 @@ async def _record(
         "SELECT %s, COALESCE(MAX(seq), 0) + 1, %s, %s, %s, %s, %s FROM task_transitions WHERE task_no = %s",
         [task_no, now_ms, before.value if before else "", to.value, actor[:128], reason[:512], task_no],
     )
+    if actor != SCHEDULER:  # an operator's action: also in the audit log, in the same transaction
+        detail = {"from": before.value if before else "", "to": to.value}
+        await record_on(cur, AuditEntry(now_ms, actor, f"task.{reason}", str(task_no), detail))

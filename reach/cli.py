@@ -11,6 +11,8 @@ reach topics create               create the Kafka topics
 reach channels [--json]           list channels and providers, secrets masked
 reach tasks create FILE.yaml      create a reach task from a task file (through the HTTP API)
 reach tasks list | show N [--watch] | cancel N | pause N | resume N
+reach keys create|list|rotate|revoke  API keys of calling systems (reach/access_cli.py)
+reach audit [--limit N]           the latest audit log entries
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from reach import logs, taskcli
+from reach import access_cli, logs, taskcli
 from reach.settings import Settings
 
 
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     channels.add_argument("--json", action="store_true", help="print JSON instead of text")
     channels.set_defaults(run=_channels)
     taskcli.add_commands(sub)
+    access_cli.add_parsers(sub)
     return parser
 
 

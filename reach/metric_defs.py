@@ -229,6 +229,25 @@ METRICS: tuple[MetricDef, ...] = (
         "reason",
         process="api",
     ),
+    # Access (api/auth.py, api/rate_limit.py). reason is a short code (missing,
+    # unknown_key, expired, forbidden, ...), never the credential.
+    _c(
+        "reach_api_auth_refused",
+        "Requests refused for their credential (401) or its scope (403), by reason",
+        "reason",
+        process="api",
+    ),
+    _c(
+        "reach_api_rate_limited",
+        "Requests refused with 429, by caller kind (key, user)",
+        "kind",
+        process="api",
+    ),
+    _c(
+        "reach_api_rate_limit_unavailable",
+        "Requests let through unlimited because Redis did not answer the rate limiter",
+        process="api",
+    ),
     # -- lag exporter (reach exporter): the broker's view of the consumer group
     _g(
         "reach_consumer_lag",

@@ -151,3 +151,7 @@ class ApiMetrics:
         # it yet), duplicate (the same receipt again). platform is "" unless a result row matched.
         self.receipts = build(registry, "reach_receipts")
         self.receipts_rejected = build(registry, "reach_receipts_rejected")
+        # Access (api/auth.py, api/rate_limit.py)
+        self.auth_refused = build(registry, "reach_api_auth_refused")
+        self.rate_limited = build(registry, "reach_api_rate_limited")
+        self.rate_limit_unavailable = build(registry, "reach_api_rate_limit_unavailable")

@@ -95,9 +95,23 @@ class Settings(BaseSettings):
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_key: SecretStr | None = None  # the key `reach tasks ...` sends (scope tasks:write)
     # Forced upgrade of the apps (api/upgrade.py): "ios=1.9.0,android=1.9.0"; empty: none
     min_app_versions: str = ""
     upgrade_urls: str = ""  # where each platform upgrades: "ios=https://...,android=https://..."
+    cors_origins: tuple[str, ...] = ()  # JSON list of origins a browser may call from; empty: no CORS
+
+    # Access (api/auth.py): API keys of calling systems, JWTs of end users, rate limits
+    api_key_cache_seconds: float = Field(5.0, gt=0)  # a revoked key stops working within this
+    api_key_max_stale_seconds: float = Field(60.0, gt=0)  # MariaDB down: keys known this long still work
+    jwt_hs256_secret: SecretStr | None = None  # user tokens signed with HS256 (no kid needed)
+    jwt_jwks_file: Path | None = None  # a JWKS of RS256 / ES256 / HS256 (oct) keys, each with a kid
+    jwt_issuer: str | None = None  # when set, a user token's iss must equal it
+    jwt_audience: str | None = None  # when set, a user token's aud must contain it
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)  # clock skew allowed on exp / nbf / iat
+    rate_window_seconds: int = Field(10, ge=1, le=3600)  # rate limits count requests per window
+    rate_limit_per_key: int = Field(100_000, ge=0)  # requests per window per API key; 0: none
+    rate_limit_per_user: int = Field(100, ge=0)  # requests per window per end user (JWT sub); 0: none
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -1,6 +1,7 @@
 """``reach tasks``: create tasks from task files, list, show (and watch), cancel, pause, resume.
 
-The commands talk to the HTTP API (``--api``, default ``http://REACH_API_HOST:REACH_API_PORT``),
+The commands talk to the HTTP API (``--api``, default ``http://REACH_API_HOST:REACH_API_PORT``)
+with the API key in ``REACH_API_KEY`` (scope ``tasks:write``),
 so the CLI and any other client see the same validation and the same answers. A task file
 is the API's task body in YAML; its audience may also name ``list_file`` (CSV or JSON lines
 of user ids, relative to the task file), which is uploaded first, with a progress bar, and
@@ -29,6 +30,12 @@ from reach.settings import Settings
 UPLOAD_CHUNK = 64 * 1024
 WATCH_INTERVAL = 1.0
 DONE_OUTCOMES = ("sent", "failed", "unknown", "suppressed")
+
+
+NO_KEY = (
+    "error: set REACH_API_KEY to an API key with the tasks:write scope "
+    "(an operator makes one: reach keys create NAME --scope tasks:write)"
+)
 
 
 class CliError(Exception):
@@ -65,8 +72,12 @@ def add_commands(sub: Any) -> None:
 def run(command: Any) -> Any:
     def runner(settings: Settings, args: argparse.Namespace) -> int:
         base = (args.api or f"http://{settings.api_host}:{settings.api_port}").rstrip("/")
+        if settings.api_key is None:
+            print(NO_KEY, file=sys.stderr)
+            return 1
+        headers = {"X-Reach-Actor": "cli", "Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
         try:
-            with httpx.Client(base_url=base, timeout=30, headers={"X-Reach-Actor": "cli"}) as client:
+            with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
                 command(client, args, Console(markup=False, highlight=False))
         except CliError as exc:
             print(str(exc), file=sys.stderr)

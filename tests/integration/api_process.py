@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from reach.settings import REPO_ROOT, Settings
-from tests.integration.harness import free_port, settings_env, wait_until
+from tests.integration.harness import bearer, create_key, free_port, settings_env, wait_until
 
 
 class ApiProcess:
@@ -21,6 +21,12 @@ class ApiProcess:
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{self.settings.api_port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.headers: dict[str, str] = {}
+
+    def with_key(self, *scopes: str) -> ApiProcess:
+        """Make a key in the process's database and send it with :attr:`headers`."""
+        self.headers = bearer(create_key(self.settings, *scopes))
+        return self
 
     def start(self) -> ApiProcess:
         env = {**os.environ, **settings_env(self.settings)}

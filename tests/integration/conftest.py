@@ -139,6 +139,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServ
 class Api:
     base_url: str
     proc: subprocess.Popen[bytes]
+    headers: dict[str, str]  # the Authorization of a key with the suite's scopes (TEST_SCOPES)
 
 
 @pytest.fixture(scope="session")
@@ -149,8 +150,9 @@ def api(pipeline: Pipeline) -> Iterator[Api]:
 
     import httpx
 
-    from tests.integration.harness import free_port, settings_env, wait_until
+    from tests.integration.harness import bearer, create_key, free_port, settings_env, wait_until
 
+    headers = bearer(create_key(pipeline.settings))
     port = free_port()
     env = {**os.environ, **settings_env(pipeline.settings), "REACH_API_PORT": str(port)}
     log = open(pipeline.tmp / "api.log", "ab")  # noqa: SIM115 - owned by the subprocess
@@ -167,6 +169,6 @@ def api(pipeline: Pipeline) -> Iterator[Api]:
 
     wait_until(healthy, 30, "the API to answer /healthz")
     assert proc.poll() is None, (pipeline.tmp / "api.log").read_text()
-    yield Api(base, proc)
+    yield Api(base, proc, headers)
     proc.terminate()
     proc.wait(30)

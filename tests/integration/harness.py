@@ -3,6 +3,7 @@ worker subprocess, waiting on conditions with a deadline, and database reads."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ import orjson
 import pymysql
 import redis
 
+from models.access import KeyStore, NewKey, parse_scopes
+from models.storage import create_pool
 from reach.producer import SyncProducer
 from reach.settings import REPO_ROOT, Settings
 from tests.support.waiting import wait_until
@@ -41,8 +44,46 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:  # unset: the subprocess keeps the default
             continue
         secret = getattr(value, "get_secret_value", None)
-        env[f"REACH_{name.upper()}"] = str(secret() if secret else value)
+        if isinstance(value, tuple | list):
+            env[f"REACH_{name.upper()}"] = orjson.dumps(list(value)).decode()
+        else:
+            env[f"REACH_{name.upper()}"] = str(secret() if secret else value)
     return env
+
+
+# What the suite's calling system may do: everything its tests call, but not admin.
+TEST_SCOPES = ("events:write", "inbox:read", "stats:read", "tasks:write", "preferences:write")
+
+
+def create_key(
+    settings: Settings,
+    *scopes: str,
+    events: frozenset[str] | None = None,
+    rate_limit: int | None = None,
+) -> str:
+    """A new API key in ``settings``' (migrated) database; returns its token."""
+    return asyncio.run(new_key(settings, *scopes, events=events, rate_limit=rate_limit))
+
+
+async def new_key(
+    settings: Settings,
+    *scopes: str,
+    events: frozenset[str] | None = None,
+    rate_limit: int | None = None,
+) -> str:
+    """:func:`create_key` for async callers."""
+    pool = await create_pool(settings, maxsize=1)
+    try:
+        spec = NewKey(parse_scopes(scopes or TEST_SCOPES), events, rate_limit)
+        _key, token = await KeyStore(pool).create("tests", spec, "tests", int(time.time() * 1000))
+        return token
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
 
 
 def make_settings(tmp: Path, run_id: str, channels_yaml: str, **overrides: Any) -> Settings:

@@ -30,7 +30,7 @@ def post_events(api: Api | ApiProcess, body: object) -> httpx.Response:
     return httpx.post(
         f"{api.base_url}/v1/events",
         content=orjson.dumps(body),
-        headers={"content-type": "application/json"},
+        headers={**api.headers, "content-type": "application/json"},
         timeout=10,
     )
 
@@ -69,7 +69,7 @@ def test_posted_events_reach_the_events_topic_and_cause_messages(pipeline: Pipel
     assert {orjson.loads(v)["event_id"] for k, v in records if k == b"api-user-1"} >= {"api-0", "api-9"}
 
     def all_four() -> dict | None:
-        page = httpx.get(f"{api.base_url}/v1/users/api-user-1/inbox", timeout=5).json()
+        page = httpx.get(f"{api.base_url}/v1/users/api-user-1/inbox", headers=api.headers, timeout=5).json()
         return page if len(page["items"]) == 4 else None
 
     page = wait_until(all_four, 30, "four inbox messages")
@@ -100,7 +100,8 @@ def test_invalid_events_get_a_422_naming_each_problem(api: Api) -> None:
     ],
 )
 def test_unreadable_bodies_are_refused(api: Api, body: bytes, status: int, error: str) -> None:
-    response = httpx.post(f"{api.base_url}/v1/events", content=body, timeout=5)
+    headers = {**api.headers, "content-type": "application/json"}
+    response = httpx.post(f"{api.base_url}/v1/events", content=body, headers=headers, timeout=5)
     assert response.status_code == status and response.json()["error"] == error
 
 
@@ -130,7 +131,9 @@ def test_inbox_pages_newest_first_with_a_cursor(pipeline: Pipeline, api: Api) ->
     seen, cursor = [], None
     while True:
         params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(f"{api.base_url}/v1/users/{user}/inbox", params=params, timeout=5).json()
+        page = httpx.get(
+            f"{api.base_url}/v1/users/{user}/inbox", params=params, headers=api.headers, timeout=5
+        ).json()
         seen += page["items"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -141,16 +144,20 @@ def test_inbox_pages_newest_first_with_a_cursor(pipeline: Pipeline, api: Api) ->
 
 
 def test_inbox_errors(api: Api) -> None:
-    bad_cursor = httpx.get(f"{api.base_url}/v1/users/u/inbox", params={"cursor": "zzz"}, timeout=5)
+    bad_cursor = httpx.get(
+        f"{api.base_url}/v1/users/u/inbox", params={"cursor": "zzz"}, headers=api.headers, timeout=5
+    )
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"] == "bad_cursor"
-    too_many = httpx.get(f"{api.base_url}/v1/users/u/inbox", params={"limit": 1000}, timeout=5)
+    too_many = httpx.get(
+        f"{api.base_url}/v1/users/u/inbox", params={"limit": 1000}, headers=api.headers, timeout=5
+    )
     assert too_many.status_code == 422 and too_many.json()["error"] == "invalid_request"
-    missing = httpx.post(f"{api.base_url}/v1/users/u/inbox/nope/read", timeout=5)
+    missing = httpx.post(f"{api.base_url}/v1/users/u/inbox/nope/read", headers=api.headers, timeout=5)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
 def test_framework_errors_are_json_too(api: Api) -> None:
-    wrong_method = httpx.delete(f"{api.base_url}/v1/events", timeout=5)
+    wrong_method = httpx.delete(f"{api.base_url}/v1/events", headers=api.headers, timeout=5)
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"] == "method_not_allowed"
     unknown = httpx.get(f"{api.base_url}/v1/nothing-here", timeout=5)
@@ -158,7 +165,7 @@ def test_framework_errors_are_json_too(api: Api) -> None:
     too_large = httpx.post(
         f"{api.base_url}/v1/events",
         content=b"[" + b" " * (6 * 1024 * 1024) + b"]",
-        headers={"content-type": "application/json"},
+        headers={**api.headers, "content-type": "application/json"},
         timeout=10,
     )
     assert too_large.status_code == 413 and too_large.json()["error"] == "too_large"
@@ -236,7 +243,10 @@ def deep_event_json(event_id: str, depth: int) -> bytes:
 
 def post_raw(api: Api | ApiProcess, content: bytes) -> httpx.Response:
     return httpx.post(
-        f"{api.base_url}/v1/events", content=content, headers={"content-type": "application/json"}, timeout=10
+        f"{api.base_url}/v1/events",
+        content=content,
+        headers={**api.headers, "content-type": "application/json"},
+        timeout=10,
     )
 
 
@@ -285,7 +295,7 @@ def test_a_broker_that_stops_answering_gets_503_with_retry_after_within_the_requ
         kafka_request_timeout=2.0,
         kafka_connect_timeout=3.0,
     )
-    api = ApiProcess(settings, tmp_path / "api.log").start().wait_serving()
+    api = ApiProcess(settings, tmp_path / "api.log").with_key().start().wait_serving()
     try:
         assert post_events(api, api_event("proxied-1")).status_code == 202  # all traffic via the proxy
         assert statuses(readyz(api)[0]) == {"kafka": "ok", "database": "ok"}
@@ -351,13 +361,13 @@ def test_apps_below_the_minimum_version_get_426_and_at_it_200(pipeline: Pipeline
     settings = own_settings(
         pipeline, min_app_versions="ios=1.9.0", upgrade_urls="ios=https://apps.example/reach"
     )
-    api = ApiProcess(settings, tmp_path / "api.log").start().wait_serving()
+    api = ApiProcess(settings, tmp_path / "api.log").with_key("inbox:read").start().wait_serving()
     try:
         url = f"{api.base_url}/v1/users/upgrade-user/inbox"
 
         def get(version: str | None) -> httpx.Response:
             headers = {"X-App-Platform": "ios", **({"X-App-Version": version} if version else {})}
-            return httpx.get(url, headers=headers, timeout=5)
+            return httpx.get(url, headers={**api.headers, **headers}, timeout=5)
 
         old = get("1.8.2")
         assert old.status_code == 426
@@ -377,6 +387,6 @@ def test_apps_below_the_minimum_version_get_426_and_at_it_200(pipeline: Pipeline
             headers={"X-App-Platform": "ios", "X-App-Version": "1.0"},
             timeout=5,
         )
-        assert popups.status_code == 426
+        assert popups.status_code == 426  # before the credential: an old app is told to upgrade first
     finally:
         api.stop()

@@ -21,7 +21,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from reach.settings import REPO_ROOT
 from tests.integration.conftest import Pipeline
-from tests.integration.harness import free_port, settings_env, wait_until
+from tests.integration.harness import bearer, create_key, free_port, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def scraped_total(base_url: str) -> float:
     return float(line.split()[1])
 
 
-def post_one(base_url: str, n: int) -> bool:
+def post_one(base_url: str, headers: dict[str, str], n: int) -> bool:
     event = {
         "event_id": f"workers-{n}",
         "user_id": f"workers-{n}",
@@ -52,13 +52,14 @@ def post_one(base_url: str, n: int) -> bool:
         "ts": 1764291600000,
     }
     # A fresh connection per request, so the kernel hands connections to both workers.
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=base_url, headers=headers, timeout=10) as client:
         return client.post("/v1/events", content=orjson.dumps(event)).status_code == 202
 
 
 def test_metrics_sum_a_counter_incremented_in_two_worker_processes(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
+    headers = {**bearer(create_key(pipeline.settings, "events:write")), "content-type": "application/json"}
     port = free_port()
     env = {
         **os.environ,
@@ -93,7 +94,7 @@ def test_metrics_sum_a_counter_incremented_in_two_worker_processes(
         def both_counted() -> dict[int, float] | None:
             nonlocal posted
             with ThreadPoolExecutor(8) as threads:
-                posted += sum(threads.map(lambda n: post_one(base, posted + n), range(16)))
+                posted += sum(threads.map(lambda n: post_one(base, headers, posted + n), range(16)))
             counts = accepted_by_process(directory)
             return counts if sum(v > 0 for v in counts.values()) >= 2 else None
 

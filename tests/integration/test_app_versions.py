@@ -103,10 +103,10 @@ def test_a_popup_older_apps_cannot_show_falls_back_to_the_inbox(pipeline: Pipeli
         (old, "inbox", "sent", ""),
         (old, "popup", "suppressed", "app_version_fallback"),
     ]
-    inbox = httpx.get(f"{api.base_url}/v1/users/{old}/inbox", timeout=5).json()["items"]
+    inbox = httpx.get(f"{api.base_url}/v1/users/{old}/inbox", headers=api.headers, timeout=5).json()["items"]
     assert [(i["title"], i["body"]) for i in inbox] == [("carousel 1", "swipe through the offers")]
-    assert httpx.get(f"{api.base_url}/v1/users/{old}/popups", timeout=5).json()["items"] == []
-    [shown] = httpx.get(f"{api.base_url}/v1/users/{new}/popups", timeout=5).json()["items"]
+    assert popups(api.base_url, old, **api.headers).json()["items"] == []
+    [shown] = popups(api.base_url, new, **api.headers).json()["items"]
     assert (shown["title"], shown["type"], shown["upgrade"]) == ("carousel 1", "message", None)
 
 
@@ -118,7 +118,9 @@ def gated(
     tmp = tmp_path_factory.mktemp("appver")
     overrides = {"min_app_versions": "ios=1.9.0", "upgrade_urls": f"ios={IOS_URL},android={ANDROID_URL}"}
     p = start_pipeline(tmp, smtp_server, overrides)
-    served = ApiProcess(p.settings, tmp / "api.log").start().wait_serving(60)
+    served = (
+        ApiProcess(p.settings, tmp / "api.log").with_key("tasks:write", "inbox:read").start().wait_serving(60)
+    )
     try:
         yield p, served
     finally:
@@ -167,28 +169,31 @@ def test_a_task_sends_an_upgrade_popup_to_exactly_the_users_below_the_minimum(
         "schedule": {"kind": "now"},
     }
     created = httpx.post(f"{api.base_url}/v1/tasks", content=orjson.dumps(task), timeout=10,
-                         headers={"content-type": "application/json"})  # fmt: skip
+                         headers={**api.headers, "content-type": "application/json"})  # fmt: skip
     assert created.status_code == 201, created.text
     rule = f"task:{created.json()['task_no']}"
     sent = lambda: p.db.query(  # noqa: E731
         "SELECT user_id FROM delivery_results WHERE rule_id = %s AND status = 'sent' ORDER BY user_id", [rule]
     )
     wait_until(lambda: len(sent()) >= 3, 30, "the upgrade pop-ups")
-    status = lambda: httpx.get(f"{api.base_url}/v1/tasks/{rule[5:]}", timeout=5).json()["status"]  # noqa: E731
+
+    def status() -> str:
+        shown = httpx.get(f"{api.base_url}/v1/tasks/{rule[5:]}", headers=api.headers, timeout=5)
+        return str(shown.json()["status"])
+
     wait_until(lambda: status() == "completed", 30, "the task to complete")
     assert sent() == [("up-both",), ("up-old",), ("up-rc",)]
 
     # An app that says it reached the minimum is not asked; one below gets the 426 instead.
-    assert popups(api.base_url, "up-old", **{"X-App-Platform": "ios", "X-App-Version": "1.9.0"}).json() == {
-        "items": []
-    }
-    refused = popups(api.base_url, "up-old", **{"X-App-Platform": "ios", "X-App-Version": "1.8.0"})
+    upgraded = {**api.headers, "X-App-Platform": "ios", "X-App-Version": "1.9.0"}
+    assert popups(api.base_url, "up-old", **upgraded).json() == {"items": []}
+    refused = popups(api.base_url, "up-old", **{**upgraded, "X-App-Version": "1.8.0"})
     assert refused.status_code == 426 and refused.json()["details"]["upgrade_url"] == IOS_URL
     for user in ("up-old", "up-rc", "up-both"):
-        [item] = popups(api.base_url, user).json()["items"]  # an app too old to send the headers
+        [item] = popups(api.base_url, user, **api.headers).json()["items"]  # an app too old for the headers
         assert (item["type"], item["title"], item["body"]) == (
             "upgrade", "Please upgrade to 1.9.0", f"Get it at {IOS_URL}"
         )  # fmt: skip
         assert item["upgrade"] == {"platform": "ios", "minimum_version": "1.9.0", "upgrade_url": IOS_URL}
     for user in ("up-at", "up-new", "up-android", "up-none"):
-        assert popups(api.base_url, user).json()["items"] == []
+        assert popups(api.base_url, user, **api.headers).json()["items"] == []

@@ -30,7 +30,9 @@ def add_profile(p: Pipeline, user_id: str, email: str | None, segments: list[str
 
 
 def inbox(api: Api, user_id: str, **params: object) -> dict:
-    response = httpx.get(f"{api.base_url}/v1/users/{user_id}/inbox", params=params, timeout=5)
+    response = httpx.get(
+        f"{api.base_url}/v1/users/{user_id}/inbox", params=params, headers=api.headers, timeout=5
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -82,7 +84,9 @@ def test_signup_reaches_inbox_and_email_with_result_rows(pipeline: Pipeline, api
     assert [(r[0], r[2], r[3]) for r in rows] == [("email", "sent", 1), ("inbox", "sent", 1)]
 
     message_id = page["items"][0]["message_id"]
-    read = httpx.post(f"{api.base_url}/v1/users/{user}/inbox/{message_id}/read", timeout=5)
+    read = httpx.post(
+        f"{api.base_url}/v1/users/{user}/inbox/{message_id}/read", headers=api.headers, timeout=5
+    )
     assert read.status_code == 204
     assert inbox(api, user)["unread"] == 0
 

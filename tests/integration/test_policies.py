@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -173,10 +174,17 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     path = urlsplit(link).path
     page = httpx.get(f"{api.base_url}{path}", timeout=5)
     assert page.status_code == 200 and "marketing messages by email" in page.text and "<form" in page.text
-    assert httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"] == []
+    assert (
+        httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+            "preferences"
+        ]
+        == []
+    )
     one_click = httpx.post(f"{api.base_url}{path}", data={"List-Unsubscribe": "One-Click"}, timeout=5)
     assert one_click.status_code == 200 and "You are unsubscribed" in one_click.text
-    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", timeout=5).json()["preferences"]
+    [row] = httpx.get(f"{api.base_url}/v1/users/{user}/preferences", headers=api.headers, timeout=5).json()[
+        "preferences"
+    ]
     assert (row["channel"], row["category"], row["allowed"], row["source"]) == (
         "email", "marketing", False, "unsubscribe",
     )  # fmt: skip
@@ -190,9 +198,23 @@ def test_the_one_click_unsubscribe_flow(pipeline: Pipeline, api: Api) -> None:
     assert tampered.status_code == 400 and "not valid" in tampered.text
 
 
+def test_a_key_changing_a_users_preferences_is_audited(pipeline: Pipeline, api: Api) -> None:
+    body = {"preferences": [{"channel": "sms", "category": "marketing", "allowed": False}]}
+    answer = httpx.put(
+        f"{api.base_url}/v1/users/audited-u/preferences", json=body, headers=api.headers, timeout=5
+    )
+    assert answer.status_code == 200, answer.text
+    [(actor, action, detail)] = pipeline.db.query(
+        "SELECT actor, action, detail FROM audit_log WHERE target = 'audited-u'"
+    )
+    key_id = api.headers["authorization"].split("_")[1]
+    assert (actor, action) == (f"key:{key_id}", "preferences.put")
+    assert orjson.loads(detail) == {"changes": [["sms", "marketing", False]]}
+
+
 def test_put_preferences_refuses_an_unknown_category(api: Api) -> None:
     body = {"preferences": [{"channel": "email", "category": "promos", "allowed": False}]}
-    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, timeout=5)
+    answer = httpx.put(f"{api.base_url}/v1/users/u/preferences", json=body, headers=api.headers, timeout=5)
     assert answer.status_code == 422 and answer.json()["error"] == "unknown_category"
 
 

@@ -279,7 +279,7 @@ def post_event(api: Api, event_id: str, user: str, name: str = "test_popup", **p
     response = httpx.post(
         f"{api.base_url}/v1/events",
         content=orjson.dumps(body),
-        headers={"content-type": "application/json"},
+        headers={**api.headers, "content-type": "application/json"},
         timeout=10,
     )
     assert response.status_code == 202, response.text
@@ -290,14 +290,18 @@ def now_ms() -> int:
 
 
 def get_popups(api: Api, user: str, **params: Any) -> list[dict[str, Any]]:
-    response = httpx.get(f"{api.base_url}/v1/users/{user}/popups", params=params, timeout=5)
+    response = httpx.get(
+        f"{api.base_url}/v1/users/{user}/popups", params=params, headers=api.headers, timeout=5
+    )
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
 
 
 def dismiss(api: Api, user: str, message_id: str) -> httpx.Response:
-    return httpx.post(f"{api.base_url}/v1/users/{user}/popups/{message_id}/dismiss", timeout=5)
+    return httpx.post(
+        f"{api.base_url}/v1/users/{user}/popups/{message_id}/dismiss", headers=api.headers, timeout=5
+    )
 
 
 def results(p: Pipeline, user: str) -> list[tuple[Any, ...]]:
@@ -362,7 +366,9 @@ def test_dismissing_an_unknown_popup_is_a_404_json_error(api: Api) -> None:
     response = dismiss(api, "popup-nobody", "0" * 24)
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
-    too_many = httpx.get(f"{api.base_url}/v1/users/u/popups", params={"limit": 1000}, timeout=5)
+    too_many = httpx.get(
+        f"{api.base_url}/v1/users/u/popups", params={"limit": 1000}, headers=api.headers, timeout=5
+    )
     assert too_many.status_code == 422 and too_many.json()["error"] == "invalid_request"
 
 
@@ -393,7 +399,7 @@ def test_a_popup_older_apps_cannot_show_falls_back_as_declared(pipeline: Pipelin
             "device": {"platform": "ios", "app_version": version},
         }
         response = httpx.post(f"{api.base_url}/v1/events", content=orjson.dumps(body), timeout=10,
-                              headers={"content-type": "application/json"})  # fmt: skip
+                              headers={**api.headers, "content-type": "application/json"})  # fmt: skip
         assert response.status_code == 202, response.text
     rows = wait_results(pipeline, user, 3)
     assert sorted(rows) == [("failed", "app_version_too_old"), ("sent", ""), ("sent", "")]

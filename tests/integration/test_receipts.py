@@ -38,7 +38,7 @@ from reach.clock import SystemClock
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
 from tests.integration.conftest import RECEIPT_TOKEN, RECEIPT_TWILIO_TOKEN, Api, Pipeline
-from tests.integration.harness import Db, unique_run_id
+from tests.integration.harness import Db, bearer, new_key, unique_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,9 @@ channels:
         options:
           auth_token: "{TWILIO_TOKEN}"
           receipt_url: "https://public.example/reach/v1/receipts/twilio-proxied"
+      - name: twilio eu
+        type: twilio_sms
+        options: {{auth_token: "{TWILIO_TOKEN}"}}
       - name: aliyun-main
         type: aliyun_sms
         options: {{access_key_secret: x, receipt_token: "{ALIYUN_TOKEN}"}}
@@ -111,10 +114,11 @@ def db(settings: Settings) -> Db:
 async def client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
     """The API app with its lifespan running (pool, producer, receipt service)."""
     monkeypatch.setenv("REACH_TEST_TWILIO_TOKEN", TWILIO_TOKEN)
+    headers = bearer(await new_key(settings, "stats:read"))  # receipts need none: their signatures
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as http:
             yield http
 
 
@@ -170,6 +174,7 @@ def twilio_post(
     provider: str = "twilio-main",
     query: str = "",
     signed_url: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     url = f"{BASE}/v1/receipts/{provider}{query}"
     signed = (signed_url or url) + "".join(name + params[name] for name in sorted(params))
@@ -177,7 +182,11 @@ def twilio_post(
     return http.post(
         url,
         content=urllib.parse.urlencode(params),
-        headers={"content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature},
+        headers={
+            "content-type": "application/x-www-form-urlencoded",
+            "x-twilio-signature": signature,
+            **(headers or {}),
+        },
     )
 
 
@@ -311,6 +320,33 @@ async def test_twilio_behind_a_proxy_is_checked_against_receipt_url(
         signed_url=public,
     )
     assert response.status_code == 200
+    assert row(db, mid)[0] == "delivered"
+
+
+async def test_twilio_provider_names_needing_percent_encoding_verify(
+    client: httpx.AsyncClient, db: Db
+) -> None:
+    """Twilio signs the URL as it called it, %20 and all; the decoded path never matched."""
+    mid, sid = new_id(), f"SM{uuid.uuid4().hex}"
+    seed(db, mid, provider="twilio eu", pmid=sid)
+    response = await twilio_post(client, twilio_status(sid, "delivered"), provider="twilio%20eu")
+    assert response.status_code == 200, response.text
+    assert row(db, mid)[0] == "delivered"
+
+
+async def test_twilio_behind_a_proxy_is_checked_against_the_forwarded_host(
+    client: httpx.AsyncClient, db: Db
+) -> None:
+    mid, sid = new_id(), f"SM{uuid.uuid4().hex}"
+    seed(db, mid, pmid=sid)
+    forwarded = {"x-forwarded-host": "sms.public.example", "x-forwarded-proto": "https"}
+    public = "https://sms.public.example/v1/receipts/twilio-main"
+    direct = await twilio_post(client, twilio_status(sid, "delivered"), headers=forwarded)
+    assert direct.status_code == 403  # signed for the API's own host, not the one Twilio called
+    response = await twilio_post(
+        client, twilio_status(sid, "delivered"), signed_url=public, headers=forwarded
+    )
+    assert response.status_code == 200, response.text
     assert row(db, mid)[0] == "delivered"
 
 
@@ -888,6 +924,7 @@ def test_api_process_applies_receipts_and_serves_stats(pipeline: Pipeline, api: 
     stats = httpx.get(
         f"{api.base_url}/v1/stats/delivery",
         params={"from": T0, "to": T0 + HOUR, "channel": channel},
+        headers=api.headers,
         timeout=10,
     )
     assert stats.status_code == 200

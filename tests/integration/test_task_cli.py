@@ -12,19 +12,33 @@ import pytest
 
 from reach.settings import REPO_ROOT
 from tests.integration.conftest import Api, Pipeline
-from tests.integration.harness import settings_env
+from tests.integration.harness import create_key, settings_env
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = REPO_ROOT / "deploy" / "examples" / "tasks"
 
 
-def reach_tasks(pipeline: Pipeline, api: Api, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings_env(pipeline.settings)}
+def reach_tasks(
+    pipeline: Pipeline, api: Api, *args: str, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``reach tasks ARGS`` with the suite's key (``key``: another one; ``""``: none)."""
+    token = api.headers["authorization"].removeprefix("Bearer ") if key is None else key
+    env = {**os.environ, **settings_env(pipeline.settings), "REACH_API_KEY": token}
+    if not token:
+        del env["REACH_API_KEY"]
     return subprocess.run(
         [sys.executable, "-m", "reach.cli", "tasks", *args, "--api", api.base_url],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_without_a_key_or_with_one_lacking_tasks_write_nothing_is_sent(pipeline: Pipeline, api: Api) -> None:
+    keyless = reach_tasks(pipeline, api, "list", key="")
+    assert keyless.returncode == 1 and "REACH_API_KEY" in keyless.stderr, keyless.stderr
+    reader = create_key(pipeline.settings, "inbox:read")
+    refused = reach_tasks(pipeline, api, "list", key=reader)
+    assert refused.returncode == 1 and "tasks:write" in refused.stderr, refused.stderr
 
 
 def test_bad_task_files_are_refused_with_every_problem(pipeline: Pipeline, api: Api, tmp_path: Path) -> None:

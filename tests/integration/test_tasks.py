@@ -24,9 +24,14 @@ from tests.support.smtp_server import SmtpTestServer
 pytestmark = pytest.mark.integration
 
 
-def post(base: str, path: str, body: Any = None, **headers: str) -> httpx.Response:
+def post(api: Api | ApiProcess, path: str, body: Any = None, **headers: str) -> httpx.Response:
     content = orjson.dumps(body) if body is not None else b""
-    return httpx.post(f"{base}{path}", content=content, headers=headers, timeout=10)
+    sent = {**api.headers, "content-type": "application/json", **headers}
+    return httpx.post(f"{api.base_url}{path}", content=content, headers=sent, timeout=10)
+
+
+def get(api: Api | ApiProcess, path: str) -> httpx.Response:
+    return httpx.get(f"{api.base_url}{path}", headers=api.headers, timeout=10)
 
 
 def seed_segment(
@@ -60,7 +65,7 @@ def test_a_scheduled_message_is_sent_at_its_time(pipeline: Pipeline, api: Api) -
     at = int(time.time() * 1000) + 3000
     body = inbox_task("sched-seg", {"kind": "at", "at": at})
     body["content"]["variables"] = {"what": "scheduled"}
-    created = post(api.base_url, "/v1/tasks", body)
+    created = post(api, "/v1/tasks", body)
     assert created.status_code == 201, created.text
     task_no = created.json()["task_no"]
     rows = wait_until(
@@ -83,9 +88,9 @@ def test_a_scheduled_message_is_sent_at_its_time(pipeline: Pipeline, api: Api) -
         assert completed_at - at <= 1000, f"sent {completed_at - at} ms after its time"
     bodies = pipeline.db.query("SELECT body FROM inbox_messages WHERE user_id = 'sched-u1'")
     assert ("Task for sched-u1 (scheduled)",) in bodies
-    shown = httpx.get(f"{api.base_url}/v1/tasks/{task_no}", timeout=10).json()
+    shown = get(api, f"/v1/tasks/{task_no}").json()
     wait_until(
-        lambda: httpx.get(f"{api.base_url}/v1/tasks/{task_no}", timeout=10).json()["counts"]["sent"] == 2,
+        lambda: get(api, f"/v1/tasks/{task_no}").json()["counts"]["sent"] == 2,
         10,
         "the sent count",
     )
@@ -110,7 +115,7 @@ def test_bad_bodies_get_one_problem_per_field_and_store_nothing(
     pipeline: Pipeline, api: Api, body: dict[str, Any], problems: int
 ) -> None:
     before = pipeline.db.query("SELECT COUNT(*) FROM tasks")
-    answer = post(api.base_url, "/v1/tasks", body)
+    answer = post(api, "/v1/tasks", body)
     assert answer.status_code == 422, answer.text
     error = answer.json()
     assert error["error"] == "invalid_task"
@@ -121,16 +126,22 @@ def test_bad_bodies_get_one_problem_per_field_and_store_nothing(
 
 def test_idempotency_key_same_body_same_task_other_body_refused(pipeline: Pipeline, api: Api) -> None:
     body = inbox_task("idem-seg", {"kind": "at", "at": int(time.time() * 1000) + 3_600_000})
-    first = post(api.base_url, "/v1/tasks", body, **{"Idempotency-Key": "idem-1"})
-    again = post(api.base_url, "/v1/tasks", body, **{"Idempotency-Key": "idem-1"})
+    first = post(api, "/v1/tasks", body, **{"Idempotency-Key": "idem-1"})
+    again = post(api, "/v1/tasks", body, **{"Idempotency-Key": "idem-1"})
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["task_no"] == again.json()["task_no"]
-    other = post(api.base_url, "/v1/tasks", {**body, "name": "other"}, **{"Idempotency-Key": "idem-1"})
+    other = post(api, "/v1/tasks", {**body, "name": "other"}, **{"Idempotency-Key": "idem-1"})
     assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
     assert pipeline.db.query("SELECT COUNT(*) FROM tasks WHERE name = 'other'") == [(0,)]
-    cancelled = post(api.base_url, f"/v1/tasks/{first.json()['task_no']}/cancel")
+    cancelled = post(api, f"/v1/tasks/{first.json()['task_no']}/cancel")
     assert cancelled.json()["status"] == "cancelled"
-    assert post(api.base_url, f"/v1/tasks/{first.json()['task_no']}/pause").status_code == 409
+    assert post(api, f"/v1/tasks/{first.json()['task_no']}/pause").status_code == 409
+    audited = pipeline.db.query(
+        "SELECT actor, action FROM audit_log WHERE target = %s ORDER BY at, action",
+        [str(first.json()["task_no"])],
+    )
+    key_id = api.headers["authorization"].split("_")[1]
+    assert audited == [(f"key:{key_id}", "task.created"), (f"key:{key_id}", "task.cancel")]
 
 
 def test_an_uploaded_audience_is_stored_and_a_bad_one_leaves_nothing(pipeline: Pipeline, api: Api) -> None:
@@ -140,14 +151,17 @@ def test_an_uploaded_audience_is_stored_and_a_bad_one_leaves_nothing(pipeline: P
             yield f"up-{n}\n".encode()
 
     stored = httpx.post(
-        f"{api.base_url}/v1/audiences", content=lines(), headers={"content-type": "text/csv"}, timeout=30
+        f"{api.base_url}/v1/audiences",
+        content=lines(),
+        headers={**api.headers, "content-type": "text/csv"},
+        timeout=30,
     )
     assert stored.status_code == 201, stored.text
     assert stored.json()["members"] == 2500
     bad = httpx.post(
         f"{api.base_url}/v1/audiences",
         content=b'{"user_id": "ok-1"}\n{"user_id": 5}\n',
-        headers={"content-type": "application/x-ndjson"},
+        headers={**api.headers, "content-type": "application/x-ndjson"},
         timeout=10,
     )
     assert bad.status_code == 422 and bad.json()["details"] == [
@@ -180,7 +194,7 @@ def own(
     tmp = tmp_path_factory.mktemp("tasks")
     overrides = {"task_page_size": 50, "task_lease_seconds": 2.0}
     p = start_pipeline(tmp, smtp_server, overrides, inbox_limit="limit_per_window: 20")
-    served = OneProcessApi(p.settings, tmp / "api.log").start().wait_serving(60)
+    served = OneProcessApi(p.settings, tmp / "api.log").with_key("tasks:write").start().wait_serving(60)
     try:
         yield p, served
     finally:
@@ -192,18 +206,17 @@ def test_cancel_in_the_middle_of_a_run_sends_nothing_after_it(own: tuple[Pipelin
     p, served = own
     users = [f"cx-{n:03d}" for n in range(200)]
     seed_segment(p, "cancel-seg", users)
-    task_no = post(served.base_url, "/v1/tasks", inbox_task("cancel-seg", {"kind": "now"})).json()["task_no"]
+    task_no = post(served, "/v1/tasks", inbox_task("cancel-seg", {"kind": "now"})).json()["task_no"]
     sent = lambda: p.db.query(  # noqa: E731
         "SELECT COUNT(*) FROM delivery_results WHERE rule_id = %s AND status = 'sent'", [f"task:{task_no}"]
     )[0][0]
     wait_until(lambda: sent() >= 20, 20, "the first throttle window's messages")
-    answer = post(served.base_url, f"/v1/tasks/{task_no}/cancel", **{"X-Reach-Actor": "ops-test"})
+    answer = post(served, f"/v1/tasks/{task_no}/cancel", **{"X-Reach-Actor": "ops-test"})
     cancelled_at = int(time.time() * 1000)
     assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
     view = wait_until(
         lambda: (
-            (v := httpx.get(f"{served.base_url}/v1/tasks/{task_no}", timeout=10).json())["counts"]["sent"]
-            + v["counts"]["suppressed"]
+            (v := get(served, f"/v1/tasks/{task_no}").json())["counts"]["sent"] + v["counts"]["suppressed"]
             == v["counts"]["planned"]
             and v
         ),
@@ -219,7 +232,12 @@ def test_cancel_in_the_middle_of_a_run_sends_nothing_after_it(own: tuple[Pipelin
     inbox = p.db.query("SELECT COUNT(*) FROM inbox_messages WHERE user_id LIKE 'cx-%%'")[0][0]
     assert inbox == view["counts"]["sent"]
     last = view["transitions"][-1]
-    assert (last["to_status"], last["actor"], last["reason"]) == ("cancelled", "ops-test", "cancel")
+    key_id = served.headers["authorization"].split("_")[1]  # Bearer rk_<key id>_<secret>
+    assert (last["to_status"], last["actor"], last["reason"]) == (
+        "cancelled",
+        f"key:{key_id}:ops-test",
+        "cancel",
+    )
 
 
 def test_kill_nine_during_an_expansion_resumes_with_no_recipient_sent_twice(
@@ -230,7 +248,7 @@ def test_kill_nine_during_an_expansion_resumes_with_no_recipient_sent_twice(
     users = [f"kill-{n:04d}" for n in range(300)]
     seed_segment(p, "kill-seg", users, contact_of=lambda u: {"email": f"{u}@reach.test"})
     body = inbox_task("kill-seg", {"kind": "now"}, channels=["email"], rate_per_minute=6000)
-    task_no = post(served.base_url, "/v1/tasks", body).json()["task_no"]
+    task_no = post(served, "/v1/tasks", body).json()["task_no"]
     planned = lambda: p.db.query(  # noqa: E731
         "SELECT planned, state FROM task_runs WHERE task_no = %s", [task_no]
     )[0]

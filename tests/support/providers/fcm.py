@@ -2,8 +2,8 @@
 
 ``POST /token`` checks what Google checks of a service-account assertion: the
 grant type, the RS256 signature against the service account's public key,
-``iss``, ``aud`` (this endpoint), ``scope``, and an ``iat``/``exp`` at most an
-hour apart around now; it answers ``{"access_token", "expires_in",
+``iss``, ``aud`` (Google's token endpoint, wherever this one listens), ``scope``,
+and an ``iat``/``exp`` at most an hour apart around now; it answers ``{"access_token", "expires_in",
 "token_type": "Bearer"}`` or ``400 {"error": "invalid_grant", ...}``.
 Requests to it are counted in :attr:`FcmServer.token_requests`.
 
@@ -37,6 +37,8 @@ from tests.support.http_provider import ProviderServer, Recorded, Refused, Reply
 from tests.support.providers.delivered import DeliveredLog
 from tests.support.tls import SelfSignedCert
 
+# What Google requires as a service-account assertion's aud (google-auth sets it so).
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 SCOPES = frozenset(
     {"https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform"}
 )
@@ -267,7 +269,7 @@ class FcmServer(ProviderServer):
             raise Refused(_grant_error("invalid_grant", "Invalid JWT: unsupported algorithm."))
         if claims.get("iss") != self.service_account()["client_email"]:
             raise Refused(_grant_error("invalid_grant", "Invalid email or User ID"))
-        if claims.get("aud") != self.token_uri:
+        if claims.get("aud") != GOOGLE_TOKEN_URI:
             raise Refused(_grant_error("invalid_grant", "Invalid JWT: audience is not the token endpoint."))
         if not set(str(claims.get("scope", "")).split()) & SCOPES:
             raise Refused(_grant_error("invalid_scope", "Invalid OAuth scope or ID token audience provided."))

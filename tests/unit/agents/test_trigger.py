@@ -35,7 +35,12 @@ def step(tmp_path: Path, **settings: object) -> TriggerStep:
 
 
 def record(value: bytes, offset: int) -> types.SimpleNamespace:
-    message = types.SimpleNamespace(value=value, key=b"u-1", topic="reach.events", partition=0, offset=offset)
+    """A consumed event, keyed by its user id as the API and the profile producer key it."""
+    try:
+        key = str(orjson.loads(value)["user_id"]).encode()
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        key = b"u-1"
+    message = types.SimpleNamespace(value=value, key=key, topic="reach.events", partition=0, offset=offset)
     return types.SimpleNamespace(message=message)
 
 
@@ -138,6 +143,19 @@ def test_delayed_messages_wait_on_the_deferred_queue_with_their_cancels_in_event
         ("Cancel", "u-2", "", 4),
     ]
     assert {op.trigger_id for op in planned.cancel_ops} == {"cart"}
+
+
+@pytest.mark.parametrize("key", [b"u-2", None, b"u-1 "])
+def test_an_event_keyed_other_than_its_user_is_dead_lettered_as_key_mismatch(
+    tmp_path: Path, key: bytes | None
+) -> None:
+    wrong = record(hello("e-1"), 1)
+    wrong.message.key = key
+    planned = step(tmp_path).plan([wrong, record(hello("e-2"), 2)])
+    records, dead = planned.records, planned.dead
+    assert reasons(dead) == [("key_mismatch", 1)]
+    assert dead[0][0] == key  # the dead letter keeps the record's own key
+    assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-2"]
 
 
 def opened(event_id: str, ts: int, device: dict[str, str] | None = None) -> bytes:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import orjson
 import pytest
 
 from api.app import create_app
-from api.compat import RELEASED, breaking_changes
+from api.compat import CORRECTIONS, RELEASED, RELEASES, breaking_changes
 from reach.settings import Settings
 
 INBOX = "/v1/users/{user_id}/inbox"
@@ -29,6 +30,19 @@ def test_the_current_api_breaks_nothing_of_the_released_one(
     released: dict[str, Any], current: dict[str, Any]
 ) -> None:
     assert breaking_changes(released, current) == []
+
+
+def test_each_release_only_added_to_the_one_before_but_for_its_listed_corrections() -> None:
+    corrections = orjson.loads(CORRECTIONS.read_bytes())
+    assert len(RELEASES) >= 2
+    for old_path, new_path in itertools.pairwise(RELEASES):
+        old, new = orjson.loads(old_path.read_bytes()), orjson.loads(new_path.read_bytes())
+        listed = corrections.get(new["info"]["version"], {}).get("changes", [])
+        assert sorted(breaking_changes(old, new)) == sorted(listed), new_path.name
+
+
+def test_the_newest_release_is_the_running_api_version(current: dict[str, Any]) -> None:
+    assert RELEASED.name == f"v1-{current['info']['version']}.json"
 
 
 def changed(doc: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import structlog
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
 from channels.push_fcm import GRANT_TYPE, SCOPE, FcmProvider
 from tests.support.http_provider import Fault
-from tests.support.providers.fcm import FcmServer, fcm_error, throwaway_rsa_key
+from tests.support.providers.fcm import GOOGLE_TOKEN_URI, FcmServer, fcm_error, throwaway_rsa_key
 from tests.unit.channels.factories import delivery
 
 
@@ -86,7 +86,9 @@ async def test_sends_with_a_verified_assertion(server: FcmServer) -> None:
     form = token_request.form()
     assert form["grant_type"] == GRANT_TYPE
     key = throwaway_rsa_key().public_key()
-    claims = jwt.decode(form["assertion"], key, algorithms=["RS256"], audience=server.token_uri)
+    # The audience is Google's endpoint, as google-auth sets it, though the request went to the fake.
+    claims = jwt.decode(form["assertion"], key, algorithms=["RS256"], audience=GOOGLE_TOKEN_URI)
+    assert server.token_uri != GOOGLE_TOKEN_URI
     assert claims["iss"] == server.service_account()["client_email"]
     assert claims["scope"] == SCOPE
     assert claims["exp"] - claims["iat"] == 3600

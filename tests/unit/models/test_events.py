@@ -3,7 +3,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from models.events import DEFAULT_MAX_DEPTH, EventError, event_from_dict, parse_event, parse_ts
+from models.events import (
+    DEFAULT_MAX_DEPTH,
+    EventError,
+    check_id,
+    count_keys,
+    event_from_dict,
+    parse_event,
+    parse_ts,
+)
 from models.profiles import parse_profile
 from reach.settings import Settings
 
@@ -154,3 +162,53 @@ def test_far_too_deep_records_are_too_deep_on_the_kafka_path(depth: int) -> None
     with pytest.raises(EventError) as info:
         parse_event(raw)
     assert info.value.reason == "too_deep"
+
+
+EVENT_HEAD = b'{"event_id": "e", "name": "n", "ts": 1764291600000, '
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id":"e","user_id":"u-1","user_id":"u-2","name":"n","ts":1764291600000}',
+        EVENT_HEAD + b'"user_id": "u", "properties": {"a": 1, "b": {"c": 1, "c" : 2}}}',  # nested, spaced
+        EVENT_HEAD + b'"user_id": "u", "properties": {"x": [{"k": 1}, {"k": 2, "k": 3}]}}',
+        EVENT_HEAD + b'"user_id":"u","properties":{"s":"\\":","s":1}}',  # a string holding '":'
+    ],
+)
+def test_a_key_named_twice_in_one_object_is_refused(raw: bytes) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(raw)
+    assert caught.value.reason == "duplicate_key"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        EVENT_HEAD + b'"user_id": "u", "properties": {"x": [{"k": 1}, {"k": 2}], "y": {"k": 3}}}',
+        EVENT_HEAD + b'"user_id":"u","properties":{"note":"a\\": b\\":","k":"\\"k\\":"}}',
+        EVENT_HEAD + b'"user_id"\t:\n"u"}',
+    ],
+)
+def test_the_same_key_in_different_objects_and_key_like_strings_are_fine(raw: bytes) -> None:
+    assert parse_event(raw).user_id == "u"
+
+
+def test_count_keys_counts_every_level() -> None:
+    assert count_keys({"a": 1, "b": [{"c": 1, "d": {"e": 2}}, 3]}) == 5
+    assert count_keys([1, "x"]) == 0 and count_keys("x") == 0
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["u\x00", "u\n1", "\x1b[31mu", "u\x7f", "u\x85", "u-1\u202egpj", "u\u2066x", "u\u200f", "u\u061c"],
+)
+def test_ids_with_control_or_bidi_characters_are_refused(user_id: str) -> None:
+    with pytest.raises(EventError) as caught:
+        event_from_dict({"event_id": "e", "user_id": user_id, "name": "n", "ts": 1764291600000})
+    assert caught.value.reason == "bad_user_id"
+
+
+def test_ids_in_other_scripts_and_emoji_are_fine() -> None:
+    for user_id in ("用户-42", "ユーザー", "مستخدم", "u-😀", "a b"):
+        assert check_id("user_id", user_id) == user_id

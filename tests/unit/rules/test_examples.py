@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pytest
 
 from rules.engine import RuleEngine
@@ -124,3 +125,19 @@ def test_the_example_templates_render(engine: RuleEngine) -> None:
         templates["order-receipt"].render(variables(order_id="o-7", amount=5)).title
         == "Receipt for order o-7"
     )
+
+
+DEMO = EXAMPLES.parents[1] / "deploy" / "examples"
+
+
+def test_every_demo_event_makes_a_message(engine: RuleEngine) -> None:
+    """make demo's events each match an example rule: the cart event once sent ``items`` where
+    its rule tests ``item_count``, and silently did nothing."""
+    profiles = {}
+    for line in (DEMO / "profiles.jsonl").read_text().splitlines():
+        profile = orjson.loads(line)
+        profiles[profile["user_id"]] = profile["segments"]
+    for line in (DEMO / "events.jsonl").read_text().splitlines():
+        fact = orjson.loads(line.replace("@TS@", "1764291600000"))
+        fact["segments"] = profiles[fact["user_id"]]
+        assert engine.match_triggers(fact), f"no example rule matches the demo event {fact['name']}"
