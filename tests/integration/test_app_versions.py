@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.integration.api_process import ApiProcess
-from tests.integration.conftest import Api, Pipeline, start_pipeline, stop_pipeline
+from tests.integration.conftest import Pipeline, start_pipeline, stop_pipeline
 from tests.integration.harness import produce_json, wait_until
 from tests.support.smtp_server import SmtpTestServer
 
@@ -60,9 +60,36 @@ def inbox_titles(p: Pipeline, user: str) -> list[str]:
     return [title for (title,) in rows]
 
 
-def test_a_rule_matches_the_app_version_the_profile_last_saw(pipeline: Pipeline) -> None:
+@pytest.fixture(scope="module")
+def gated(
+    tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServer
+) -> Iterator[tuple[Pipeline, ApiProcess]]:
+    """A pipeline and API of this module's own, with a minimum iOS version and upgrade URLs
+    (the API runs as one process: no supervisor to kill it while it starts slowly)."""
+    tmp = tmp_path_factory.mktemp("appver")
+    overrides = {"min_app_versions": "ios=1.9.0", "upgrade_urls": f"ios={IOS_URL},android={ANDROID_URL}"}
+    p = start_pipeline(tmp, smtp_server, overrides)
+    served = (
+        ApiProcess(p.settings, tmp / "api.log", workers=1)
+        .with_key("tasks:write", "inbox:read")
+        .start()
+        .wait_serving(60)
+    )
+    try:
+        yield p, served
+    finally:
+        served.stop()
+        stop_pipeline(p)
+
+
+def popups(base: str, user: str, **headers: str) -> httpx.Response:
+    return httpx.get(f"{base}/v1/users/{user}/popups", headers=headers, timeout=5)
+
+
+def test_a_rule_matches_the_app_version_the_profile_last_saw(gated: tuple[Pipeline, ApiProcess]) -> None:
     """test-upgrade-nudge is ``version(device.app_version) < version("1.9.0")``; the
     test_app_opened events below say no version, so only the profile can match it."""
+    pipeline, _api = gated
     user, t = "appver-rule-1", now_ms()
     events = [
         app_event("avr-1", user, "test_app_seen", t, platform="ios", app_version="1.8.0"),
@@ -80,7 +107,8 @@ def test_a_rule_matches_the_app_version_the_profile_last_saw(pipeline: Pipeline)
     assert stored_versions(pipeline, [user]) == [(user, "ios", "1.10.0")]
 
 
-def test_a_popup_older_apps_cannot_show_falls_back_to_the_inbox(pipeline: Pipeline, api: Api) -> None:
+def test_a_popup_older_apps_cannot_show_falls_back_to_the_inbox(gated: tuple[Pipeline, ApiProcess]) -> None:
+    pipeline, api = gated
     old, new = "appver-carousel-old", "appver-carousel-new"
     add_users(pipeline, "appver-carousel", [old, new])
     t = now_ms()
@@ -108,31 +136,6 @@ def test_a_popup_older_apps_cannot_show_falls_back_to_the_inbox(pipeline: Pipeli
     assert popups(api.base_url, old, **api.headers).json()["items"] == []
     [shown] = popups(api.base_url, new, **api.headers).json()["items"]
     assert (shown["title"], shown["type"], shown["upgrade"]) == ("carousel 1", "message", None)
-
-
-@pytest.fixture(scope="module")
-def gated(
-    tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpTestServer
-) -> Iterator[tuple[Pipeline, ApiProcess]]:
-    """A pipeline and API of their own, with a minimum iOS version and upgrade URLs."""
-    tmp = tmp_path_factory.mktemp("appver")
-    overrides = {"min_app_versions": "ios=1.9.0", "upgrade_urls": f"ios={IOS_URL},android={ANDROID_URL}"}
-    p = start_pipeline(tmp, smtp_server, overrides)
-    served = (
-        ApiProcess(p.settings, tmp / "api.log", workers=1)
-        .with_key("tasks:write", "inbox:read")
-        .start()
-        .wait_serving(60)
-    )
-    try:
-        yield p, served
-    finally:
-        served.stop()
-        stop_pipeline(p)
-
-
-def popups(base: str, user: str, **headers: str) -> httpx.Response:
-    return httpx.get(f"{base}/v1/users/{user}/popups", headers=headers, timeout=5)
 
 
 def test_a_task_sends_an_upgrade_popup_to_exactly_the_users_below_the_minimum(
