@@ -18,8 +18,9 @@ sent a second time. A message is claimed just before its own request starts
 simply sent after a restart.
 
 One message never stops the others: an outbox record that does not decode
-goes to the deliveries dead-letter topic, content that fails to render or is
-over the channel's ``max_content_bytes`` fails as a result, a provider that
+goes to the deliveries dead-letter topic, content that fails to render, links
+outside ``REACH_LINK_DOMAINS`` (:mod:`agents.delivery.linkcheck`) or is over
+the channel's ``max_content_bytes`` fails as a result, a provider that
 raises fails only the messages it was sending, and a result row the
 database refuses is stored without its provider fields (or dead-lettered).
 """
@@ -39,6 +40,8 @@ from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
 from agents.delivery.fallback import ChannelFallback
+from agents.delivery.linkcheck import LinkCheck
+from agents.delivery.links import LinkTracking
 from agents.delivery.optout import provider_opt_outs
 from agents.delivery.persist import Persister, Stores
 from agents.delivery.policy import PolicyResources, PolicyStep
@@ -47,7 +50,7 @@ from agents.delivery.route import Router
 from agents.delivery.throttle import Throttle
 from agents.guard import run_step
 from agents.narrow import describe
-from agents.plan import deliveries_for
+from agents.plan import Finish, deliveries_for
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
 from channels.base import Delivery, Outcome, OutcomeKind, Provider, no_start_hook
@@ -87,6 +90,8 @@ class ChannelSender:
         self.cancels = CancelGate(runtime, channel.name)
         self.configs = {p.name: p for p in channel.providers}
         self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
+        self.links = LinkCheck(rt.link_domains)
+        self.tracking = LinkTracking.from_settings(s)
         self.fallback = ChannelFallback(channel.name, rt.choosers, rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
@@ -138,7 +143,10 @@ class ChannelSender:
         provider = self.rt.providers[self.channel.name][provider_name]
         sendable, dead = await self.addresses.skip(provider_name, provider.address_fields, messages, now)
         templates = self.rt.taskgate.templates(self.rt.rules.current.rulebook.templates)
-        prepared = deliveries_for(sendable, templates, self.channel.max_content_bytes, self.rt.upgrades)
+        screen, finish = self.links.for_provider(provider), self._tracking(provider)
+        prepared = deliveries_for(
+            sendable, templates, self.channel.max_content_bytes, screen, finish, self.rt.upgrades
+        )
         for fallback, count in prepared.fallbacks.items():
             self.rt.metrics.app_version_fallbacks.labels(self.channel.name, fallback).inc(count)
         ready, failed = prepared.ready, prepared.failed + self.fallback.move(prepared.moved, now, batch)
@@ -158,6 +166,13 @@ class ChannelSender:
                     batch.dead_addresses.append(record)
             self.recorder.record(message, outcome, now, done, batch)
         batch.opted_out += provider_opt_outs(pairs, provider.opt_out_codes)
+
+    def _tracking(self, provider: Provider) -> Finish | None:
+        """The link tracking step for what this provider's content can carry, if any."""
+        links, pixel = provider.tracked_links, provider.open_pixel
+        if self.tracking is None or not (links or pixel):
+            return None
+        return functools.partial(self.tracking.apply, links=links, pixel=pixel)
 
     async def _provider_send(self, name: str, provider: Provider, ready: list[Delivery]) -> list[Outcome]:
         """Send step: the provider's requests, each claimed just before it starts when the

@@ -49,15 +49,27 @@ def split_by_marker(
 
     ``idempotent(provider_name)`` says whether repeating an interrupted send is harmless.
     """
-    unique = list({m.message_id: m for m in messages}.values())
     fresh, interrupted = [], []
-    for message in unique:
+    for message in first_of_each(messages):
         state = states.get(message.message_id)
         if state is None or (state is MarkerState.SENDING and idempotent(message.provider)):
             fresh.append(message)
         elif state is MarkerState.SENDING:
             interrupted.append(message)
     return MarkerSplit(fresh, interrupted, len(messages) - len(fresh) - len(interrupted))
+
+
+def first_of_each(messages: Sequence[ReachMessage]) -> list[ReachMessage]:
+    """One message per id, the first one, in batch order.
+
+    Copies of a message id come from events sent twice. Replaying the events sends the
+    first copy (the later ones find it marked sent), so a batch holding both must send
+    the first too: the same input never gives two different messages.
+    """
+    unique: dict[str, ReachMessage] = {}
+    for message in messages:
+        unique.setdefault(message.message_id, message)
+    return list(unique.values())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from channels.base import Delivery, Outcome, OutcomeKind, Rendered
@@ -17,7 +17,8 @@ from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, messag
 from models.profiles import SeenVersion, UserProfile, app_version_for, platform_name
 from models.upgrades import UpgradeTarget, upgrade_details
 from rules.engine import RuleEngine
-from rules.model import UPGRADE, Template, content_for
+from rules.errors import TemplateRenderError
+from rules.model import UPGRADE, Template, content_for, fallback_channels
 
 #: (platform, app version) of the app a message's content is chosen for; "" when unknown
 App = tuple[str, str]
@@ -60,6 +61,22 @@ def app_on_channel(event: App, versions: Mapping[str, SeenVersion], channel_plat
 def _reported_version(event: Event) -> str:
     version = event.device.get("app_version")
     return version if isinstance(version, str) else ""
+
+
+def carried_contact(
+    choosers: Mapping[str, WeightedChooser],
+    channel: str,
+    contact: Mapping[str, str],
+    also: Iterable[str] = (),
+) -> dict[str, str]:
+    """The contact fields a message of ``channel`` carries: its providers', and those of the
+    channels ``also`` its template may fall back to for an old app (an SMS instead of a pop-up
+    needs the phone number)."""
+    carried = choosers[channel].contact_for(contact)
+    for other in also:
+        if other in choosers:
+            carried.update(choosers[other].contact_for(contact))
+    return carried
 
 
 def reachable_channels(choosers: Mapping[str, WeightedChooser], contact: Mapping[str, str]) -> list[str]:
@@ -122,6 +139,7 @@ def plan_event_fully(
             "reachable": reachable,
         }
         dedup = rule.dedup_for(fact)
+        also = fallback_channels(engine.rulebook.templates, rule.template)
         due = now_ms + rule.delay_ms if rule.delay_ms else 0
         for channel in engine.select_channels(rule.channels, selection_fact):
             if channel not in reachable:
@@ -143,7 +161,7 @@ def plan_event_fully(
                     event_ts=event.ts,
                     created_ts=now_ms,
                     variables=_variables(event, fact["device"]),
-                    contact=contact,
+                    contact=carried_contact(choosers, channel, contact, also),
                     platform=event.platform,
                     ingested_ts=ingested_ms,
                     not_before=due,
@@ -215,7 +233,9 @@ def render_choice(
     below a template's ``min_app_version`` gets its fallback, nothing
     (``app_version_too_old``), or the content on another channel. A message that moved
     once does not move again: there it is ``app_version_too_old`` too. An ``upgrade``
-    template's context has ``upgrade`` (see :func:`upgrade_of`).
+    template's context has ``upgrade`` (see :func:`upgrade_of`). A render that fails is
+    ``template_variable_missing`` (naming the variable) when the message lacks a variable
+    its template prints, ``template_error`` for any other failure.
     """
     choice = content_for(templates, message.template, app_version_of(message), message.channel)
     if choice.template is not None and choice.channel and not message.fallback_from:
@@ -242,6 +262,9 @@ def _filled(
         context = {**context, "upgrade": details}
     try:
         rendered = template.render(context)
+    except TemplateRenderError as exc:
+        code = "template_variable_missing" if exc.missing_variable else "template_error"
+        return Outcome.permanent(code, str(exc)[:300])
     except Exception as exc:  # a template bug must fail this message, not the batch
         return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
     return dataclasses.replace(rendered, kind=template.kind, details=details) if template.kind else rendered
@@ -304,6 +327,7 @@ def result_for(
         error_code=outcome.code,
         error=outcome.detail[:500],
         provider_message_id=outcome.provider_message_id,
+        category=message.category,
     )
 
 
@@ -326,6 +350,12 @@ def oversize(content: Rendered, max_content_bytes: int) -> Outcome | None:
     return None
 
 
+#: a check of rendered content, as rendered: the outcome that fails it, or None (links)
+Screen = Callable[[Delivery], "Outcome | None"]
+#: a change to rendered content once it passed the screen, before its size is checked
+Finish = Callable[[ReachMessage, Rendered], Rendered]
+
+
 @dataclasses.dataclass
 class Prepared:
     """A batch's messages after rendering: ready to send, failed, moved to another channel,
@@ -341,19 +371,26 @@ def deliveries_for(
     messages: Sequence[ReachMessage],
     templates: Mapping[str, Template],
     max_content_bytes: int,
+    screen: Screen | None = None,
+    finish: Finish | None = None,
     upgrades: Mapping[str, UpgradeTarget] | None = None,
 ) -> Prepared:
-    """Split messages into deliveries, ones that failed to render or render too large, and
-    ones that move to another channel.
+    """Split messages into deliveries, ones that failed to render, that ``screen`` refused,
+    or that render too large, and ones that move to another channel.
 
-    Content over ``max_content_bytes`` is never stored or sent: it fails as
-    ``content_too_large``.
+    ``screen`` sees the content as the template rendered it, before anything changes it;
+    ``finish`` then changes it (tracked links) before its size is checked. Content over
+    ``max_content_bytes`` is never stored or sent: it fails as ``content_too_large``.
     """
     prepared = Prepared()
     for message in messages:
         content, fallback = render_choice(message, templates, upgrades)
         if fallback:
             prepared.fallbacks[fallback] = prepared.fallbacks.get(fallback, 0) + 1
+        if isinstance(content, Rendered):
+            content = _screened(Delivery(message, content), screen) or content
+        if isinstance(content, Rendered) and finish is not None:
+            content = finish(message, content)
         if isinstance(content, Rendered):
             content = oversize(content, max_content_bytes) or content
         if isinstance(content, Moved):
@@ -363,3 +400,7 @@ def deliveries_for(
         else:
             prepared.ready.append(Delivery(message, content))
     return prepared
+
+
+def _screened(delivery: Delivery, screen: Screen | None) -> Outcome | None:
+    return screen(delivery) if screen is not None else None

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from agents.plan import reachable_channels
+from agents.plan import carried_contact, reachable_channels
 from channels.routing import WeightedChooser
 from models import schedule as sched
 from models.messages import ReachMessage, message_id_for
@@ -20,6 +20,7 @@ from models.taskruns import Recipient
 from models.tasks import ScheduleKind, TaskSpec, rule_id, template_id
 from rules.audience import AudienceFilter
 from rules.engine import RuleEngine
+from rules.model import fallback_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +110,12 @@ def plan_recipient(
     reachable = reachable_channels(choosers, contact)
     fact = selection_fact(plan, recipient, reachable)
     context = variables(plan, recipient)
+    also = fallback_channels(engine.rulebook.templates, plan.template)
     return [
-        _message(
-            plan, recipient, channel, choosers[channel].choose(contact=contact).name, context, now_ms
-        ).replace(**app_fields(recipient, (platforms or {}).get(channel, "")))
+        _message(plan, recipient, channel, choosers[channel], context, now_ms).replace(
+            contact=carried_contact(choosers, channel, contact_of(recipient), also),
+            **app_fields(recipient, (platforms or {}).get(channel, "")),
+        )
         for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
@@ -140,8 +143,15 @@ def _selected(
 
 
 def _message(
-    plan: RunPlan, recipient: Recipient, channel: str, provider: str, context: dict[str, Any], now_ms: int
+    plan: RunPlan,
+    recipient: Recipient,
+    channel: str,
+    chooser: WeightedChooser,
+    context: dict[str, Any],
+    now_ms: int,
 ) -> ReachMessage:
+    contact = contact_of(recipient)
+    provider = chooser.choose(contact=contact).name
     key = f"{plan.run_no}:{recipient.user_id}"
     return ReachMessage(
         message_id=message_id_for(rule_id(plan.task_no), key, channel),
@@ -156,7 +166,7 @@ def _message(
         event_ts=due_at_for(plan, recipient),  # end-to-end latency counts from the due time
         created_ts=now_ms,
         variables=context,
-        contact=contact_of(recipient),
+        contact=chooser.contact_for(contact),
         category=plan.spec.category,
         timezone=recipient.timezone,
     )
@@ -185,6 +195,7 @@ class PageEncoder:
     ) -> None:
         self.plan = plan
         self.platforms = platforms or {}
+        self.also = fallback_channels(engine.rulebook.templates, plan.template)
         self.engine = engine
         self.choosers = choosers
         self.rule = rule_id(plan.task_no)
@@ -239,7 +250,7 @@ class PageEncoder:
                 "provider": provider,
                 "event_ts": due_at_for(self.plan, recipient),
                 "timezone": recipient.timezone,
-                "contact": contact,
+                "contact": carried_contact(self.choosers, channel, contact, self.also),
                 "variables": {
                     **self.shared_context,
                     "user_id": recipient.user_id,

@@ -4,7 +4,9 @@ Each event is planned on its own: one that breaks the contract, or whose
 planning raises for any reason (``plan_error``), or that would make a message
 too large for its topic (``message_too_large``), goes to the dead-letter topic
 with its reason while the rest of the batch carries on. Nothing an event
-holds can stop the agent.
+holds can stop the agent. A second copy of an event in the same batch (its
+messages' ids already planned) makes nothing: the first copy is sent, as when
+the copy arrives in a later batch or the events are replayed.
 
 Messages of a trigger with ``delay`` are not put on the outbox: they go to the
 deferred queue (Redis), due at their ``due_ts``, and the leader's deferred pump
@@ -98,6 +100,9 @@ class PlannedBatch:
     dead: list[DeadLetter] = dataclasses.field(default_factory=list)
     delayed: list[tuple[int, bytes, str]] = dataclasses.field(default_factory=list)  # due, value, channel
     cancel_ops: list[CancelOp] = dataclasses.field(default_factory=list)
+    #: message ids planned so far: a copy of an event (same event_id) in the same batch makes
+    #: them again, and the first copy is the one sent, as when the copy comes in a later batch
+    planned_ids: set[str] = dataclasses.field(default_factory=set)
     #: profiles whose app versions this batch changed, by user id (the newest of each)
     observed: dict[str, UserProfile] = dataclasses.field(default_factory=dict)
     versions: list[VersionRow] = dataclasses.field(default_factory=list)
@@ -141,12 +146,13 @@ class TriggerStep:
             parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched, zone,
             self.platforms,
         )  # fmt: skip
-        encoded = [(m, m.to_bytes()) for m in plan.messages]
+        encoded = [(m, m.to_bytes()) for m in plan.messages if m.message_id not in batch.planned_ids]
         for message, value in encoded:
             if len(value) > self.limit:
                 detail = f"its {message.channel} message is {len(value)} bytes; the outbox takes {self.limit}"
                 raise EventError("message_too_large", detail)
         for message, value in encoded:  # only once the whole event is known to fit
+            batch.planned_ids.add(message.message_id)
             if message.due_ts:
                 batch.delayed.append((message.due_ts, value, message.channel))
             else:

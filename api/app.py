@@ -24,21 +24,24 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import events, health, inbox, popups, preferences, rate_limit, receipts, tasks
+from api import events, health, inbound, inbox, popups, preferences, rate_limit, receipts, tasks, tracking
 from api.auth import Access, KeyCache
 from api.errors import RETRY_LATER, ApiError
 from api.event_producer import EventProducer
 from api.observe import METRICS_MEDIA_TYPE, RequestMetrics, exposition
 from api.receipts import ReceiptService
 from api.resources import Resources
+from api.tracker import Tracker
 from api.upgrade import UPGRADE_RESPONSES, UpgradePolicy
 from api.user_tokens import UserTokens, user_tokens
 from models.access import KeyStore
+from models.phones import PhoneHasher, PhoneIndex
 from models.popups import PopupStore
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.storage import InboxStore, create_pool
 from models.taskruns import AudienceLists
 from models.taskstore import TaskStore
+from models.tracking_links import LinkSigner
 from reach.clock import Clock, SystemClock
 from reach.errors import DEPENDENCY_ERRORS
 from reach.metrics import ApiMetrics
@@ -84,7 +87,12 @@ def create_app(
     app.include_router(
         popups.router(clock), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
     )
+    app.include_router(
+        tracking.app_router(), dependencies=[Depends(upgrade.gate)], responses=UPGRADE_RESPONSES
+    )
+    app.include_router(tracking.links_router(LinkSigner.from_settings(settings), metrics))
     app.include_router(receipts.router(receipt_service, clock, metrics))
+    app.include_router(inbound.router(receipt_service.endpoints, clock, metrics))
     app.include_router(tasks.router(tasks.checks_from(settings), clock))
     app.include_router(health.router())
     app.include_router(
@@ -101,8 +109,9 @@ def create_app(
 # The OpenAPI document's version: a release keeps its document in api/openapi/ (see api.compat).
 API_VERSION = "0.2.0"
 DESCRIPTION = (
-    "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts and the "
-    "unsubscribe links takes "
+    "CRM user reach: behaviour events in, messages out. Every /v1 route but the receipts, the "
+    "inbound messages, the unsubscribe links and the tracking pixel and links (their signed token "
+    "is the credential) takes "
     "Authorization: Bearer <credential>: an API key (rk_..., made with `reach keys create`) with "
     "the route's scope, or, for a user's inbox, pop-ups and preferences, that user's JWT (sub = user id)."
 )
@@ -155,7 +164,9 @@ async def lifespan(
         stack.push_async_callback(close_pool, pool)
         producer = await EventProducer.connect(settings)
         stack.push_async_callback(producer.stop)
-        await receipt_service.open(pool)
+        tracker = Tracker(producer, settings.tracking_topic, built.metrics, built.clock)
+        stack.push_async_callback(tracker.close)  # before the producer stops
+        await receipt_service.open(pool, tracker)
         stack.push_async_callback(receipt_service.close)
         redis = open_redis(settings)
         stack.push_async_callback(redis.aclose)
@@ -164,9 +175,10 @@ async def lifespan(
             PreferenceCache(redis, settings.redis_prefix, settings.preferences_cache_ttl),
         )
         access = await open_access(stack, settings, pool, built)
+        phones = PhoneIndex(pool, PhoneHasher.from_settings(settings))
         app.state.resources = Resources(
             pool, InboxStore(pool), PopupStore(pool), producer, TaskStore(pool), AudienceLists(pool), prefs,
-            access,
+            access, phones, tracker,
         )  # fmt: skip
         yield
 

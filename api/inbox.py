@@ -15,9 +15,10 @@ from fastapi import APIRouter, Query, Response
 
 from api.auth import ForUser
 from api.errors import ApiError
-from api.resources import Inbox
+from api.resources import Inbox, Tracking
 from api.schemas import AUTHENTICATED, MESSAGE_ID, InboxPage, error_responses
 from models.storage import CursorError, cursor_for
+from models.tracking import Kind
 from reach.clock import Clock
 
 
@@ -49,9 +50,12 @@ def router(clock: Clock) -> APIRouter:
         summary="Mark a site message read",
         responses=error_responses(404),
     )
-    async def mark_read(inbox: Inbox, access: ForUser, message_id: str = MESSAGE_ID) -> Response:
+    async def mark_read(
+        inbox: Inbox, access: ForUser, tracking: Tracking, message_id: str = MESSAGE_ID
+    ) -> Response:
         if not await inbox.mark_read(access.user_id, message_id, clock.now_ms()):
             raise ApiError(404, "not_found", f"the user has no message {message_id!r}")
+        tracking.emit(Kind.OPENED, [message_id])  # a site message read is opened (counted once)
         return Response(status_code=204)
 
     return routes

@@ -10,10 +10,16 @@ read here. A channels file the worker accepts is always accepted here.
 provider type     option                 what it is
 ================  =====================  ==========================================
 ``twilio_sms``    ``auth_token``         the account auth token Twilio signs with
+                  ``webhook_shared_keys``  optional: SharedKey id -> secret, for
+                                         requests a Twilio Webhook Setting signs
+                                         (HMAC-SHA256 or -SHA1 under the key that
+                                         ``X-Twilio-Webhooks-Signature-Settings``
+                                         names); two entries while rotating
                   ``receipt_url``        optional: the public URL Twilio calls, up
                                          to the path (the request's query string
                                          is appended), when the API sits behind a
                                          proxy that changes the URL it sees
+                  ``inbound_url``        the same for ``/v1/inbound/<name>``
 ``aliyun_sms``    ``receipt_token``      a random token the operator puts in the
 ``tencent_sms``                          callback URL: ``?token=<receipt_token>``
 ``webhook``       ``secret``             the provider's signing secret (X-Reach-Signature)
@@ -43,6 +49,9 @@ SECRET_OPTION: Mapping[str, str] = MappingProxyType(
     }
 )
 URL_OPTION = "receipt_url"
+INBOUND_URL_OPTION = "inbound_url"
+SHARED_KEYS_OPTION = "webhook_shared_keys"
+NO_KEYS: Mapping[str, SecretStr] = MappingProxyType({})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +63,8 @@ class ReceiptEndpoint:
     channel: str
     secret: SecretStr | None  # None: not configured, every callback is refused
     public_url: str | None = None  # twilio_sms: the URL Twilio calls (no query), when not the request's
+    shared_keys: Mapping[str, SecretStr] = dataclasses.field(default_factory=lambda: NO_KEYS)  # twilio_sms
+    inbound_url: str | None = None  # twilio_sms: public_url of /v1/inbound/<name>
 
 
 def load_endpoints(path: str | os.PathLike[str], env: Mapping[str, str]) -> Mapping[str, ReceiptEndpoint]:
@@ -97,8 +108,28 @@ def _endpoint(channel: str, entry: dict[str, Any], env: Mapping[str, str], sourc
     options = options if isinstance(options, dict) else {}
     where = f"channel {channel!r}, provider {name!r}"
     secret = _option(options, SECRET_OPTION[type_name], env, source, where)
-    url = _option(options, URL_OPTION, env, source, where) if type_name == "twilio_sms" else None
-    return ReceiptEndpoint(name, type_name, channel, SecretStr(secret) if secret else None, url or None)
+    endpoint = ReceiptEndpoint(name, type_name, channel, SecretStr(secret) if secret else None)
+    if type_name != "twilio_sms":
+        return endpoint
+    return dataclasses.replace(
+        endpoint,
+        public_url=_option(options, URL_OPTION, env, source, where) or None,
+        shared_keys=_shared_keys(options, env, source, where),
+        inbound_url=_option(options, INBOUND_URL_OPTION, env, source, where) or None,
+    )
+
+
+def _shared_keys(
+    options: dict[str, Any], env: Mapping[str, str], source: str, where: str
+) -> Mapping[str, SecretStr]:
+    keys = options.get(SHARED_KEYS_OPTION)
+    if keys is None:
+        return NO_KEYS
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and k for k in keys):
+        reason = f"{where}: option {SHARED_KEYS_OPTION!r} must map SharedKey ids to secrets"
+        raise ChannelsConfigError(source, reason)
+    secrets = {key: _option(keys, key, env, source, f"{where}, {SHARED_KEYS_OPTION}") for key in keys}
+    return MappingProxyType({key: SecretStr(value) for key, value in secrets.items() if value})
 
 
 def _option(options: dict[str, Any], key: str, env: Mapping[str, str], source: str, where: str) -> str:

@@ -6,8 +6,11 @@ then parses it into :class:`models.receipts.Receipt` values (raising
 :class:`Rejected` 400 for a malformed body), and says what to answer.
 
 * ``twilio_sms``: a form POST (``MessageSid``, ``MessageStatus``, ``ErrorCode``)
-  signed in ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, URL + every
-  POST parameter name and value, sorted by name)).
+  signed in ``X-Twilio-Signature`` = base64(HMAC(key, URL + every POST parameter
+  name and value, sorted by name)): HMAC-SHA1 under the auth token, or, when a
+  Twilio Webhook Setting signs with a SharedKey, the algorithm and key that
+  ``X-Twilio-Webhooks-Signature-Settings: key=<SharedKey id>,algorithm=HMAC_SHA256``
+  names (:func:`twilio_scheme`).
 * ``aliyun_sms``: SmsReport HTTP batch push, a JSON array of ``{biz_id, out_id,
   success, err_code, err_msg, phone_number, ...}``. Unsigned: the callback URL
   carries ``?token=<receipt_token>``.
@@ -27,6 +30,7 @@ import hashlib
 import hmac
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import orjson
@@ -35,6 +39,9 @@ from api.receipt_config import ReceiptEndpoint
 from channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from models.events import EventError, parse_ts
 from models.receipts import Outcome, Receipt, ReceiptResult, ReceiptStatus, digits
+
+Form = dict[str, list[str]]  # a form body: every name's values, as sent
+Digest = Callable[..., Any]  # a hashlib constructor, as hmac.new takes it
 
 MAX_RECEIPTS = 1000  # per callback
 MAX_ID_LENGTH = 256
@@ -72,15 +79,10 @@ class ReceiptFormat(abc.ABC):
 
     def receipts(self, endpoint: ReceiptEndpoint, callback: Callback) -> list[Receipt]:
         """Authenticate, then parse. Raises :class:`Rejected`."""
-        if endpoint.secret is None:
-            raise Rejected(
-                403, "not_configured", f"provider {endpoint.name!r} has no receipt secret configured"
-            )
-        secret = endpoint.secret.get_secret_value()
-        return self.parse(self.authenticate(endpoint, secret, callback))
+        return self.parse(self.authenticate(endpoint, callback))
 
     @abc.abstractmethod
-    def authenticate(self, endpoint: ReceiptEndpoint, secret: str, callback: Callback) -> Any:
+    def authenticate(self, endpoint: ReceiptEndpoint, callback: Callback) -> Any:
         """Raise ``Rejected(403)`` unless the callback is authentic; return what ``parse`` reads."""
 
     @abc.abstractmethod
@@ -94,6 +96,12 @@ class ReceiptFormat(abc.ABC):
 
 # --- Twilio -----------------------------------------------------------------------------------
 
+TWILIO_SIGNATURE = "x-twilio-signature"
+TWILIO_SIGNATURE_SETTINGS = "x-twilio-webhooks-signature-settings"
+TWILIO_DEFAULT_ALGORITHM = "HMAC_SHA1"
+TWILIO_DIGESTS: Mapping[str, Digest] = MappingProxyType(
+    {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+)
 TWILIO_DELIVERED = frozenset({"delivered", "read"})
 TWILIO_FAILED = frozenset({"undelivered", "failed", "canceled"})
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -108,15 +116,8 @@ class _TwilioCallback:
 class TwilioFormat(ReceiptFormat):
     type_name = "twilio_sms"
 
-    def authenticate(self, endpoint: ReceiptEndpoint, secret: str, callback: Callback) -> _TwilioCallback:
-        params = _form(callback.body)
-        signature = callback.headers.get("x-twilio-signature", "")
-        url = _signed_url(endpoint.public_url, callback.url)
-        if not signature or not any(
-            hmac.compare_digest(twilio_signature(secret, candidate, params).encode(), signature.encode())
-            for candidate in _with_and_without_port(url)
-        ):
-            raise Rejected(403, "bad_signature", "X-Twilio-Signature does not match")
+    def authenticate(self, endpoint: ReceiptEndpoint, callback: Callback) -> _TwilioCallback:
+        params = twilio_verified(endpoint, callback, endpoint.public_url)
         return _TwilioCallback(params, callback.query.get("message_id", ""))
 
     def parse(self, data: _TwilioCallback) -> list[Receipt]:
@@ -142,6 +143,58 @@ class TwilioFormat(ReceiptFormat):
         return Reply(EMPTY_TWIML, "text/xml")
 
 
+def twilio_verified(endpoint: ReceiptEndpoint, callback: Callback, public_url: str | None) -> Form:
+    """The POST parameters of a request Twilio signed, under either scheme; raises
+    ``Rejected(403)`` otherwise. ``public_url`` is the URL Twilio calls up to the path,
+    when a proxy changes what the API sees."""
+    scheme = twilio_scheme(endpoint, callback.headers)
+    params = _form(callback.body)
+    signature = callback.headers.get(TWILIO_SIGNATURE, "").encode()
+    url = _signed_url(public_url, callback.url)
+    candidates = _with_and_without_port(url)
+    expected = [twilio_signature(scheme.secret, u, params, scheme.digest) for u in candidates]
+    # compare_digest against every candidate URL: which one matched may show, the key never does
+    if not signature or not any(hmac.compare_digest(e.encode(), signature) for e in expected):
+        raise Rejected(403, "bad_signature", "X-Twilio-Signature does not match")
+    return params
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TwilioScheme:
+    """How a Twilio request is signed: the key and the HMAC's hash."""
+
+    secret: str = dataclasses.field(repr=False)
+    digest: Digest
+
+
+def twilio_scheme(endpoint: ReceiptEndpoint, headers: Mapping[str, str]) -> TwilioScheme:
+    """Without ``X-Twilio-Webhooks-Signature-Settings``, HMAC-SHA1 under the auth token.
+    With it (a Webhook Rule matched the URL), the algorithm it names under the secret of
+    the SharedKey it names (option ``webhook_shared_keys``), never the auth token.
+    Raises ``Rejected(403)`` for an algorithm other than HMAC_SHA1 / HMAC_SHA256 or a key
+    not configured."""
+    raw = headers.get(TWILIO_SIGNATURE_SETTINGS, "").strip()
+    if not raw:
+        return TwilioScheme(configured_secret(endpoint), hashlib.sha1)
+    settings = _signature_settings(raw)
+    algorithm = settings.get("algorithm", TWILIO_DEFAULT_ALGORITHM).upper()
+    digest = TWILIO_DIGESTS.get(algorithm)
+    if digest is None:
+        raise Rejected(403, "bad_algorithm", f"signature algorithm {algorithm[:32]!r} is not supported")
+    if not endpoint.shared_keys:
+        raise Rejected(403, "not_configured", f"provider {endpoint.name!r} has no webhook_shared_keys")
+    key = endpoint.shared_keys.get(settings.get("key", ""))
+    if key is None:
+        raise Rejected(403, "unknown_key", "the SharedKey the request names is not configured")
+    return TwilioScheme(key.get_secret_value(), digest)
+
+
+def _signature_settings(raw: str) -> dict[str, str]:
+    """``key=<id>,algorithm=<name>`` as a dict; parts without ``=`` are ignored."""
+    parts = (part.partition("=") for part in raw.split(","))
+    return {name.strip().lower(): value.strip() for name, sep, value in parts if sep}
+
+
 def _signed_url(public_url: str | None, request_url: str) -> str:
     """The URL Twilio signed: the configured public URL (behind a proxy) with the
     request's query string, else the request's own URL."""
@@ -151,11 +204,13 @@ def _signed_url(public_url: str | None, request_url: str) -> str:
     return f"{public_url}?{query}" if query else public_url
 
 
-def twilio_signature(auth_token: str, url: str, params: Mapping[str, Sequence[str]]) -> str:
-    """X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by each parameter name and
-    value, names sorted, a repeated name's values sorted."""
+def twilio_signature(
+    key: str, url: str, params: Mapping[str, Sequence[str]], digest: Digest = hashlib.sha1
+) -> str:
+    """X-Twilio-Signature: base64 HMAC (SHA-1 unless told) of the URL followed by each
+    parameter name and value, names sorted, a repeated name's values sorted."""
     data = url + "".join(name + value for name in sorted(params) for value in sorted(params[name]))
-    mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1)
+    mac = hmac.new(key.encode(), data.encode(), digest)
     return base64.b64encode(mac.digest()).decode()
 
 
@@ -178,7 +233,7 @@ def _with_and_without_port(url: str) -> list[str]:
     return [url, bare, ported]
 
 
-def _form(body: bytes) -> dict[str, list[str]]:
+def _form(body: bytes) -> Form:
     try:
         return urllib.parse.parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
@@ -200,7 +255,8 @@ def _twilio_error(word: str, code: str) -> str:
 class _TokenFormat(ReceiptFormat):
     """Providers that do not sign callbacks: the URL carries ``?token=<receipt_token>``."""
 
-    def authenticate(self, endpoint: ReceiptEndpoint, secret: str, callback: Callback) -> Any:
+    def authenticate(self, endpoint: ReceiptEndpoint, callback: Callback) -> Any:
+        secret = configured_secret(endpoint)
         token = callback.query.get(TOKEN_PARAMETER, "")
         if not hmac.compare_digest(token.encode(), secret.encode()):
             raise Rejected(
@@ -310,7 +366,8 @@ WEBHOOK_STATUSES = {"delivered": ReceiptStatus.DELIVERED, "failed": ReceiptStatu
 class WebhookFormat(ReceiptFormat):
     type_name = "webhook"
 
-    def authenticate(self, endpoint: ReceiptEndpoint, secret: str, callback: Callback) -> list[Any]:
+    def authenticate(self, endpoint: ReceiptEndpoint, callback: Callback) -> list[Any]:
+        secret = configured_secret(endpoint)
         timestamp = callback.headers.get(TIMESTAMP_HEADER, "")
         header = callback.headers.get(SIGNATURE_HEADER, "")
         if not verify_signature(secret, timestamp, callback.body, header, callback.now_ms / 1000):
@@ -355,6 +412,13 @@ def _reported_at(item: _Item) -> int:
 
 
 # --- shared -----------------------------------------------------------------------------------
+
+
+def configured_secret(endpoint: ReceiptEndpoint) -> str:
+    """The entry's receipt secret; ``Rejected(403, "not_configured")`` when it has none."""
+    if endpoint.secret is None:
+        raise Rejected(403, "not_configured", f"provider {endpoint.name!r} has no receipt secret configured")
+    return endpoint.secret.get_secret_value()
 
 
 def _json(body: bytes) -> Any:

@@ -6,8 +6,8 @@
 Whatever the receipts did (applied, duplicate, stale, unmatched) the answer is
 a success: providers retry anything else, and a retry would change nothing.
 
-``GET /v1/stats/delivery`` reports counts and rates per channel, provider and
-device platform (definitions in :mod:`models.delivery_stats`).
+``GET /v1/stats/delivery`` reports counts, rates and the engagement funnel per
+channel, provider and device platform (definitions in :mod:`models.delivery_stats`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from api.errors import ApiError
 from api.receipt_config import ReceiptEndpoint, load_endpoints
 from api.receipt_formats import FORMATS, Callback, Rejected
 from api.schemas import AUTHENTICATED, DeliveryStats, ErrorBody, error_responses
+from api.tracker import Tracker
 from models.delivery_stats import DeliveryStatsStore
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
-from models.receipts import ReceiptResult, ReceiptStore
+from models.receipts import Outcome, ReceiptResult, ReceiptStore
+from models.tracking import Kind
 from reach.clock import Clock
 from reach.metrics import ApiMetrics
 from reach.settings import Settings
@@ -55,11 +57,16 @@ class ReceiptService:
         self.metrics = metrics
         self.clock = clock
         self.store: ReceiptStore | None = None
+        self.tracker: Tracker | None = None
         self.stats: DeliveryStatsStore | None = None
         self._rematcher: asyncio.Task[None] | None = None
 
-    async def open(self, pool: Any, rematch_interval: float = REMATCH_INTERVAL_S) -> None:
+    async def open(
+        self, pool: Any, tracker: Tracker | None = None, rematch_interval: float = REMATCH_INTERVAL_S
+    ) -> None:
+        """``tracker`` gets a ``delivered`` tracking event for each message a receipt delivers."""
         self.store, self.stats = ReceiptStore(pool), DeliveryStatsStore(pool)
+        self.tracker = tracker
         self._rematcher = asyncio.create_task(self._rematch_forever(rematch_interval), name="receipt-rematch")
 
     async def close(self) -> None:
@@ -87,6 +94,9 @@ class ReceiptService:
         for result in results:
             labels = (endpoint.channel, endpoint.name, result.platform, result.outcome.value)
             self.metrics.receipts.labels(*labels).inc()
+        if self.tracker is not None:
+            delivered = [r.message_id for r in results if r.outcome is Outcome.DELIVERED and r.message_id]
+            self.tracker.emit(Kind.DELIVERED, delivered)
 
     async def rematch_once(self) -> int:
         """Apply the unmatched receipts whose send result has arrived since; returns how many."""
@@ -148,7 +158,10 @@ def router(service: ReceiptService, clock: Clock, metrics: ApiMetrics) -> APIRou
         description=(
             "Messages whose latest attempt completed in [from, to), counted once each in the state of "
             "that attempt. success_rate = delivered / (delivered + failed), null when both are 0; "
-            "accepted_rate = (sent + delivered) / messages. from and to are epoch milliseconds or "
+            "accepted_rate = (sent + delivered) / messages. displayed, opened and clicked are the "
+            "engagement funnel: how many of these messages have been displayed (pop-up shown), opened "
+            "(site message read, e-mail open pixel) and clicked (a tracked link), each at most once. "
+            "from and to are epoch milliseconds or "
             "ISO 8601 with an offset; to defaults to now, from to 24 hours before to; at most 31 days."
         ),
         responses=error_responses(400, *AUTHENTICATED),

@@ -16,6 +16,8 @@ from fastapi import Depends, Request
 
 from api.auth import Access
 from api.event_producer import EventProducer
+from api.tracker import Tracker
+from models.phones import PhoneIndex
 from models.popups import PopupStore
 from models.preferences import Preferences
 from models.storage import InboxStore
@@ -33,6 +35,8 @@ class Resources:
     lists: AudienceLists
     preferences: Preferences
     access: Access
+    phones: PhoneIndex  # sender numbers -> users (api/inbound.py)
+    tracker: Tracker
 
 
 async def resources(request: Request) -> Resources:
@@ -65,6 +69,10 @@ async def preferences_service(request: Request) -> Preferences:
     return (await resources(request)).preferences
 
 
+async def tracking_events(request: Request) -> Tracker:
+    return (await resources(request)).tracker
+
+
 AppResources = Annotated[Resources, Depends(resources)]
 Inbox = Annotated[InboxStore, Depends(inbox_store)]
 Popups = Annotated[PopupStore, Depends(popup_store)]
@@ -72,3 +80,4 @@ Producer = Annotated[EventProducer, Depends(event_producer)]
 Tasks = Annotated[TaskStore, Depends(task_store)]
 Lists = Annotated[AudienceLists, Depends(audience_lists)]
 Prefs = Annotated[Preferences, Depends(preferences_service)]
+Tracking = Annotated[Tracker, Depends(tracking_events)]

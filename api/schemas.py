@@ -174,6 +174,11 @@ class DeliveryStatsTotals(BaseModel):
     pending: int  # another attempt is scheduled
     success_rate: float | None  # delivered / (delivered + failed); null when both are 0
     accepted_rate: float | None  # (sent + delivered) / messages; null when messages is 0
+    # The engagement funnel: of these messages, how many have been displayed (pop-up shown),
+    # opened (inbox read, e-mail pixel) and clicked (a tracked link) so far, each at most once.
+    displayed: int
+    opened: int
+    clicked: int
 
 
 class DeliveryStatsGroup(DeliveryStatsTotals):

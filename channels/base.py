@@ -47,6 +47,7 @@ class Rendered:
     title: str
     text: str
     html: str = ""
+    tracking: bool = True  # the template allows tracked links and an open pixel
     kind: str = ""
     details: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -142,10 +143,32 @@ class Provider(abc.ABC):
     #: error codes that mean the recipient opted out of this channel with the provider
     #: (Twilio's 21610: they texted STOP): reach records the opt-out in their preferences
     opt_out_codes: ClassVar[frozenset[str]] = frozenset()
+    #: what it sends reaches a person, who may follow its links: with REACH_LINK_DOMAINS set,
+    #: every link must point to one of them (agents/delivery/linkcheck.py). False for machine
+    #: payloads (webhooks), whose receiver decides what becomes of them.
+    checks_links: ClassVar[bool] = True
+    #: the rendered text (and HTML) is what the recipient sees, so its http(s) links may be
+    #: replaced by tracked ones (agents/delivery/links.py, when REACH_TRACKING_BASE_URL is set)
+    tracked_links: ClassVar[bool] = False
+    #: the rendered HTML is shown as a page: an open pixel in it reports the message opened
+    open_pixel: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         self.config = config
         self.context = context
+
+    @classmethod
+    def contact_fields(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """The contact fields it reads from a message configured as ``config``: its
+        ``address_fields``, unless an option names others (a webhook's ``contact_fields``).
+        Outbox records carry only the fields of their channel's providers."""
+        return cls.address_fields
+
+    def payload_text(self, delivery: Delivery) -> Sequence[str]:
+        """Text it sends for ``delivery`` besides the rendered title, text and html (an SMS
+        template's parameters, WeChat's template data and url), checked for links like them.
+        Called after ``setup``; must not raise (nothing, when the delivery cannot be built)."""
+        return ()
 
     @property
     def name(self) -> str:

@@ -156,6 +156,8 @@ class SmtpProvider(Provider):
     secret_options: ClassVar[frozenset[str]] = frozenset({"password"})
     address_fields: ClassVar[tuple[str, ...]] = ("email",)
     max_content_bytes: ClassVar[int] = 5 * 1024 * 1024  # well under the usual 10-25 MB SIZE limits
+    tracked_links: ClassVar[bool] = True
+    open_pixel: ClassVar[bool] = True  # in the HTML part; a text-only e-mail has none
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)

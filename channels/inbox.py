@@ -16,6 +16,7 @@ class InboxProvider(Provider):
     type_name = "inbox"
     idempotent = True  # stored by message id: a repeat is a no-op
     max_content_bytes = 60_000  # the body is a TEXT column (64 KiB)
+    tracked_links = True  # the app shows the stored body
 
     async def setup(self) -> None:
         if self.context.mysql_pool is None:

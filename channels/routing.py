@@ -35,6 +35,7 @@ class WeightedChooser:
         providers: Sequence[ProviderConfig],
         rng: random.Random | None = None,
         address_fields: Mapping[str, Sequence[str]] | None = None,
+        contact_fields: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not providers:
             raise ValueError("a channel needs at least one provider")
@@ -48,6 +49,9 @@ class WeightedChooser:
         self._rng = rng if rng is not None else random.Random()
         # provider name -> the contact fields it sends to; absent or empty: needs no address
         self._fields = {name: tuple(fields) for name, fields in (address_fields or {}).items() if fields}
+        # the contact fields any provider of the channel reads (default: the address fields)
+        read = contact_fields if contact_fields is not None else self._fields
+        self._carried = frozenset(field for fields in read.values() for field in fields)
 
     def reaches(self, provider: str, contact: Mapping[str, str]) -> bool:
         """Whether ``provider`` can address a user with this contact."""
@@ -57,6 +61,13 @@ class WeightedChooser:
     def can_reach(self, contact: Mapping[str, str]) -> bool:
         """Whether any provider of the channel can address a user with this contact."""
         return any(self.reaches(p.name, contact) for p in self._providers)
+
+    def contact_for(self, contact: Mapping[str, str]) -> dict[str, str]:
+        """The part of ``contact`` a message of this channel carries: the fields its providers
+        read, of every provider (not only the chosen one), so that rerouting around an open
+        breaker or failing over on a retry can still address the user. Nothing else of the
+        user's contact travels on the channel's outbox topic."""
+        return {field: value for field, value in contact.items() if field in self._carried}
 
     @property
     def providers(self) -> tuple[ProviderConfig, ...]:

@@ -259,6 +259,10 @@ class AliyunSmsProvider(HttpProvider[AliyunOptions]):
         [outcome] = await self.send_batch([delivery])
         return outcome
 
+    def payload_text(self, delivery: Delivery) -> Sequence[str]:
+        """The template parameters: the text of the SMS is Aliyun's template filled with them."""
+        return [_as_text(v) for v in delivery.message.variables.values() if _is_scalar(v)]
+
     # -- preparing -----------------------------------------------------------------------------
 
     def _prepare(self, index: int, delivery: Delivery) -> _Sms | Outcome:

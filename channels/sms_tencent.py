@@ -328,6 +328,12 @@ class TencentSmsProvider(HttpProvider[TencentOptions]):
         [outcome] = await self.send_batch([delivery])
         return outcome
 
+    def payload_text(self, delivery: Delivery) -> Sequence[str]:
+        """The template parameters: the text of the SMS is Tencent's template filled with them."""
+        template = self.options.template_for(delivery.message.template)
+        values = _param_values(template.params, delivery.message.variables) if template else ()
+        return values if isinstance(values, tuple) else ()
+
     # -- preparing -----------------------------------------------------------------------------
 
     def _prepare(self, index: int, delivery: Delivery) -> _Sms | Outcome:

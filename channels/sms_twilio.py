@@ -33,8 +33,11 @@ Delivery reports: Twilio posts status callbacks (``MessageSid``,
 ``MessageStatus``, ``ErrorCode``) to ``StatusCallback``, possibly twice or out
 of order, signed with ``X-Twilio-Signature`` under the account's auth token.
 The receipts API (:mod:`api.receipt_config`) checks them with this entry's
-``auth_token`` (keep it set when sending with an API key) and its optional
-``receipt_url``, which is accepted and not used here.
+``auth_token`` (keep it set when sending with an API key), or, for requests a
+Twilio Webhook Setting signs with a SharedKey (HMAC-SHA256), with the secret
+``webhook_shared_keys`` maps that key's id to; its optional ``receipt_url`` and
+``inbound_url`` are accepted and not used here. Inbound messages (STOP / START)
+arrive at ``/v1/inbound/<name>`` under the same checks (:mod:`api.inbound`).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ _OPTION_KEYS = frozenset(
     {
         "account_sid", "auth_token", "api_key_sid", "api_key_secret", "from_number",
         "messaging_service_sid", "status_callback_url",
-        "receipt_url",  # read by the receipts API (api/receipt_config.py), not by the sender
+        # read by the receipts and inbound API (api/receipt_config.py), not by the sender
+        "receipt_url", "inbound_url", "webhook_shared_keys",
     }
 )  # fmt: skip
 
@@ -125,10 +129,13 @@ class TwilioSmsProvider(HttpProvider[TwilioOptions]):
     type_name: ClassVar[str] = "twilio_sms"
     default_base_url: ClassVar[str] = "https://api.twilio.com"
     option_keys: ClassVar[frozenset[str]] = _OPTION_KEYS
-    secret_options: ClassVar[frozenset[str]] = frozenset({"auth_token", "api_key_secret"})
+    secret_options: ClassVar[frozenset[str]] = frozenset(
+        {"auth_token", "api_key_secret", "webhook_shared_keys"}
+    )
     address_fields: ClassVar[tuple[str, ...]] = ("phone",)
     opt_out_codes: ClassVar[frozenset[str]] = frozenset({"21610"})  # the recipient texted STOP
     max_content_bytes: ClassVar[int] = 2048  # Twilio refuses bodies over 1,600 characters
+    tracked_links: ClassVar[bool] = True  # the body is the rendered text
 
     def __init__(self, config: ProviderConfig, context: ProviderContext) -> None:
         super().__init__(config, context)

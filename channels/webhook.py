@@ -99,6 +99,7 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
     #: ``headers`` often carries an ``Authorization`` value, so it is masked as a whole
     secret_options: ClassVar[frozenset[str]] = frozenset({"secret", "headers"})
     address_fields: ClassVar[tuple[str, ...]] = ()
+    checks_links: ClassVar[bool] = False  # a machine payload: the receiver decides what to show
     default_base_url: ClassVar[str] = ""  # none: ``base_url`` is required
     option_keys: ClassVar[frozenset[str]] = frozenset({"path", "secret", "headers", "contact_fields"})
     idempotent: ClassVar[bool] = True
@@ -113,6 +114,11 @@ class WebhookProvider(HttpProvider[WebhookOptions]):
 
     def parse_options(self, reader: OptionReader) -> WebhookOptions:
         return WebhookOptions.parse(reader)
+
+    @classmethod
+    def contact_fields(cls, config: ProviderConfig) -> tuple[str, ...]:
+        """The fields ``contact_fields`` names: the receiver gets those, and needs no address."""
+        return _names(OptionReader(config.options, config.name), "contact_fields")
 
     async def send_one(self, delivery: Delivery) -> Outcome:
         options = self.options

@@ -68,7 +68,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -208,6 +208,15 @@ class WechatTemplateProvider(HttpProvider[WechatOptions]):
     def transport_outcome(self, exc: httpx.HTTPError) -> Outcome:
         outcome = super().transport_outcome(exc)
         return dataclasses.replace(outcome, detail=self._scrub(outcome.detail))
+
+    def payload_text(self, delivery: Delivery) -> Sequence[str]:
+        """The template's data values and its url, as the request carries them."""
+        template = self.options.template_for(delivery.message.template)
+        body = build_body(delivery, "", template) if template is not None else None
+        if not isinstance(body, dict):
+            return ()
+        url = [body["url"]] if "url" in body else []
+        return [*(field["value"] for field in body["data"].values()), *url]
 
     # -- one message -----------------------------------------------------------------------------
 

@@ -14,7 +14,11 @@ Per group:
 * ``success_rate`` = delivered / (delivered + failed), None when both are 0. Meaningful
   for providers that send receipts: elsewhere nothing is ever delivered;
 * ``accepted_rate`` = (sent + delivered) / (messages - suppressed): the share a provider took
-  of the messages offered to it.
+  of the messages offered to it;
+* ``displayed`` / ``opened`` / ``clicked``: the engagement funnel, the messages of the group
+  that have reached that stage by now (``message_engagement``: a pop-up shown, an inbox message
+  read or an e-mail's pixel loaded, a tracked link followed), each message at most once. With
+  ``sent`` and ``delivered`` these are the funnel of the messages sent in the range.
 """
 
 from __future__ import annotations
@@ -45,12 +49,19 @@ class DeliveryCounts:
     unknown: int = 0
     pending: int = 0
     suppressed: int = 0
+    displayed: int = 0
+    opened: int = 0
+    clicked: int = 0
 
-    def add(self, status: str, count: int) -> None:
+    def add(self, status: str, count: int, engaged: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """``count`` messages of ``status``, of which ``engaged`` were displayed, opened, clicked."""
         self.messages += count
         field = _COUNTED.get(status)
         if field is not None:
             setattr(self, field, getattr(self, field) + count)
+        self.displayed += engaged[0]
+        self.opened += engaged[1]
+        self.clicked += engaged[2]
 
     @property
     def success_rate(self) -> float | None:
@@ -102,8 +113,11 @@ class DeliveryStatsStore:
                 where.append(f"r.{column} = %s")
                 args.append(value)
         # The latest attempt: no row of the same message with a higher attempt (primary key lookup).
+        # The engagement rows join by primary key; COUNT(column) counts the stages reached.
         sql = (
-            "SELECT r.channel, r.provider, r.platform, r.status, COUNT(*) FROM delivery_results r "
+            "SELECT r.channel, r.provider, r.platform, r.status, COUNT(*), "
+            "COUNT(e.displayed_at), COUNT(e.opened_at), COUNT(e.clicked_at) FROM delivery_results r "
+            "LEFT JOIN message_engagement e ON e.message_id = r.message_id "
             f"WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM delivery_results n "
             "WHERE n.message_id = r.message_id AND n.attempt > r.attempt) "
             "GROUP BY r.channel, r.provider, r.platform, r.status"
@@ -112,7 +126,8 @@ class DeliveryStatsStore:
             await cur.execute(sql, args)
             rows = await cur.fetchall()
         groups: dict[GroupKey, DeliveryCounts] = {}
-        for channel_name, provider_name, platform, status, count in rows:
+        for channel_name, provider_name, platform, status, count, *engaged in rows:
             key = GroupKey(channel_name, provider_name, platform)
-            groups.setdefault(key, DeliveryCounts()).add(status, int(count))
+            displayed, opened, clicked = (int(n) for n in engaged)
+            groups.setdefault(key, DeliveryCounts()).add(status, int(count), (displayed, opened, clicked))
         return dict(sorted(groups.items(), key=lambda item: dataclasses.astuple(item[0])))

@@ -133,6 +133,7 @@ class DeliveryResult:
     error_code: str = ""
     error: str = ""
     provider_message_id: str = ""
+    category: str = ""  # the message's category: engagement is counted by it
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # the dataclass itself; the status enum encodes as its value

@@ -124,6 +124,14 @@ class PopupStore:
             )
             return await cur.fetchone() is not None
 
+    async def owns(self, user_id: str, message_id: str) -> bool:
+        """Whether the user has this pop-up (shown, dismissed or expired alike)."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT 1 FROM popups WHERE message_id = %s AND user_id = %s", [message_id, user_id]
+            )
+            return await cur.fetchone() is not None
+
 
 def upgraded(platform: str | None, version: str | None) -> Callable[[PopupItem], bool] | None:
     """The ``hidden`` test of a read by an app that says what it is: an upgrade pop-up of

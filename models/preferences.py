@@ -35,7 +35,7 @@ class Preference:
     channel: str  # a channel name or "*"
     category: str  # a category or "*"
     allowed: bool
-    source: str = "api"  # api | unsubscribe | sms_stop | provider
+    source: str = "api"  # api | unsubscribe | provider (error 21610) | twilio_stop | twilio_start
     updated_at: int = 0
 
     @property

@@ -19,12 +19,16 @@ before the worker wrote its send result), or whose latest attempt is
 ``retrying`` (the row of the attempt it is about is still to come), is stored
 as *unmatched*, and :meth:`ReceiptStore.rematch` applies it once the row appears.
 
-Result rows are moved in key order and a transaction the database rolled back
-for a deadlock or a write conflict is run again (``MAX_TRANSACTION_TRIES``).
+A callback's transaction locks in one order: its receipts by digest, its result
+rows by key, then the task counters, by key, in one statement; each locking statement
+names its rows by primary key, so it locks no row it does not name. A
+transaction the database still rolled back for a deadlock or a write conflict
+is run again (``MAX_TRANSACTION_TRIES``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -92,6 +96,7 @@ class ReceiptResult:
     receipt: Receipt
     outcome: Outcome
     platform: str = ""  # of the matched result row, "" when none matched
+    message_id: str = ""  # reach's id of the matched message, "" when none matched
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,9 +275,15 @@ async def _apply(cur: Any, provider: str, receipts: list[Receipt], now_ms: int) 
     results = [ReceiptResult(receipt, Outcome.UNMATCHED) for receipt, row in found if row is None]
     # Row-key order: two callbacks moving the same messages lock their rows in the same order
     # instead of deadlocking on each other.
+    delivered: list[_Row] = []
     for receipt, row in sorted(((r, w) for r, w in found if w is not None), key=_row_key):
         moved = await _move(cur, row, receipt, receipt.reported_at or now_ms)
         results.append(_moved(receipt, row, moved))
+        if moved and receipt.status is ReceiptStatus.DELIVERED:
+            delivered.append(row)
+    # After every result row, not between them: a counter locked in the middle would be held
+    # while this transaction waits for the next result row, in no order shared with others.
+    await _count_task_deliveries(cur, delivered)
     return results
 
 
@@ -308,29 +319,32 @@ async def _move(cur: Any, row: _Row, receipt: Receipt, at_ms: int) -> bool:
             *MOVABLE,
         ],
     )
-    moved = bool(cur.rowcount)
-    if moved and receipt.status is ReceiptStatus.DELIVERED:
-        await _count_task_delivery(cur, row)
-    return moved
+    return bool(cur.rowcount)
 
 
-async def _count_task_delivery(cur: Any, row: _Row) -> None:
-    """A reach task's message confirmed delivered adds to the task's ``delivered`` count, in
-    the transaction that moved its row (so a receipt applied once counts once)."""
-    task_no = task_no_of(row.rule_id)
-    if task_no is not None:
-        await cur.execute(
-            "INSERT INTO task_counts (task_no, channel, status, n) VALUES (%s, %s, 'delivered', 1) "
-            "ON DUPLICATE KEY UPDATE n = n + 1",
-            [task_no, row.channel],
-        )
+async def _count_task_deliveries(cur: Any, delivered: Sequence[_Row]) -> None:
+    """Reach task messages confirmed delivered add to their tasks' ``delivered`` counts, in
+    the transaction that moved their rows (so a receipt applied once counts once). One
+    statement, in key order, so concurrent transactions lock the counters in the same order."""
+    counts = collections.Counter(
+        (task_no, row.channel) for row in delivered if (task_no := task_no_of(row.rule_id)) is not None
+    )
+    if not counts:
+        return
+    keys = sorted(counts)
+    marks = ",".join(["(%s, %s, 'delivered', %s)"] * len(keys))
+    await cur.execute(
+        f"INSERT INTO task_counts (task_no, channel, status, n) VALUES {marks} "
+        "ON DUPLICATE KEY UPDATE n = n + VALUES(n)",
+        [v for key in keys for v in (*key, counts[key])],
+    )
 
 
 def _moved(receipt: Receipt, row: _Row, moved: bool) -> ReceiptResult:
     if not moved:
-        return ReceiptResult(receipt, Outcome.STALE, row.platform)
+        return ReceiptResult(receipt, Outcome.STALE, row.platform, row.message_id)
     outcome = Outcome.DELIVERED if receipt.status is ReceiptStatus.DELIVERED else Outcome.FAILED
-    return ReceiptResult(receipt, outcome, row.platform)
+    return ReceiptResult(receipt, outcome, row.platform, row.message_id)
 
 
 async def _set_outcomes(cur: Any, provider: str, outcomes: Sequence[tuple[str, Outcome]]) -> None:
@@ -340,8 +354,13 @@ async def _set_outcomes(cur: Any, provider: str, outcomes: Sequence[tuple[str, O
         groups.setdefault(stored, []).append(digest)
     groups.pop(Outcome.UNMATCHED.value, None)  # inserted as unmatched already
     for stored, digests in groups.items():
+        # FORCE INDEX: on a table it believes small the optimizer scans the whole primary key
+        # instead, and under REPEATABLE READ that scan locks every row it passes, other
+        # callbacks' uncommitted receipts included: a deadlock with any of them. Key lookups
+        # lock only this transaction's own rows, which it holds already.
         await cur.execute(
-            f"UPDATE receipts SET outcome = %s WHERE provider = %s AND receipt_hash IN ({_marks(digests)})",
+            "UPDATE receipts FORCE INDEX (PRIMARY) SET outcome = %s "
+            f"WHERE provider = %s AND receipt_hash IN ({_marks(digests)})",
             [stored, provider, *digests],
         )
 
@@ -368,6 +387,8 @@ async def _rematch_one(conn: Any, cur: Any, item: _Stored, row: _Row) -> Receipt
         result = None
         if current is not None and current[0] == Outcome.UNMATCHED.value:
             moved = await _move(cur, row, item.receipt, item.receipt.reported_at or item.received_at)
+            if moved and item.receipt.status is ReceiptStatus.DELIVERED:
+                await _count_task_deliveries(cur, [row])
             result = _moved(item.receipt, row, moved)
             await _set_outcomes(cur, item.provider, [(item.digest, result.outcome)])
         await conn.commit()

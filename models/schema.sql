@@ -25,6 +25,17 @@ CREATE TABLE IF NOT EXISTS user_app_versions (
   PRIMARY KEY (user_id, platform)
 );
 
+-- Profile phone numbers -> users, for signals that name only a number (Twilio's STOP).
+-- phone_hash = hex HMAC-SHA256(REACH_PHONE_INDEX_KEY, the E.164 number): never the number.
+-- Written with the profiles, in their transaction (models/phones.py).
+CREATE TABLE IF NOT EXISTS phone_index (
+  phone_hash  CHAR(64)     NOT NULL,
+  user_id     VARCHAR(128) NOT NULL,
+  updated_at  BIGINT       NOT NULL,
+  PRIMARY KEY (phone_hash, user_id),
+  KEY idx_phone_index_user (user_id)
+);
+
 CREATE TABLE IF NOT EXISTS segment_members (
   segment     VARCHAR(64)  NOT NULL,
   user_id     VARCHAR(128) NOT NULL,
@@ -77,6 +88,7 @@ CREATE TABLE IF NOT EXISTS delivery_results (
   attempted_at         BIGINT       NOT NULL,
   completed_at         BIGINT       NOT NULL,
   receipt_at           BIGINT       NULL,      -- ms; when a provider receipt made the row final
+  category             VARCHAR(32)  NOT NULL DEFAULT '',
   PRIMARY KEY (message_id, attempt),
   KEY idx_results_completed (completed_at),
   KEY idx_results_user (user_id, completed_at),
@@ -130,6 +142,19 @@ CREATE TABLE IF NOT EXISTS popups (
   details       TEXT         NULL,     -- JSON: an upgrade's platform, minimum_version, upgrade_url
   PRIMARY KEY (message_id),
   KEY idx_popups_user_until (user_id, show_until)
+);
+
+-- Engagement per message: when it first reached each stage after it was sent, from the
+-- tracking topic (models/tracking.py). Each time is set once (a repeated open, a replayed
+-- event changes nothing), so a stage counts a message at most once. Labels (channel,
+-- provider, platform, category) are the message's delivery_results row's.
+CREATE TABLE IF NOT EXISTS message_engagement (
+  message_id    VARCHAR(64)  NOT NULL,
+  delivered_at  BIGINT       NULL,
+  displayed_at  BIGINT       NULL,
+  opened_at     BIGINT       NULL,
+  clicked_at    BIGINT       NULL,
+  PRIMARY KEY (message_id)
 );
 
 -- Addresses and device tokens a provider declared dead (bad number, unregistered

@@ -21,7 +21,9 @@ import orjson
 import pymysql
 
 from models.messages import DeliveryResult
+from models.phones import PhoneHasher, rebuild, replace_rows
 from models.profiles import UserProfile
+from reach.clock import SystemClock
 from reach.settings import Settings
 
 # TiDB advises 100-500 rows per transaction; MariaDB is happy with it too.
@@ -67,11 +69,14 @@ async def migrate(settings: Settings) -> None:
                 )
                 await cur.execute(f"USE `{settings.mysql_database}`")
                 counters_existed = await _table_exists(cur, settings.mysql_database, "inbox_unread")
+                phones_existed = await _table_exists(cur, settings.mysql_database, "phone_index")
                 for statement in schema_statements():
                     await cur.execute(statement)
                 await _upgrade(cur, settings.mysql_database)
                 if not counters_existed:
                     await cur.execute(UNREAD_BACKFILL)
+                if not phones_existed:  # profiles stored before the index existed
+                    await rebuild(cur, PhoneHasher.from_settings(settings), SystemClock().now_ms())
     finally:
         pool.close()
         await pool.wait_closed()
@@ -97,6 +102,7 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "ADD INDEX idx_results_rule_user (rule_id, user_id, message_id)",
     ),
     ("receipts", "column", "reported_at", "ADD COLUMN reported_at BIGINT NOT NULL DEFAULT 0"),
+    ("delivery_results", "column", "category", "ADD COLUMN category VARCHAR(32) NOT NULL DEFAULT ''"),
     (
         "inbox_messages",
         "index",
@@ -417,11 +423,13 @@ def _items(result: DeliveryResult) -> list[tuple[str, Any]]:
 
 
 class ProfileStore:
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, phones: PhoneHasher | None = None) -> None:
         self.pool = pool
+        self.phones = phones  # None: the phone index is not kept (tests of other tables)
 
     async def apply(self, profiles: Sequence[UserProfile], now_ms: int) -> None:
-        """Persist the latest profile of each user, with its segment memberships."""
+        """Persist the latest profile of each user, with its segment memberships and its
+        phone index row, in one transaction."""
         latest = {p.user_id: p for p in profiles}
         live = [p for p in latest.values() if not p.deleted]
         async with self.pool.acquire() as conn, conn.cursor() as cur:
@@ -432,6 +440,8 @@ class ProfileStore:
                 await _delete_versions(cur, [p.user_id for p in latest.values() if p.deleted])
                 await _insert_profiles(cur, live, now_ms)
                 await _insert_memberships(cur, live, now_ms)
+                if self.phones is not None:
+                    await replace_rows(cur, self.phones, list(latest), live, now_ms)
                 await conn.commit()
             except BaseException:
                 await conn.rollback()

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         send.set_defaults(run=runner)
     db = sub.add_parser("db", help="database").add_subparsers(title="db commands")
     db.add_parser("migrate", help="create the database and tables").set_defaults(run=_db_migrate)
+    db.add_parser(
+        "reindex-phones", help="index the profiles' phones again under REACH_PHONE_INDEX_KEY (after a change)"
+    ).set_defaults(run=_db_reindex_phones)
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(title="topics commands")
     topics.add_parser("create", help="create the topics").set_defaults(run=_topics_create)
     channels = sub.add_parser(
@@ -210,6 +213,23 @@ def _db_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
     asyncio.run(migrate(settings))
     print(f"database {settings.mysql_database!r} is up to date")
+    return 0
+
+
+def _db_reindex_phones(settings: Settings, _args: argparse.Namespace) -> int:
+    from models.phones import PhoneHasher, reindex
+    from models.storage import create_pool
+    from reach.clock import SystemClock
+
+    async def run() -> int:
+        pool = await create_pool(settings, maxsize=1)
+        try:
+            return await reindex(pool, PhoneHasher.from_settings(settings), SystemClock().now_ms())
+        finally:
+            pool.close()
+            await pool.wait_closed()
+
+    print(f"indexed the phones of {asyncio.run(run())} profiles")
     return 0
 
 

@@ -6,7 +6,8 @@ the alert rules and ``docs/operations.md`` are checked against them
 (``tests/unit/test_metric_defs.py``). A name used anywhere else must be here.
 
 Labels are bounded sets (channel, provider, outcome, reason, status,
-platform, route, topic, partition, group): never a user id, address or token.
+platform, category, kind, route, topic, partition, group): never a user id,
+address, URL or token.
 """
 
 from __future__ import annotations
@@ -203,6 +204,19 @@ METRICS: tuple[MetricDef, ...] = (
         "step",
         "reason",
     ),
+    # -- worker: engagement (agents/tracking.py). kind: delivered, displayed, opened, clicked.
+    _c(
+        "reach_engagement",
+        "Messages that reached an engagement stage for the first time, by the labels of their send",
+        "kind",
+        "channel",
+        "provider",
+        "platform",
+        "category",
+    ),
+    # outcome: first (recorded a stage), repeat (the stage was already recorded), unmatched
+    # (recorded, but the message has no send result to label it by), bad (did not decode)
+    _c("reach_tracking_events", "Tracking events consumed, by what they did", "kind", "outcome"),
     # -- API
     _h(
         "reach_api_request_seconds",
@@ -222,9 +236,34 @@ METRICS: tuple[MetricDef, ...] = (
         "status",
         process="api",
     ),
+    # result: accepted (on the tracking topic), dropped (Kafka did not take it in time),
+    # refused (a tracking link that does not verify)
+    _c(
+        "reach_api_tracking_events",
+        "Tracking events from opens, clicks, pop-up displays, inbox reads and receipts",
+        "kind",
+        "result",
+        process="api",
+    ),
     _c(
         "reach_receipts_rejected",
-        "Receipt callbacks refused, by reason (bad_signature, bad_token, not_configured, bad_body)",
+        "Receipt callbacks refused, by reason (bad_signature, bad_token, unknown_key, not_configured, ...)",
+        "provider",
+        "reason",
+        process="api",
+    ),
+    _c(
+        "reach_inbound_messages",
+        "Incoming SMS a provider forwarded (POST /v1/inbound), by opt-out keyword type "
+        "(stop, start, help, none) and what reach did (applied, unknown_number, ignored)",
+        "provider",
+        "opt_out",
+        "outcome",
+        process="api",
+    ),
+    _c(
+        "reach_inbound_rejected",
+        "Incoming-message webhooks refused, by reason (bad_signature, unknown_key, bad_algorithm, ...)",
         "provider",
         "reason",
         process="api",

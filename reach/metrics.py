@@ -8,6 +8,7 @@ such as failed / attempted has a value before the first failure.
 
 from __future__ import annotations
 
+import itertools
 import platform as _platform
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
@@ -31,6 +32,9 @@ __all__ = ["LATENCY_BUCKETS", "ApiMetrics", "WorkerMetrics", "build", "platform_
 
 #: outcomes of a failed attempt (channels.base.OutcomeKind without ``sent``)
 FAILED_OUTCOMES = ("retry", "permanent", "invalid_address", "unknown")
+#: the engagement stages (models.tracking.Kind), and what a tracking event may do
+ENGAGEMENT_KINDS = ("delivered", "displayed", "opened", "clicked")
+TRACKING_OUTCOMES = ("first", "repeat", "unmatched")
 
 
 def build(registry: CollectorRegistry, name: str) -> Any:
@@ -117,6 +121,8 @@ class WorkerMetrics:
         # step: channel.<name>; reason: bad_outbox_record, result_refused. Events and
         # profiles that fail alone are counted by reach_events_dead_lettered{reason}.
         self.items_refused = build(registry, "reach_items_refused")
+        self.engagement = build(registry, "reach_engagement")
+        self.tracking_events = build(registry, "reach_tracking_events")
         for result in ("ok", "refused"):
             self.rules_reloads.labels(result)
 
@@ -130,6 +136,20 @@ class WorkerMetrics:
                 self.items_refused.labels(f"channel.{channel}", reason)
             for provider in names:
                 self._start_provider(channel, provider)
+
+    def start_engagement_series(
+        self, providers: Mapping[str, Sequence[str]], categories: Sequence[str]
+    ) -> None:
+        """Engagement series at zero for every stage of every provider, platform and category."""
+        for kind, outcome in itertools.product(ENGAGEMENT_KINDS, TRACKING_OUTCOMES):
+            self.tracking_events.labels(kind, outcome)
+        self.tracking_events.labels("", "bad")  # a record that does not decode has no kind
+        sends = [(channel, provider) for channel, names in providers.items() for provider in names]
+        platforms, groups = (*PLATFORMS, "other"), (*categories, "other")
+        for kind, (channel, provider), platform, category in itertools.product(
+            ENGAGEMENT_KINDS, sends, platforms, groups
+        ):
+            self.engagement.labels(kind, channel, provider, platform, category)
 
     def _start_provider(self, channel: str, provider: str) -> None:
         for counter in (self.delivery_attempts, self.messages_dead_lettered, self.messages_throttled):
@@ -151,7 +171,16 @@ class ApiMetrics:
         # it yet), duplicate (the same receipt again). platform is "" unless a result row matched.
         self.receipts = build(registry, "reach_receipts")
         self.receipts_rejected = build(registry, "reach_receipts_rejected")
+        # Incoming messages (api/inbound.py): opt-out keywords become preferences
+        self.inbound_messages = build(registry, "reach_inbound_messages")
+        self.inbound_rejected = build(registry, "reach_inbound_rejected")
         # Access (api/auth.py, api/rate_limit.py)
         self.auth_refused = build(registry, "reach_api_auth_refused")
         self.rate_limited = build(registry, "reach_api_rate_limited")
         self.rate_limit_unavailable = build(registry, "reach_api_rate_limit_unavailable")
+        self.tracking_events = build(registry, "reach_api_tracking_events")
+        for kind in ENGAGEMENT_KINDS:
+            for result in ("accepted", "dropped"):
+                self.tracking_events.labels(kind, result)
+        for kind in ("opened", "clicked"):  # only links can be refused
+            self.tracking_events.labels(kind, "refused")

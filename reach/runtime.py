@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from channels.routing import WeightedChooser
 from models.addresses import DeadAddressStore
 from models.cancel_markers import CANCEL_GRACE_MS, CancelMarkers
 from models.cap_counts import CapCounts
+from models.phones import PhoneHasher
 from models.policies import Policies, load_policies
 from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
@@ -26,6 +28,7 @@ from models.upgrades import UpgradeTarget, upgrade_targets
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
+from rules.links import LinkDomains
 from rules.loader import Categories, RuleLimits
 from rules.reloader import RuleReloader
 
@@ -43,6 +46,7 @@ class Runtime:
     choosers: dict[str, WeightedChooser] = dataclasses.field(default_factory=dict)
     taskgate: TaskGate = dataclasses.field(default_factory=TaskGate)  # opened by start()
     policies: Policies = dataclasses.field(default_factory=Policies)
+    link_domains: LinkDomains | None = None  # None: links are not checked
     #: per platform, the minimum app version and upgrade URL (REACH_MIN_APP_VERSIONS, REACH_UPGRADE_URLS)
     upgrades: dict[str, UpgradeTarget] = dataclasses.field(default_factory=dict)
     # Opened by start():
@@ -76,11 +80,14 @@ class Runtime:
             ),
             categories=Categories(settings.category_names, settings.default_category),
         )
-        metrics.start_series({name: [p.name for p in c.providers] for name, c in channels.channels.items()})
+        providers = {name: [p.name for p in c.providers] for name, c in channels.channels.items()}
+        metrics.start_series(providers)
+        metrics.start_engagement_series(providers, settings.category_names)
         runtime = cls(settings, channels, rules, registry, metrics, clock or SystemClock())
         runtime.choosers = {name: chooser_for(channel) for name, channel in channels.channels.items()}
         runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)
         runtime.policies = load_policies(settings.policies_file, settings.category_names)
+        runtime.link_domains = link_domains_of(settings)
         runtime.upgrades = upgrade_targets(settings.min_app_versions, settings.upgrade_urls)
         return runtime
 
@@ -101,7 +108,7 @@ class Runtime:
         )
         await self.redis.ping()
         self.results = ResultStore(self.mysql_pool)
-        self.profiles = ProfileStore(self.mysql_pool)
+        self.profiles = ProfileStore(self.mysql_pool, PhoneHasher.from_settings(self.settings))
         self.throttle = WindowThrottle(self.redis, s.redis_prefix)
         self.sent = SentMarkers(self.redis, s.redis_prefix, s.sent_marker_ttl)
         self.deferred = DeferredQueue(self.redis, s.redis_prefix)
@@ -138,7 +145,18 @@ class Runtime:
             await self.mysql_pool.wait_closed()
 
 
+def link_domains_of(settings: Settings) -> LinkDomains | None:
+    """REACH_LINK_DOMAINS and reach's own host (its unsubscribe links), or None when unset;
+    raises ``ValueError`` naming an entry that is not a host name."""
+    if not settings.link_domains:
+        return None
+    own = urllib.parse.urlsplit(settings.public_url).hostname
+    return LinkDomains.parse([*settings.link_domains, *([own] if own else [])])
+
+
 def chooser_for(channel: ChannelConfig) -> WeightedChooser:
-    """The channel's weighted chooser, aware of which contact field each provider sends to."""
+    """The channel's weighted chooser, aware of which contact fields each provider sends to
+    and reads."""
     fields = {p.name: provider_class(p.type).address_fields for p in channel.providers}
-    return WeightedChooser(channel.providers, address_fields=fields)
+    read = {p.name: provider_class(p.type).contact_fields(p) for p in channel.providers}
+    return WeightedChooser(channel.providers, address_fields=fields, contact_fields=read)

@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     unsubscribe_keys: SecretStr = SecretStr("change-me")
     unsubscribe_token_days: int = Field(730, ge=1)  # how long a link in an old e-mail keeps working
+    # The key of the phone -> user index (models/phones.py): the same in the worker and the
+    # API; after changing it, `reach db reindex-phones`.
+    phone_index_key: SecretStr = SecretStr("change-me")
+    # Hosts the links of a message may point to (rules/links.py), a JSON list:
+    # ["shop.example", "*.shop.example"]; public_url's host is always allowed. Empty: links
+    # are not checked, so an event property can put any URL into a message: set it in production.
+    link_domains: tuple[str, ...] = ()
+    # Engagement tracking (docs/operations.md "Engagement"): where tracked links and the e-mail
+    # open pixel point (the API's public address, e.g. https://t.example.com); empty: links are
+    # left as written and no pixel is added. The HMAC keys sign the links (comma-separated,
+    # newest first: the newest signs, every one verifies).
+    tracking_base_url: str = ""
+    tracking_keys: SecretStr = SecretStr("change-me")
 
     # HTTP API
     api_host: str = "127.0.0.1"
@@ -152,6 +165,11 @@ class Settings(BaseSettings):
     @property
     def results_topic(self) -> str:
         return self.topic("results")
+
+    @property
+    def tracking_topic(self) -> str:
+        """Engagement events (delivered, displayed, opened, clicked), keyed by message id."""
+        return self.topic("tracking")
 
     def outbox_topic(self, channel: str) -> str:
         return self.topic(f"outbox.{channel}")

@@ -26,6 +26,7 @@ from rules.expr import (
     Has,
     Node,
     Not,
+    Present,
     lookup,
     parse_expression,
 )
@@ -71,6 +72,8 @@ def evaluate(node: Node, fact: Mapping[str, Any]) -> bool:
     if isinstance(node, Has):
         values = lookup(fact, node.path)
         return isinstance(values, list | tuple) and node.member in values
+    if isinstance(node, Present):
+        return lookup(fact, node.path) is not None
     if isinstance(node, Not):
         return not evaluate(node.child, fact)
     if isinstance(node, AllOf):

@@ -10,7 +10,10 @@ Like the worker, validation refuses files over the size limits before parsing
 them and channel names the channels file does not define (``--channels``,
 default the worker's ``REACH_CHANNELS_FILE``); it also renders every template
 against a sample event and reports sandbox violations and output over the
-sandbox's ceiling (see :mod:`rules.rendercheck`).
+sandbox's ceiling (see :mod:`rules.rendercheck`). It also warns, as
+``path:line: warning: ...`` on the error stream without failing, about
+variables a trigger's template uses that its ``when`` does not guarantee
+(see :mod:`rules.variables`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from rules.errors import RuleSetError
 from rules.loader import RuleLimits, load_rulebook
 from rules.model import RuleBook
 from rules.rendercheck import render_problems
+from rules.variables import variable_warnings
 
 EXIT_OK, EXIT_REFUSED, EXIT_NO_CHANNELS = 0, 1, 2
 
@@ -78,6 +82,8 @@ def _validate_one(
             print(error, file=err)
         return False
     print(f"OK {path}: {book.summary()}", file=out)
+    for warning in variable_warnings(book):
+        print(warning, file=err)
     return True
 
 

@@ -72,15 +72,19 @@ class ExpressionError(RulesError):
 
 
 class TemplateRenderError(RulesError):
-    """A template failed at render time (bad filter input, sandbox refusal...).
+    """A template failed at render time (a missing variable, bad filter input, sandbox
+    refusal...).
 
     Permanent for this message: rendering it again gives the same error.
+    ``missing_variable`` is the path of the variable the message lacked
+    (``properties.amount``), or ``""`` when something else failed.
     """
 
-    def __init__(self, template_id: str, field: str, reason: str) -> None:
+    def __init__(self, template_id: str, field: str, reason: str, missing_variable: str = "") -> None:
         self.template_id = template_id
         self.field = field
         self.reason = reason
+        self.missing_variable = missing_variable
         super().__init__(f"template {template_id!r} {field}: {reason}")
 
 

@@ -11,6 +11,7 @@ durable-rules does the matching. Supported::
     "vip" in segments                       "literal" in / not in list-of-strings field
     version(device.app_version) >= version("1.9.0")   semantic version order (rules/versions.py)
     version(app_version.ios) < version("1.9.0")       the profile's last known version per platform
+    has(properties.order_id)                the field is present (not absent, not null)
     not (...), ... and ..., ... or ...      with parentheses
 
 Literals: strings, ints (64-bit), floats written without an exponent, booleans
@@ -23,6 +24,8 @@ Semantics (two-valued, so ``not`` is exact):
   ints and floats compare as numbers; booleans only equal booleans.
 - ``x != v`` is ``not (x == v)``: true when ``x`` is absent.
 - ``"vip" in segments`` is false when ``segments`` is absent or not a list.
+- ``has(x)`` is true when ``x`` holds any value but null, of any type: what a
+  trigger tests with it, its template may print without a default.
 - ``version(x) OP version("...")`` reads a value that is not a version as absent: every
   ordering and ``==`` are false, ``!=`` is true (its negation); such values are
   counted (:attr:`Projection.unparsable_versions`). Comparing a field named like
@@ -31,9 +34,10 @@ Semantics (two-valued, so ``not`` is exact):
 
 How facts reach durable-rules: :class:`Projection` flattens a nested fact into
 the flat keys the rule set uses, one key per (field path, value type), e.g.
-``properties.amount`` holding a number becomes ``properties__amount:n``, and a
+``properties.amount`` holding a number becomes ``properties__amount:n``, a
 list of strings becomes one ``true`` flag per tested member, e.g.
-``segments:has:vip``. Typed keys are how type mismatches read as "absent":
+``segments:has:vip``, and a field tested with ``has`` a ``true`` flag
+``properties__order_id:present``. Typed keys are how type mismatches read as "absent":
 durable-rules itself compares ``"abc" > 5`` as true and ``0 == ""`` as true.
 Only the keys the rules reference are posted, so arbitrary ``properties``
 never reach durable-rules' 250-properties-per-fact limit.
@@ -160,6 +164,13 @@ class Has:
 
 
 @dataclasses.dataclass(frozen=True)
+class Present:
+    """``has(path)``: the field holds a value other than null."""
+
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
 class Not:
     child: Node
 
@@ -174,7 +185,7 @@ class AnyOf:
     children: tuple[Node, ...]
 
 
-Node: TypeAlias = Cmp | Has | Not | AllOf | AnyOf
+Node: TypeAlias = Cmp | Has | Present | Not | AllOf | AnyOf
 
 
 # --- keys and values as posted to durable-rules -----------------------------------
@@ -205,6 +216,11 @@ def view_key(path: Path, tag: str) -> str:
 def member_key(path: Path, member: str) -> str:
     """The flag key set when the list at ``path`` contains ``member``: ``segments:has:vip``."""
     return PATH_SEPARATOR.join(path) + ":has:" + _escape_member(member)
+
+
+def present_key(path: Path) -> str:
+    """The flag key set when ``path`` holds a value other than null: ``properties__x:present``."""
+    return PATH_SEPARATOR.join(path) + ":present"
 
 
 def _escape_member(member: str) -> str:
@@ -303,7 +319,9 @@ class Projection:
         views: dict[Path, dict[str, str]] = {}
         members: dict[Path, dict[str, str]] = {}
         versions: dict[Path, str] = {}
+        present: dict[Path, str] = {}
         for condition in conditions:
+            present.update((path, present_key(path)) for path in condition.present)
             for path, tag in condition.views:
                 if tag == TAG_VERSION:
                     versions[path] = view_key(path, tag)
@@ -314,13 +332,14 @@ class Projection:
         self._views = tuple(views.items())
         self._members = tuple((path, tuple(by_member.items())) for path, by_member in members.items())
         self._versions = tuple(versions.items())
+        self._present = tuple(present.items())
         #: facts whose value for a ``version(...)`` field was present but not a version
         self.unparsable_versions = 0
 
     @property
     def max_keys(self) -> int:
         """Most keys a projected fact can carry (one view per path, every flag)."""
-        views = len(self._views) + len(self._versions)
+        views = len(self._views) + len(self._versions) + len(self._present)
         return 1 + views + sum(len(members) for _, members in self._members)
 
     def project(self, fact: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,6 +361,9 @@ class Projection:
                         out[key] = True
         for path, key in self._versions:
             self._project_version(out, key, lookup(fact, path))
+        for path, key in self._present:
+            if lookup(fact, path) is not None:
+                out[key] = True
         return out
 
     def _project_version(self, out: dict[str, Any], key: str, value: Any) -> None:
@@ -374,6 +396,7 @@ class Condition:
     leading: tuple[str, str] | None
     views: frozenset[tuple[Path, str]]
     members: frozenset[tuple[Path, str]]
+    present: frozenset[Path] = frozenset()  # the paths tested with has(...)
 
     def definition(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.definition_json)
@@ -392,7 +415,7 @@ def compile_expression(source: str, schema: FactSchema) -> Condition:
             f"expression expands to {branches} alternatives for the rule engine "
             f"(limit {MAX_BRANCHES_PER_RULE}); split it into several rules"
         )
-    views, members = _references(node)
+    views, members, present = _references(node)
     return Condition(
         source=source,
         definition_json=json.dumps(definition, ensure_ascii=False, sort_keys=True),
@@ -400,6 +423,7 @@ def compile_expression(source: str, schema: FactSchema) -> Condition:
         leading=_leading(parts[0]),
         views=frozenset(views),
         members=frozenset(members),
+        present=frozenset(present),
     )
 
 
@@ -447,6 +471,8 @@ class _Parser:
             return Not(self.condition(node.operand))
         if isinstance(node, ast.Compare):
             return self.compare(node)
+        if isinstance(node, ast.Call) and _is_call(node, "has"):
+            return Present(self.path(node.args[0]))
         raise self.fail(node, f'{_describe(node)} is not a condition; compare a field, e.g. name == "x"')
 
     def compare(self, node: ast.Compare) -> Node:
@@ -611,10 +637,15 @@ def _is_field(node: ast.expr) -> bool:
 
 
 def _is_version_call(node: ast.expr) -> bool:
+    return _is_call(node, "version")
+
+
+def _is_call(node: ast.expr, name: str) -> bool:
+    """``name(x)``: one positional argument, no keywords."""
     return (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
-        and node.func.id == "version"
+        and node.func.id == name
         and len(node.args) == 1
         and not node.keywords
     )
@@ -664,8 +695,8 @@ def _emit(node: Node, positive: bool, schema: FactSchema) -> dict[str, Any]:
     """durable-rules JSON for ``node`` (or its negation), negations pushed to the leaves."""
     if isinstance(node, Cmp):
         return _emit_cmp(node) if positive else _emit_not_cmp(node)
-    if isinstance(node, Has):
-        key = member_key(node.path, node.member)
+    if isinstance(node, Has | Present):
+        key = member_key(node.path, node.member) if isinstance(node, Has) else present_key(node.path)
         return {key: True} if positive else {"$nex": {key: 1}}
     if isinstance(node, Not):
         return _emit(node.child, not positive, schema)
@@ -767,9 +798,10 @@ def _leading(part: Mapping[str, Any]) -> tuple[str, str] | None:
     return key, json.dumps(value)
 
 
-def _references(node: Node) -> tuple[set[tuple[Path, str]], set[tuple[Path, str]]]:
+def _references(node: Node) -> tuple[set[tuple[Path, str]], set[tuple[Path, str]], set[Path]]:
     views: set[tuple[Path, str]] = set()
     members: set[tuple[Path, str]] = set()
+    present: set[Path] = set()
     stack: list[Node] = [node]
     while stack:
         current = stack.pop()
@@ -777,8 +809,10 @@ def _references(node: Node) -> tuple[set[tuple[Path, str]], set[tuple[Path, str]
             views.add((current.path, _cmp_tag(current)))
         elif isinstance(current, Has):
             members.add((current.path, current.member))
+        elif isinstance(current, Present):
+            present.add(current.path)
         elif isinstance(current, Not):
             stack.append(current.child)
         else:
             stack.extend(current.children)
-    return views, members
+    return views, members, present

@@ -95,6 +95,7 @@ TEMPLATE_KEYS = _Keys(
         "description",
         "min_app_version",
         "fallback",
+        "tracking",
         "kind",
         "minimum_version",
         "upgrade_url",
@@ -413,6 +414,7 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
     }
     _text(ctx, body, "description", required=False)
     min_version, fallback, fallback_channel = _app_version_gate(ctx, body)
+    tracking = _flag(ctx, body, "tracking", default=True)
     upgrade = _upgrade_fields(ctx, body)
     if ctx.count > before:
         return None
@@ -424,6 +426,7 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
         f"{ctx.path}:{line}",
         min_version,
         fallback,
+        tracking,
         fallback_channel,
         **upgrade,
     )
@@ -514,6 +517,14 @@ def _text(ctx: _Context, item: LocatedMap, key: str, required: bool = True, defa
         return default
     if required and not value.strip():
         ctx.error(item.line_of(key), f"'{key}' must not be empty")
+    return value
+
+
+def _flag(ctx: _Context, item: LocatedMap, key: str, default: bool) -> bool:
+    value = item.get(key, default)
+    if not isinstance(value, bool):
+        ctx.error(item.line_of(key), f"'{key}' must be true or false, got {_type_name(value)}")
+        return default
     return value
 
 

@@ -119,6 +119,9 @@ class Template:
     source: str = dataclasses.field(default="<memory>", compare=False)
     min_app_version: str = ""
     fallback: str = ""
+    #: false: its messages get no tracked links and no open pixel (a password reset link
+    #: must not pass through a redirect, nor its secret sit in reach's tracking token)
+    tracking: bool = True
     fallback_channel: str = ""
     kind: str = ""
     minimum_version: str = ""
@@ -155,6 +158,7 @@ class Template:
             title=render_field(title, context, self.id, "title"),
             text=render_field(text, context, self.id, "text"),
             html=render_field(html, context, self.id, "html") if html is not None else "",
+            tracking=self.tracking,
         )
 
 
@@ -224,6 +228,21 @@ def content_for(
             return ContentChoice(None, "app_version_too_old", "skip")
         current, taken = templates.get(current.fallback), "template"
     return ContentChoice(None, "unknown_template", taken)
+
+
+def fallback_channels(templates: Mapping[str, Template], template_id: str) -> tuple[str, ...]:
+    """The channels an app too old for ``template_id`` may get its content on instead (along
+    its chain of template fallbacks): a message carries their contact fields too."""
+    channels: list[str] = []
+    current = templates.get(template_id)
+    for _ in range(MAX_FALLBACKS + 1):
+        if current is None or not current.min_app_version:
+            break
+        if current.fallback_channel:
+            channels.append(current.fallback_channel)
+            break
+        current = templates.get(current.fallback)
+    return tuple(channels)
 
 
 def _lands_on(template: Template, channel: str) -> bool:

@@ -27,6 +27,7 @@ import structlog
 from rules.engine import RuleEngine
 from rules.errors import RuleFileError, RuleSetError
 from rules.loader import Categories, RuleLimits, load_rulebook, rule_files
+from rules.variables import variable_warnings
 
 DirectoryFingerprint = tuple[tuple[str, int, int], ...] | str
 
@@ -136,6 +137,15 @@ class RuleReloader:
             channel_rules=len(book.channel_rules),
             templates=len(book.templates),
         )
+        for warning in variable_warnings(book):
+            self._log.warning(
+                "rules.variable_not_guaranteed",
+                path=warning.path,
+                line=warning.line,
+                trigger=warning.trigger,
+                template=warning.template,
+                variables=list(warning.variables),
+            )
 
     def _refused(self, exc: RuleSetError) -> None:
         for error in exc.errors:

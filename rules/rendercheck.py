@@ -7,21 +7,28 @@ would fail every message of such a template, so validation reports them as
 ``file:line: reason`` (the line of the template's id).
 
 Only problems that do not depend on the event are reported. A missing variable
-is not one: rules default optional fields, and the sample event cannot hold
-every property a rule may read. Other runtime errors (a filter given a value of
-the wrong type) depend on the event's data and are not reported either.
+is not one: the sample event cannot hold every property a rule may read, so a
+variable it lacks is filled with an empty, lenient value and the field rendered
+again, which lets a sandbox violation after it still be found (whether the
+trigger guarantees a variable is :mod:`rules.variables`' question). Other
+runtime errors (a filter given a value of the wrong type) depend on the event's
+data and are not reported either.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import jinja2
 from jinja2.sandbox import SecurityError
+from jinja2.utils import missing
 
 from rules.errors import RuleFileError, TemplateRenderError
 from rules.model import Template
+from rules.templating import MissingVariableError
 
 __all__ = ["SAMPLE_CONTEXT", "render_problems"]
 
@@ -62,9 +69,40 @@ def render_problems(
     return [
         _as_file_error(template, error)
         for template in templates
-        for error in template.render_errors(context)
+        for error in _errors_past_missing(template, context)
         if _reportable(error)
     ]
+
+
+#: missing variables filled in per template before giving up on finding more
+MAX_FILLS = 64
+
+
+def _errors_past_missing(template: Template, context: Mapping[str, Any]) -> list[TemplateRenderError]:
+    """The template's render errors once every variable the sample lacks is filled in."""
+    sample = _plain(context)
+    for _ in range(MAX_FILLS):
+        errors = template.render_errors(sample)
+        missing_ones = [e.__cause__ for e in errors if isinstance(e.__cause__, MissingVariableError)]
+        if not missing_ones or not all(_fill(sample, cause) for cause in missing_ones):
+            return errors
+    return template.render_errors(sample)
+
+
+def _plain(value: Any) -> Any:
+    """A mutable deep copy (mapping proxies become dicts), so missing variables can be added."""
+    if isinstance(value, Mapping):
+        return {key: _plain(child) for key, child in value.items()}
+    return copy.deepcopy(value)
+
+
+def _fill(sample: dict[str, Any], cause: MissingVariableError) -> bool:
+    """Put an empty, lenient value where ``cause`` found nothing; False when it cannot be placed."""
+    owner = sample if cause.owner is missing else cause.owner
+    if not isinstance(owner, dict) or not isinstance(cause.variable, str) or cause.variable in owner:
+        return False
+    owner[cause.variable] = jinja2.ChainableUndefined(name=cause.variable)
+    return True
 
 
 def _reportable(error: TemplateRenderError) -> bool:

@@ -1,11 +1,14 @@
 """Jinja2 set-up for message templates: sandboxed, bounded, compiled at load time.
 
 Two sandboxed environments: ``title`` and ``text`` are plain text (no
-escaping), ``html`` is autoescaped. Undefined values render as empty strings
-and chain (``{{ device.platform | default('the web') }}`` works when the event
-has no ``device`` at all), and ``None`` renders as an empty string, because
-event properties are optional by nature. Syntax errors are found when the rule
-file is loaded, never at send time.
+escaping), ``html`` is autoescaped. A variable the message does not have may be
+tested (``{% if properties.coupon %}``, ``is defined``), given a default
+(``{{ device.platform | default('the web') }}``, which works when the event has
+no ``device`` at all), but printing it, looping over it or computing with it
+fails the message with :class:`MissingVariableError` naming it: rendered as an
+empty string it left gaps such as "your payment of 980 ." that nobody noticed.
+A property sent as ``null`` is there and renders as an empty string. Syntax
+errors are found when the rule file is loaded, never at send time.
 
 The sandbox also has a size ceiling, :data:`MAX_RENDERED_CHARS` per field: no
 template can build a string or list larger than that, nor render more text
@@ -30,10 +33,18 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.nodes import Concat, EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import missing
 
 from rules.errors import TemplateRenderError
 
-__all__ = ["MAX_RENDERED_CHARS", "RenderLimitError", "compile_source", "render_field"]
+__all__ = [
+    "MAX_RENDERED_CHARS",
+    "MissingVariableError",
+    "RenderLimitError",
+    "compile_source",
+    "parse_source",
+    "render_field",
+]
 
 # 256 KiB of text per field: far above any message a channel sends (SMS 1.6 k,
 # push 4 k, email bodies tens of k) and far below MariaDB's max_allowed_packet.
@@ -52,6 +63,45 @@ class RenderLimitError(SecurityError):
 
     Permanent: the same template and context fail the same way.
     """
+
+
+class MissingVariableError(jinja2.UndefinedError):
+    """A template printed, looped over or computed with a variable the message lacks.
+
+    Permanent: the same template and context fail the same way. ``variable`` is the
+    missing name (an attribute or key), ``owner`` the object it was looked up in
+    (``jinja2.utils.missing`` for a top-level name).
+    """
+
+    def __init__(self, message: str | None = None, *, variable: Any = None, owner: Any = missing) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.owner = owner
+
+
+class _Missing(jinja2.ChainableUndefined):
+    """A missing variable: chains and is false, fails when used for anything else.
+
+    Like ``StrictUndefined`` it refuses ``str``, ``iter`` and ``len`` (the base class
+    already refuses arithmetic, comparisons and calls), but it stays false in a test and
+    chains like ``ChainableUndefined``, so ``{% if properties.coupon %}`` and
+    ``{{ device.platform | default('the web') }}`` work without ``device``.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: str | None = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
+        if exc is jinja2.UndefinedError:  # every refusal names the variable, whichever raises it
+            exc = functools.partial(MissingVariableError, variable=name, owner=obj)  # type: ignore[assignment]
+        super().__init__(hint, obj, name, exc)
+
+    __str__ = __iter__ = __len__ = jinja2.Undefined._fail_with_undefined_error
 
 
 def _refuse(what: str, size: int, limit: int) -> RenderLimitError:
@@ -272,7 +322,7 @@ def _environment(autoescape: bool, max_chars: int = MAX_RENDERED_CHARS) -> _Boun
     return _BoundedEnvironment(
         max_chars,
         autoescape=autoescape,
-        undefined=jinja2.ChainableUndefined,
+        undefined=_Missing,
         finalize=_finalize,
         keep_trailing_newline=False,
     )
@@ -288,12 +338,21 @@ def compile_source(source: str, html: bool) -> jinja2.Template:
     return (_HTML_ENV if html else _TEXT_ENV).from_string(source)
 
 
+def parse_source(source: str) -> jinja2.nodes.Template:
+    """The syntax tree of one template field (for analysis; html and text parse alike)."""
+    return _TEXT_ENV.parse(source)
+
+
 def render_field(template: jinja2.Template, context: Mapping[str, Any], template_id: str, field: str) -> str:
     """Render one compiled field, at most :data:`MAX_RENDERED_CHARS` characters;
     any failure (a :class:`RenderLimitError` included) becomes
-    :class:`TemplateRenderError`, with the original as ``__cause__``."""
+    :class:`TemplateRenderError`, with the original as ``__cause__``; for a
+    :class:`MissingVariableError` its ``missing_variable`` is the variable's path."""
     try:
         return _bounded_render(template, context)
+    except MissingVariableError as exc:
+        path = variable_path(exc, context)
+        raise TemplateRenderError(template_id, field, f"variable {path!r} is missing", path) from exc
     except jinja2.TemplateError as exc:
         raise TemplateRenderError(template_id, field, exc.message or type(exc).__name__) from exc
     except Exception as exc:  # template code is author input: any error is a bad template
@@ -311,3 +370,35 @@ def _bounded_render(template: jinja2.Template, context: Mapping[str, Any]) -> st
             raise RenderLimitError(f"the rendered text is over the limit of {limit} characters")
         parts.append(part)
     return "".join(parts)
+
+
+def variable_path(error: MissingVariableError, context: Mapping[str, Any]) -> str:
+    """The dotted path of the missing variable, ``properties.amount``, found by looking for the
+    object it was looked up in among the context's values (a few levels deep, only on failure)."""
+    name = error.variable if error.variable is not None else "?"
+    if error.owner is missing:
+        return str(name)
+    where = _find(context, error.owner, _FIND_DEPTH)
+    prefix = ".".join(where) + "." if where else ""
+    return f"{prefix}{name}" if isinstance(name, str) else f"{prefix.rstrip('.')}[{name!r}]"
+
+
+_FIND_DEPTH = 4
+
+
+def _find(value: Any, target: Any, depth: int) -> list[str] | None:
+    """The keys leading from ``value`` to the very object ``target``; [] for ``value`` itself."""
+    if value is target:
+        return []
+    if depth <= 0:
+        return None
+    children: Iterable[tuple[Any, Any]] = ()
+    if isinstance(value, Mapping):
+        children = value.items()
+    elif isinstance(value, list | tuple):
+        children = enumerate(value)
+    for key, child in children:
+        found = _find(child, target, depth - 1)
+        if found is not None:
+            return [str(key), *found]
+    return None

@@ -5,6 +5,7 @@
       └─> dlq    │ profile table                    │  └─> results topic + delivery_results
     segments ──> segments agent ──> user_profiles   └─> deferred queue (Redis) ──> pump ──> outbox
     task runs (MariaDB) ──> task runner (leader timer) ──> outbox.<channel>
+    tracking (API: receipts, opens, clicks, displays) ──> tracking agent ──> message_engagement
 
 Wiring only; each agent lives in its own module under ``agents/``.
 """
@@ -18,7 +19,7 @@ import faust
 import structlog
 
 from agents import channel as channel_agent
-from agents import deferred, segments, tasks, trigger
+from agents import deferred, segments, tasks, tracking, trigger
 from reach.runtime import Runtime
 from reach.settings import Settings
 from streams.consumer import GuardedConsumer, GuardedTransport
@@ -73,6 +74,7 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
     topics = {
         "events": app.topic(settings.events_topic),
         "segments": app.topic(settings.segments_topic),
+        "tracking": app.topic(settings.tracking_topic),
     }
     # key_type/value_type bytes make faust read the changelog back raw on recovery; with
     # only a raw Schema it writes raw but recovers with its JSON default and stalls.
@@ -87,6 +89,7 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
     )
     trigger.register(app, topics["events"], runtime, profiles)
     segments.register(app, topics["segments"], runtime, profiles)
+    tracking.register(app, topics["tracking"], runtime)
     for name, config in runtime.channels.channels.items():
         topics[f"outbox.{name}"] = app.topic(settings.outbox_topic(name))
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)

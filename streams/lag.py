@@ -10,7 +10,7 @@ either: the API runs one process per core, and each would report the same
 lag.
 
 Only the topics the worker consumes as streams are measured (events,
-segments, every channel's outbox). The profile table's changelog is read
+segments, tracking, every channel's outbox). The profile table's changelog is read
 from the start at every recovery and never committed, so it is no lag and
 stays apart, as do Kafka's own ``__`` topics.
 """
@@ -61,7 +61,8 @@ def partition_lags(
 
 def stream_topics(settings: Settings, channels: Iterable[str]) -> list[str]:
     """The topics the worker's group consumes and commits."""
-    return [settings.events_topic, settings.segments_topic] + [settings.outbox_topic(c) for c in channels]
+    streams = [settings.events_topic, settings.segments_topic, settings.tracking_topic]
+    return streams + [settings.outbox_topic(c) for c in channels]
 
 
 class BrokerOffsets:

@@ -21,6 +21,7 @@ def topic_names(settings: Settings, channels: Iterable[str]) -> list[str]:
         settings.dead_letter_topic,
         settings.results_topic,
         settings.delivery_dead_letter_topic,
+        settings.tracking_topic,
     ]
     return names + [settings.outbox_topic(channel) for channel in channels]
 

@@ -1,6 +1,6 @@
 """The steps a channel agent runs on each batch, one module per step.
 
-    dedup -> route -> throttle -> dead addresses -> render -> send -> record;  persist
+    dedup -> route -> throttle -> dead addresses -> render (link check) -> send -> record;  persist
 
 Each step takes the dependencies it needs, built once, and the batch's
 :class:`~agents.delivery.batch.BatchOutcome`, which collects what the batch

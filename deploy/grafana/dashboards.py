@@ -128,6 +128,19 @@ SERVICE = Board(
             (("max by (channel, provider) (reach_provider_circuit_state)", "{{channel}}/{{provider}}"),),
         ),
         Panel(
+            "Tracking events by outcome",
+            "ops",
+            (
+                ("sum by (kind, outcome) (rate(reach_tracking_events_total[5m]))", "{{kind}} {{outcome}}"),
+                (
+                    "sum by (kind, result) (rate(reach_api_tracking_events_total[5m]))",
+                    "API {{kind}} {{result}}",
+                ),
+            ),
+            description="Consumed by the worker (first, repeat, unmatched, bad) and emitted by the API "
+            "(accepted, dropped while Kafka is unavailable, refused links).",
+        ),
+        Panel(
             "Rule reloads",
             "short",
             (("sum by (result) (increase(reach_rules_reloads_total[1h]))", "{{result}}"),),
@@ -140,6 +153,17 @@ SUCCESS = (
     "sum by (channel, provider) (rate(reach_messages_sent_total[10m])) + "
     'sum by (channel, provider) (rate(reach_messages_failed_total{outcome!="retry"}[10m])))'
 )
+
+ENGAGED = 'increase(reach_engagement_total{kind=~"opened|clicked"}[1h])'
+
+
+def engagement_rate(kind: str) -> str:
+    """The share of the hour's sent messages of a channel that reached ``kind`` in the hour."""
+    return (
+        f'sum by (channel) (increase(reach_engagement_total{{kind="{kind}"}}[1h])) / '
+        "(sum by (channel) (increase(reach_messages_sent_total[1h])) > 0)"
+    )
+
 
 BUSINESS = Board(
     "reach-business",
@@ -174,6 +198,40 @@ BUSINESS = Board(
                     "{{channel}} {{platform}}",
                 ),
             ),
+        ),
+        Panel(
+            "Engagement funnel by channel: sent, delivered, displayed, opened, clicked",
+            "short",
+            (
+                ("sum by (channel) (increase(reach_messages_sent_total[1h]))", "sent {{channel}}"),
+                ("sum by (kind, channel) (increase(reach_engagement_total[1h]))", "{{kind}} {{channel}}"),
+            ),
+            description="Each message counts once per stage, the first time it reaches it.",
+        ),
+        Panel(
+            "Open and click rate by channel",
+            "percentunit",
+            (
+                (engagement_rate("opened"), "opened {{channel}}"),
+                (engagement_rate("clicked"), "clicked {{channel}}"),
+            ),
+            description="Stages reached in the hour over messages sent in the hour: an approximation of "
+            "the funnel; GET /v1/stats/delivery has the exact one per send cohort.",
+        ),
+        Panel(
+            "Opened and clicked by device platform",
+            "short",
+            ((f"sum by (kind, platform) ({ENGAGED})", "{{kind}} {{platform}}"),),
+        ),
+        Panel(
+            "Opened and clicked by provider",
+            "short",
+            ((f"sum by (kind, channel, provider) ({ENGAGED})", "{{kind}} {{channel}}/{{provider}}"),),
+        ),
+        Panel(
+            "Engagement by category",
+            "short",
+            (("sum by (kind, category) (increase(reach_engagement_total[1h]))", "{{kind}} {{category}}"),),
         ),
         Panel(
             "Delivery success rate by channel and provider (objective 80%)",

@@ -16,12 +16,12 @@ from tests.integration.harness import bearer, create_key, free_port, settings_en
 class ApiProcess:
     """Start with :meth:`start`; :meth:`wait_serving` waits for it, :meth:`stop` ends it."""
 
-    def __init__(self, settings: Settings, log_path: Path, workers: int | None = None) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
+        """``args`` are added to ``reach api``: ``"--workers", "1"`` runs no uvicorn supervisor,
+        whose health pings kill a child slow to start on a loaded machine."""
         self.settings = settings.model_copy(update={"api_port": free_port()})
+        self.args = args
         self.log_path = log_path
-        # --workers 1 runs without uvicorn's supervisor, whose health pings kill a child
-        # that is slow to start on a loaded machine
-        self.workers = workers
         self.base_url = f"http://127.0.0.1:{self.settings.api_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.headers: dict[str, str] = {}
@@ -33,11 +33,11 @@ class ApiProcess:
 
     def start(self) -> ApiProcess:
         env = {**os.environ, **settings_env(self.settings)}
-        args = [sys.executable, "-m", "reach.cli", "api"]
-        if self.workers is not None:
-            args += ["--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reach.cli", "api", *self.args],
+                env=env, stdout=log, stderr=log, cwd=REPO_ROOT,
+            )  # fmt: skip
         return self
 
     def log(self) -> str:

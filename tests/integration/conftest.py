@@ -144,7 +144,10 @@ class Api:
 
 @pytest.fixture(scope="session")
 def api(pipeline: Pipeline) -> Iterator[Api]:
-    """``reach api`` in a subprocess, on the shared pipeline's database and topics."""
+    """``reach api --workers 1`` in a subprocess, on the shared pipeline's database and topics.
+    One process: uvicorn's supervisor kills children slow to answer its health ping, which at
+    load 20+ here kept the API from ever serving (``tests/integration/test_api_workers.py``
+    covers several processes)."""
     import os
     import sys
 
@@ -157,8 +160,9 @@ def api(pipeline: Pipeline) -> Iterator[Api]:
     env = {**os.environ, **settings_env(pipeline.settings), "REACH_API_PORT": str(port)}
     log = open(pipeline.tmp / "api.log", "ab")  # noqa: SIM115 - owned by the subprocess
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reach.cli", "api"], env=env, stdout=log, stderr=log, cwd=REPO_ROOT
-    )
+        [sys.executable, "-m", "reach.cli", "api", "--workers", "1"],
+        env=env, stdout=log, stderr=log, cwd=REPO_ROOT,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -167,8 +171,10 @@ def api(pipeline: Pipeline) -> Iterator[Api]:
         except httpx.HTTPError:
             return proc.poll() is not None
 
-    wait_until(healthy, 30, "the API to answer /healthz")
-    assert proc.poll() is None, (pipeline.tmp / "api.log").read_text()
-    yield Api(base, proc, headers)
-    proc.terminate()
-    proc.wait(30)
+    try:
+        wait_until(healthy, 60, "the API to answer /healthz")
+        assert proc.poll() is None, (pipeline.tmp / "api.log").read_text()
+        yield Api(base, proc, headers)
+    finally:  # a start that timed out must not leave the process behind
+        proc.terminate()
+        proc.wait(30)

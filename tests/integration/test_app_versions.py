@@ -70,7 +70,7 @@ def gated(
     overrides = {"min_app_versions": "ios=1.9.0", "upgrade_urls": f"ios={IOS_URL},android={ANDROID_URL}"}
     p = start_pipeline(tmp, smtp_server, overrides)
     served = (
-        ApiProcess(p.settings, tmp / "api.log", workers=1)
+        ApiProcess(p.settings, tmp / "api.log", "--workers", "1")
         .with_key("tasks:write", "inbox:read")
         .start()
         .wait_serving(60)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from models.messages import message_id_for
+from models.outbox import unpack
 from models.storage import migrate
 from reach.settings import Settings
 from tests.integration.harness import (
@@ -60,11 +61,21 @@ triggers:
   - {id: t-bot, when: 'name == "t_bot"', template: note, channels: [bots], dedup_key: "{event_id}"}
   - {id: t-sms, when: 'name == "t_sms"', template: note, channels: [sms], dedup_key: "{event_id}"}
   - {id: t-push, when: 'name == "t_push"', template: note, channels: [push], dedup_key: "{event_id}"}
+  - id: t-all
+    when: 'name == "t_all"'
+    template: note
+    channels: [hooks, solo, wechat, bots, sms, push]
+  - {id: t-link, when: 'name == "t_link"', template: linked, channels: [bots]}
+  - {id: t-link-hook, when: 'name == "t_link_hook"', template: linked, channels: [exempt]}
 templates:
   note:
     title: "Note {{ properties.n }}"
     text: "Hello {{ user_id }}, this is note {{ properties.n }}."
+  linked:
+    title: "Your order"
+    text: "Open {{ properties.url }}"
 """
+LINK_DOMAINS = ("shop.example",)
 
 
 @dataclasses.dataclass
@@ -72,6 +83,7 @@ class Servers:
     hook_a: WebhookServer
     hook_b: WebhookServer
     solo: WebhookServer
+    exempt: WebhookServer  # links are not checked in webhook payloads
     wechat: WechatServer
     feishu: FeishuServer
     dingtalk: DingtalkServer
@@ -114,7 +126,10 @@ def channels_yaml(servers: Servers) -> str:
             provider("hook-a", "webhook", servers.hook_a.provider_options(), HOOK_WEIGHTS["hook-a"]),
             provider("hook-b", "webhook", servers.hook_b.provider_options(), HOOK_WEIGHTS["hook-b"]),
         ],
-        "solo": [provider("solo", "webhook", servers.solo.provider_options())],
+        "solo": [
+            provider("solo", "webhook", {**servers.solo.provider_options(), "contact_fields": ["email"]})
+        ],
+        "exempt": [provider("exempt", "webhook", servers.exempt.provider_options())],
         "wechat": [provider("wechat-mp", "wechat_template", servers.wechat.provider_options())],
         "bots": [
             provider("feishu", "feishu_bot", servers.feishu.provider_options()),
@@ -142,6 +157,7 @@ def servers() -> Iterator[Servers]:
         hook_a=WebhookServer().start(),
         hook_b=WebhookServer().start(),
         solo=WebhookServer().start(),
+        exempt=WebhookServer().start(),
         wechat=WechatServer().start(),
         feishu=FeishuServer().start(),
         dingtalk=DingtalkServer().start(),
@@ -170,6 +186,7 @@ def pp(tmp_path_factory: pytest.TempPathFactory, servers: Servers) -> Iterator[P
         retry_cap_ms=1000,
         breaker_failures=3,
         breaker_cooldown_ms=600_000,
+        link_domains=LINK_DOMAINS,
     )
     asyncio.run(migrate(settings))
     worker = WorkerProcess(settings, tmp / "worker.log").start()
@@ -422,3 +439,68 @@ def test_twilio_21610_records_an_sms_opt_out_and_the_next_sms_is_suppressed(pp: 
     wait_until(lambda: len(rows()) == 2 * len(users), 60, "the second SMS of every user")
     suppressed = {user for user, status, code in rows() if (status, code) == ("suppressed", "opted_out")}
     assert suppressed == stopped
+
+
+def test_outbox_records_carry_only_the_contact_fields_of_their_channel(pp: ProviderPipeline) -> None:
+    everything = {
+        "email": "all@example.com",
+        "phone": "+8613800099999",
+        "fcm_token": "fcm-token-all",
+        "apns_token": device_token(99),
+        "wechat_openid": "o-all",
+    }
+    add_profiles(pp, {"contact-all": everything})
+    pp.send("t_all", 1, "contact-all", user="contact-all")
+    expected = {
+        "hooks": {},
+        "solo": {"email": everything["email"]},  # the fields its contact_fields option names
+        "wechat": {"wechat_openid": everything["wechat_openid"]},
+        "bots": {},
+        "sms": {"phone": everything["phone"]},
+        "push": {"fcm_token": everything["fcm_token"], "apns_token": everything["apns_token"]},
+    }
+    for channel, contact in expected.items():
+        records = read_topic_until(
+            pp.settings, pp.settings.outbox_topic(channel), lambda got: bool(_messages_of(got, "contact-all"))
+        )
+        [message] = _messages_of(records, "contact-all")
+        assert message["contact"] == contact, channel
+
+
+def _messages_of(records: list[tuple[bytes | None, bytes]], user: str) -> list[dict[str, Any]]:
+    return [m for _key, value in records for m in unpack(value) if m["user_id"] == user]
+
+
+def test_a_link_outside_the_link_domains_fails_the_message_and_nothing_is_sent(pp: ProviderPipeline) -> None:
+    links = {"link-good": "https://shop.example/order/1", "link-evil": "https://shop.example@evil.example/x"}
+    produce_json(
+        pp.settings,
+        pp.settings.events_topic,
+        [event(e, "link-user", "t_link", url=url) for e, url in links.items()]
+        + [event("link-hook", "link-user", "t_link_hook", url=links["link-evil"])],
+    )
+    rows = wait_until(
+        lambda: (
+            (
+                r := pp.db.query(
+                    "SELECT message_id, status, error_code, error FROM delivery_results"
+                    " WHERE user_id = 'link-user'"
+                )
+            )
+            and len(r) == 3
+            and r
+        ),
+        60,
+        "the three link results",
+    )
+    by_id = {message_id: (status, code, error) for message_id, status, code, error in rows}
+    assert by_id[message_id_for("t-link", "t-link:link-good", "bots")][:2] == ("sent", "")
+    assert by_id[message_id_for("t-link", "t-link:link-evil", "bots")] == (
+        "failed",
+        "link_not_allowed",
+        "a link in the text points to 'evil.example', which is not in REACH_LINK_DOMAINS",
+    )
+    assert by_id[message_id_for("t-link-hook", "t-link-hook:link-hook", "exempt")][:2] == ("sent", "")
+    posted = [r.body for server in (pp.servers.feishu, pp.servers.dingtalk) for r in server.requests]
+    assert sum(b"shop.example/order/1" in body for body in posted) == 1
+    assert not any(b"evil.example" in body for body in posted)

@@ -5,6 +5,8 @@ answers nothing and each message has one attempt, so every e-mail fails for good
 Prometheus scrapes the three processes every second with reach's own rule files.
 
 - every panel query of both dashboards returns data;
+- a site message read and a tracked link followed are counted in Prometheus by the labels
+  of the message's send;
 - ReachDeliverySuccessLow fires for email/smtp-local and Alertmanager posts it to the local
   PrometheusAlert stand-in, which checks the URL conventions and the payload;
 - a dead worker inhibits its lag alerts (alerts posted to Alertmanager's API).
@@ -26,11 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.grafana.dashboards import BOARDS
 from models.storage import migrate
+from models.tracking_links import LinkSigner
 from reach.settings import REPO_ROOT, Settings
 from tests.integration.harness import (
     Db,
     WorkerProcess,
+    bearer,
     clear_redis,
+    create_key,
     event,
     free_port,
     make_settings,
@@ -141,6 +146,19 @@ def traffic(settings: Settings, api_port: int) -> None:
     httpx.get(f"http://127.0.0.1:{api_port}/v1/users/obs-0/inbox", timeout=5)
 
 
+def engage(settings: Settings, api_port: int) -> None:
+    """obs-1's site message read, and a link reach signed for it followed: an open and a
+    click through the tracking topic, counted by the labels of the message's send."""
+    base = f"http://127.0.0.1:{api_port}"
+    sent = "SELECT message_id FROM delivery_results WHERE user_id = 'obs-1' AND channel = 'inbox'"
+    [(message_id,)] = wait_until(lambda: Db(settings).query(sent), 60, "obs-1's site message sent")
+    backend = bearer(create_key(settings, "inbox:read"))  # the app's backend marks it read
+    read = httpx.post(f"{base}/v1/users/obs-1/inbox/{message_id}/read", headers=backend, timeout=5)
+    assert read.status_code == 204, read.text
+    token = LinkSigner.from_settings(settings).click_token(message_id, "https://shop.reach.test/")
+    assert httpx.get(f"{base}/v1/t/c/{token}", timeout=5).status_code == 302
+
+
 def profiles_loaded(settings: Settings, users: list[str]) -> bool:
     rows = Db(settings).query("SELECT COUNT(*) FROM user_profiles WHERE user_id IN %s", (tuple(users),))
     return bool(rows and rows[0][0] == len(users))
@@ -167,6 +185,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process
             # Scraped once before the traffic, so the first increase is seen (rate needs two samples).
             wait_until(lambda: len(prometheus.query("up == 1")) == 3, 30, "every target scraped")
             traffic(processes.settings, processes.api_port)
+            engage(processes.settings, processes.api_port)
             yield processes, prometheus, alertmanager, receiver
     finally:
         processes.stop()
@@ -190,6 +209,26 @@ def test_every_dashboard_panel_returns_data(observed: tuple[Processes, Any, Any,
         except AssertionError:
             empty.append(f"{uid} / {title}: {expr}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_opens_and_clicks_reach_prometheus_by_the_labels_of_their_send(
+    observed: tuple[Processes, Any, Any, Any],
+) -> None:
+    _, prometheus, _, _ = observed
+    query = (
+        "sum by (kind, channel, provider, platform, category) "
+        '(reach_engagement_total{kind=~"opened|clicked"}) > 0'
+    )
+    found = wait_until(lambda: len(prometheus.query(query)) == 2 and prometheus.query(query), 60, query)
+    labels = {
+        tuple(r["metric"][k] for k in ("kind", "channel", "provider", "platform", "category")) for r in found
+    }
+    assert labels == {
+        ("opened", "inbox", "mariadb", "ios", "notification"),
+        ("clicked", "inbox", "mariadb", "ios", "notification"),
+    }
+    accepted = 'sum(reach_api_tracking_events_total{result="accepted"}) >= 2'
+    assert wait_until(lambda: prometheus.query(accepted), 30, accepted)
 
 
 def test_a_failing_provider_fires_the_delivery_alert_and_prometheusalert_gets_it(

@@ -123,6 +123,29 @@ def test_a_replayed_event_sends_nothing_twice(pipeline: Pipeline) -> None:
     assert [r[2] for r in results(pipeline, user) if r[0] == "email"] == ["sent"]
 
 
+def test_inbox_and_email_outbox_records_carry_only_what_their_channel_needs(pipeline: Pipeline) -> None:
+    user = "pii-1"
+    contact = {"email": "pii@example.com", "phone": "+15550101", "fcm_token": "f", "wechat_openid": "o"}
+    produce_json(
+        pipeline.settings,
+        pipeline.settings.segments_topic,
+        [{"user_id": user, "segments": [], "contact": contact}],
+    )
+    wait_until(
+        lambda: pipeline.db.query("SELECT 1 FROM user_profiles WHERE user_id = %s", [user]), 30, "profile"
+    )
+    produce_json(pipeline.settings, pipeline.settings.events_topic, [event("signup-pii-1", user, "signup")])
+    for channel, expected in (("inbox", {}), ("email", {"email": "pii@example.com"})):
+        records = read_topic_until(
+            pipeline.settings,
+            pipeline.settings.outbox_topic(channel),
+            lambda got: any(m["user_id"] == user for _, v in got for m in unpack(v)),
+        )
+        [message] = [m for _, v in records for m in unpack(v) if m["user_id"] == user]
+        assert message["contact"] == expected, channel
+    wait_until(lambda: pipeline.smtp.messages_to("pii@example.com"), 30, "the welcome email")
+
+
 def test_a_user_without_email_gets_only_the_inbox_message(pipeline: Pipeline) -> None:
     user = "bob-1"
     add_profile(pipeline, user, None)

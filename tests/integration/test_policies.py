@@ -1,5 +1,7 @@
-"""Send-time policies against the real stack: exact caps across workers, preferences'
-Redis copy, the whole unsubscribe flow, and a preference changed while messages wait."""
+"""Send-time policies against the real stack: exact caps across workers (two of them in one
+process, and two worker processes taking the flooded user over from each other),
+preferences' Redis copy, the whole unsubscribe flow, and a preference changed while
+messages wait."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.delivery.batch import BatchOutcome
 from agents.delivery.caps import Caps
@@ -29,7 +32,15 @@ from reach.clock import SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
 from tests.integration.conftest import Api, Pipeline, start_pipeline, stop_pipeline
-from tests.integration.harness import Db, event, produce_json, unique_run_id, wait_until
+from tests.integration.harness import (
+    Db,
+    WorkerProcess,
+    event,
+    free_port,
+    produce_json,
+    unique_run_id,
+    wait_until,
+)
 from tests.support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
@@ -237,6 +248,72 @@ def test_a_flood_for_one_user_sends_the_cap_and_suppresses_the_rest(capped: Pipe
     assert sorted(set(rows)) == [("sent", ""), ("suppressed", "frequency_cap")]
     assert sum(status == "sent" for status, _ in rows) == 3
     assert len(capped.smtp.messages_to(address)) == 3
+
+
+def worker_count(worker: WorkerProcess, name: str, **labels: str) -> float:
+    """A counter of one worker process, from its own /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{worker.settings.worker_metrics_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def sent_by(worker: WorkerProcess) -> float:
+    return worker_count(worker, "reach_messages_sent_total", channel="email")
+
+
+def test_two_worker_processes_flooding_one_user_send_exactly_the_cap(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    """Two ``reach worker`` processes in one group, marketing capped at 3 a day. The user's
+    partition lives on one of them: it sends 2, stops, and the other takes the user over
+    mid-flood and may send exactly 1 more; restarted, the first forgets nothing."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("categories:\n  marketing:\n    caps: [{limit: 3, per: day}]\n")
+    p = start_pipeline(tmp_path, smtp_server, {"policies_file": policies})
+    other = p.settings.model_copy(
+        update={"worker_metrics_port": free_port(), "data_dir": tmp_path / "worker-2"}
+    )
+    workers = [p.worker, WorkerProcess(other, tmp_path / "worker-2.log", p.worker.extra_env)]
+    user, address = "two-workers", "two-workers@example.com"
+    try:
+        workers[1].start()
+        add_profile(p, user, address)
+        produce_json(
+            p.settings, p.settings.events_topic, [event(f"tw-{n}", user, "test_promo", n=n) for n in range(2)]
+        )
+        wait_until(lambda: len(p.smtp.messages_to(address)) == 2, 60, "the first two e-mails")
+        owner, heir = sorted(workers, key=sent_by, reverse=True)
+        assert sent_by(owner) == 2 and sent_by(heir) == 0
+        owner.stop()  # the user's partitions move to the other worker
+        flood = [event(f"tw-{n}", user, "test_promo", n=n) for n in range(2, 62)]
+        produce_json(p.settings, p.settings.events_topic, flood)
+        wait_until(lambda: len(results(p, user)) >= 62, 90, "a result for every message")
+        assert sorted(set(results(p, user))) == [("sent", ""), ("suppressed", "frequency_cap")]
+        sent = p.db.query(
+            "SELECT COUNT(DISTINCT message_id) FROM delivery_results WHERE user_id = %s AND status = 'sent'",
+            [user],
+        )
+        assert sent == [(3,)]
+        assert len(p.smtp.messages_to(address)) == 3
+        assert sent_by(heir) == 1  # the heir continued the owner's count, it did not start at 0
+        held = worker_count(heir, "reach_messages_held_total", reason="frequency_cap", channel="email")
+        assert held == 59
+        owner.start()  # a restart forgets nothing, whichever worker gets the user back
+        produce_json(
+            p.settings,
+            p.settings.events_topic,
+            [event(f"tw-{n}", user, "test_promo", n=n) for n in range(62, 67)],
+        )
+        wait_until(lambda: len(results(p, user)) >= 67, 90, "the results after the restart")
+        assert sum(status == "sent" for status, _ in results(p, user)) == 3
+        assert len(p.smtp.messages_to(address)) == 3
+    finally:
+        workers[1].stop()
+        stop_pipeline(p)
 
 
 def test_an_opt_out_while_messages_wait_to_be_sent_stops_them(capped: Pipeline) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import random
 import time
 import urllib.parse
 import uuid
@@ -39,6 +40,7 @@ from reach.metrics import ApiMetrics
 from reach.settings import Settings
 from tests.integration.conftest import RECEIPT_TOKEN, RECEIPT_TWILIO_TOKEN, Api, Pipeline
 from tests.integration.harness import Db, bearer, new_key, unique_run_id
+from tests.support.providers.twilio import SharedKey, TwilioServer
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +49,8 @@ ALIYUN_TOKEN = "aliyun-receipt-token-0123456789"
 TENCENT_TOKEN = "tencent-receipt-token-9876543210"
 WEBHOOK_SECRET = "webhook-secret-for-tests"
 BASE = "http://reach.test"
+SHARED_KEY = SharedKey()
+TWILIO = TwilioServer(auth_token=TWILIO_TOKEN)  # not started: it only signs webhooks here
 
 CHANNELS = f"""
 channels:
@@ -63,6 +67,11 @@ channels:
         options:
           auth_token: "{TWILIO_TOKEN}"
           receipt_url: "https://public.example/reach/v1/receipts/twilio-proxied"
+      - name: twilio-shared
+        type: twilio_sms
+        options:
+          auth_token: "{TWILIO_TOKEN}"
+          webhook_shared_keys: {{"{SHARED_KEY.sid}": "{SHARED_KEY.secret}"}}
       - name: twilio eu
         type: twilio_sms
         options: {{auth_token: "{TWILIO_TOKEN}"}}
@@ -289,6 +298,29 @@ async def test_twilio_bad_signature_is_refused_and_changes_nothing(client: httpx
         await metric(client, "reach_receipts_rejected_total", provider="twilio-main", reason="bad_signature")
         == 2
     )
+
+
+@pytest.mark.parametrize("shared_key", [None, SHARED_KEY], ids=["auth-token-sha1", "shared-key-sha256"])
+async def test_twilio_signs_callbacks_under_either_scheme(
+    client: httpx.AsyncClient, db: Db, shared_key: SharedKey | None
+) -> None:
+    """Twilio signs with the auth token (HMAC-SHA1), or, where a Webhook Rule matches the
+    URL, with the Setting's SharedKey and algorithm: each is verified, neither forgeable."""
+    mid, forged_mid, sid, forged_sid = new_id(), new_id(), f"SM{uuid.uuid4().hex}", f"SM{uuid.uuid4().hex}"
+    seed(db, mid, provider="twilio-shared", pmid=sid)
+    seed(db, forged_mid, provider="twilio-shared", pmid=forged_sid)
+    url = f"{BASE}/v1/receipts/twilio-shared"
+    hook = TWILIO.webhook(url, twilio_status(sid, "delivered"), shared_key)
+    response = await client.post(url, content=hook.body, headers=hook.headers)
+    assert response.status_code == 200, response.text
+    assert row(db, mid)[0] == "delivered"
+    # the same signature over another message's callback
+    signed = TWILIO.webhook(url, twilio_status(forged_sid, "delivered"), shared_key)
+    forged = await client.post(
+        url, content=signed.body.replace(b"=delivered", b"=failed"), headers=signed.headers
+    )
+    assert forged.status_code == 403 and forged.json()["error"] == "bad_signature"
+    assert row(db, forged_mid)[0] == "sent"
 
 
 async def test_twilio_callback_url_may_carry_the_message_id(client: httpx.AsyncClient, db: Db) -> None:
@@ -594,31 +626,85 @@ async def test_a_receipt_for_a_message_being_retried_waits_for_the_next_attempt(
     assert row(db, mid, attempt=2)[0] == "delivered" and row(db, mid)[0] == "retrying"
 
 
-async def test_concurrent_callbacks_over_the_same_messages_move_each_once(
-    db: Db, settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def own_db() -> Iterator[Settings]:
+    """A database of this test's own: it empties tables and counts every task's deliveries."""
+    run = unique_run_id()
+    built = Settings(mysql_database=f"reach_{run}", topic_prefix=f"{run}.")
+    asyncio.run(migrate(built))
+    yield built
+    Db(built).drop()
+
+
+def young_receipts_table(db: Db) -> None:
+    """Empty the receipts table, as in a new deployment. On a table holding not many more
+    receipts than one callback reports, the optimizer scanned the whole primary key for the
+    outcome update, and under REPEATABLE READ the scan locked every row it passed."""
+    db.query("TRUNCATE TABLE receipts")
+
+
+# Few callbacks, each reporting a large share of the table's receipts: the shape in which the
+# optimizer scanned the table for the outcome update. Several tasks, so counters are locked too.
+ROUNDS, MESSAGES, CALLBACKS, CALLBACK_SIZE = 10, 60, 4, 40
+TASKS = (1, 2, 3)
+MOVED = ("delivered", "failed")
+
+
+def seed_task_messages(db: Db, mids: list[str]) -> None:
+    """A sent crm-hook message per id, of each task in TASKS in turn (one statement)."""
+    rows = [(mid, f"task:{TASKS[i % len(TASKS)]}") for i, mid in enumerate(mids)]
+    marks = ",".join(["(%s, 1, 'u-1', %s, 'hooks', 'crm-hook', 'sent', 1, 1, 1)"] * len(rows))
+    db.query(
+        "INSERT INTO delivery_results (message_id, attempt, user_id, rule_id, channel, provider, status, "
+        f"event_ts, attempted_at, completed_at) VALUES {marks}",
+        [v for r in rows for v in r],
+    )
+
+
+def overlapping_callbacks(mids: list[str], rng: random.Random) -> list[list[Receipt]]:
+    """CALLBACKS callbacks of CALLBACK_SIZE messages each, starting evenly apart, so every message
+    is in two or three of them; each in an order of its own; one reports failed, the others
+    delivered."""
+    callbacks = []
+    for k in range(CALLBACKS):
+        start = k * len(mids) // CALLBACKS
+        taken = [mids[(start + i) % len(mids)] for i in range(CALLBACK_SIZE)]
+        rng.shuffle(taken)
+        status = ReceiptStatus.FAILED if k == CALLBACKS - 1 else ReceiptStatus.DELIVERED
+        callbacks.append([Receipt(status, f"word-{k}", message_id=mid) for mid in taken])
+    return callbacks
+
+
+async def test_concurrent_callbacks_over_overlapping_messages_move_each_once_without_deadlock(
+    own_db: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches reporting the same messages in different orders, as two API processes take
-    them: every callback is answered without a deadlock (the lock order alone prevents
-    them; retries are off here) and each message moves exactly once."""
+    """Callbacks over overlapping sets of task messages, in orders of their own, as several API
+    processes take them: none deadlocks (retries are off here: each lock is taken in key order,
+    and a statement locks only the rows it names, however small the optimizer believes the
+    table), each message moves exactly once and counts once towards its task."""
     monkeypatch.setattr(receipts_model, "MAX_TRANSACTION_TRIES", 1)
-    mids = [new_id() for _ in range(20)]
-    for mid in mids:
-        seed(db, mid, provider="crm-hook", channel="hooks")
-
-    def batch(n: int) -> list[Receipt]:
-        status = ReceiptStatus.DELIVERED if n % 2 else ReceiptStatus.FAILED
-        return [Receipt(status, f"word-{n}", message_id=mid) for mid in mids]  # digest order differs
-
-    pool = await create_pool(settings, maxsize=12)
+    db, rng = Db(own_db), random.Random(1213)
+    pool = await create_pool(own_db, maxsize=CALLBACKS)
     try:
         store = ReceiptStore(pool)
-        results = await asyncio.gather(*[store.record("crm-hook", batch(n), 1) for n in range(12)])
+        for _ in range(ROUNDS):
+            young_receipts_table(db)
+            mids = [new_id() for _ in range(MESSAGES)]
+            seed_task_messages(db, mids)
+            calls = [store.record("crm-hook", receipts, 1) for receipts in overlapping_callbacks(mids, rng)]
+            results = await asyncio.gather(*calls)
+            moved = [r.receipt.message_id for rs in results for r in rs if r.outcome.value in MOVED]
+            assert sorted(moved) == sorted(mids)
     finally:
         pool.close()
         await pool.wait_closed()
-    moved = [r for rs in results for r in rs if r.outcome.value in ("delivered", "failed")]
-    assert sorted(r.receipt.message_id for r in moved) == sorted(mids)
-    assert all(row(db, mid)[0] in ("delivered", "failed") for mid in mids)
+    delivered = db.query(
+        "SELECT CAST(SUBSTRING(rule_id, 6) AS SIGNED), COUNT(*) FROM delivery_results "
+        "WHERE status = 'delivered' GROUP BY rule_id"
+    )
+    counted = db.query("SELECT task_no, n FROM task_counts WHERE status = 'delivered'")
+    assert sorted(counted) == sorted(delivered) and len(delivered) == len(TASKS)
+    assert {status for (status,) in db.query("SELECT DISTINCT status FROM delivery_results")} <= set(MOVED)
 
 
 class _Deadlocking:

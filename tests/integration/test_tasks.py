@@ -52,7 +52,11 @@ def inbox_task(segment: str, schedule: dict[str, Any], **extra: Any) -> dict[str
         "name": f"to {segment}",
         "category": "notification",
         "audience": {"segments": [segment]},
-        "content": {"title": "Hello", "text": "Task for {{ user_id }} ({{ properties.what }})"},
+        "content": {
+            "title": "Hello",
+            "text": "Task for {{ user_id }} ({{ properties.what }})",
+            "variables": {"what": "a test"},  # a variable the template uses must be given
+        },
         "channels": ["inbox"],
         "schedule": schedule,
         **extra,

@@ -13,6 +13,13 @@ hex digits, ``status`` queued or accepted), or the error envelope
 :meth:`TwilioServer.fail_number` makes every message to a number fail with a
 Twilio error code (21211, 21610, 21614, 20429, 20500, ...), answered with the
 HTTP status Twilio uses for it. ``sent`` lists the messages created.
+
+Webhooks the other way (status callbacks, incoming messages) are built by
+:meth:`TwilioServer.webhook` as Twilio sends them: a form body whose
+``X-Twilio-Signature`` is base64(HMAC(key, URL + each parameter name and value,
+names sorted)), HMAC-SHA1 under the auth token, or, when a Webhook Setting signs
+with a :class:`SharedKey`, under that key's secret with its algorithm, named in
+``X-Twilio-Webhooks-Signature-Settings: key=<id>,algorithm=<algorithm>``.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import base64
 import binascii
 import dataclasses
 import email.utils
+import hashlib
 import hmac
 import re
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +41,7 @@ from tests.support.http_provider import ProviderServer, Recorded, Refused, Reply
 from tests.support.tls import SelfSignedCert
 from tests.support.waiting import wait_for_count
 
+API_VERSION = "2010-04-01"
 _PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 #: the HTTP status Twilio answers each error code with; every other code is a 400
@@ -54,6 +64,26 @@ _MESSAGES = {
     21614: "'To' number {to} is not a valid mobile number",
     21617: "The concatenated message body exceeds the 1600 character limit.",
 }
+
+
+_DIGESTS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedKey:
+    """A SharedKey of Twilio's Webhooks configuration API, as a Webhook Setting names it."""
+
+    sid: str = "webhooks_sharedkey_" + "01hzx4k2c8v7m3n9p5q6r8s0tw"
+    secret: str = dataclasses.field(default="twilio-test-shared-key-secret-9c1e", repr=False)
+    algorithm: str = "HMAC_SHA256"
+
+
+@dataclasses.dataclass(frozen=True)
+class Webhook:
+    """One request Twilio makes to an application: POST ``body`` with ``headers``."""
+
+    body: bytes
+    headers: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +150,38 @@ class TwilioServer(ProviderServer):
         """Answer every message to ``phone`` with Twilio error ``code``."""
         with self._state:
             self._failing[phone] = int(code)
+
+    def webhook(self, url: str, params: Mapping[str, str], shared_key: SharedKey | None = None) -> Webhook:
+        """What Twilio POSTs to ``url`` with these parameters: signed with the auth token
+        (HMAC-SHA1), or with ``shared_key`` as a matching Webhook Rule's Setting signs."""
+        data = url + "".join(name + params[name] for name in sorted(params))
+        key, digest = self.auth_token, hashlib.sha1
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "i-twilio-idempotency-token": uuid.uuid4().hex,
+        }
+        if shared_key is not None:
+            key, digest = shared_key.secret, _DIGESTS[shared_key.algorithm]
+            headers["x-twilio-webhooks-signature-settings"] = (
+                f"key={shared_key.sid},algorithm={shared_key.algorithm}"
+            )
+        mac = hmac.new(key.encode(), data.encode(), digest).digest()
+        headers["x-twilio-signature"] = base64.b64encode(mac).decode()
+        return Webhook(urllib.parse.urlencode(params).encode(), headers)
+
+    def incoming(self, from_: str, body: str, opt_out_type: str | None = None) -> dict[str, str]:
+        """The parameters of an incoming-message webhook from ``from_`` to the server's number;
+        ``opt_out_type`` (STOP, START, HELP) as Advanced Opt-Out adds it for a keyword."""
+        sid = "SM" + uuid.uuid4().hex
+        params = {
+            "ToCountry": "US", "SmsMessageSid": sid, "NumMedia": "0", "SmsSid": sid, "SmsStatus": "received",
+            "Body": body, "To": self.from_number, "NumSegments": "1", "MessageSid": sid,
+            "AccountSid": self.account_sid, "From": from_, "ApiVersion": API_VERSION,
+            "MessagingServiceSid": self.messaging_service_sid,
+        }  # fmt: skip
+        if opt_out_type is not None:
+            params["OptOutType"] = opt_out_type
+        return params
 
     def wait_for_sent(self, count: int, timeout: float = 30.0) -> list[SentMessage]:
         def snapshot() -> list[SentMessage]:
@@ -231,4 +293,4 @@ class TwilioServer(ProviderServer):
         return Reply(status, json=body, headers=headers)
 
 
-__all__ = ["SentMessage", "TwilioServer"]
+__all__ = ["SentMessage", "SharedKey", "TwilioServer", "Webhook"]

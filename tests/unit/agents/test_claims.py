@@ -141,3 +141,14 @@ def test_an_idempotent_provider_repeats_an_interrupted_send() -> None:
     message = reach_message(1)
     split = split_by_marker([message], {message.message_id: MarkerState.SENDING}, idempotent=lambda _: True)
     assert (split.fresh, split.interrupted, split.skipped) == ([message], [], 0)
+
+
+def test_copies_of_a_message_in_one_batch_send_the_first_as_a_replay_would() -> None:
+    # Two events with one event_id make one message id with different content; replayed,
+    # the first is sent and the second skipped as sent: within one batch the first wins too.
+    first = reach_message(1, variables={"amount": 10})
+    second = reach_message(1, variables={"amount": 99})
+    split = split_by_marker([first, reach_message(2), second], {}, idempotent=lambda _: False)
+    assert split.fresh == [first, reach_message(2)]
+    assert split.fresh[0].variables == {"amount": 10}
+    assert split.skipped == 1

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from agents.plan import plan_event_fully, reachable_channels
-from channels.base import ProviderConfig
+from channels.base import ProviderConfig, Rendered
 from channels.routing import WeightedChooser
 from models.events import Event, event_from_dict
 from models.profiles import UserProfile
@@ -135,6 +135,28 @@ def test_messages_carry_the_rule_category_and_the_users_zone(engine: RuleEngine)
     assert second.timezone == "Europe/Paris"
 
 
+def test_a_message_without_a_variable_its_template_prints_fails_naming_it(engine: RuleEngine) -> None:
+    from agents.plan import render
+    from channels.base import OutcomeKind
+
+    profile = UserProfile("u-1", contact={"phone": "+8613800000000"})
+    message = plan_event_fully(shipped(1), profile, engine, choosers(), 1000).messages[0]
+    outcome = render(message.replace(variables={"properties": {}}), engine.rulebook.templates)
+    assert not isinstance(outcome, Rendered)
+    assert (outcome.kind, outcome.code) == (OutcomeKind.PERMANENT, "template_variable_missing")
+    assert outcome.detail == "template 'shipped' text: variable 'properties.order' is missing"
+
+
+def test_each_message_carries_only_its_channels_contact_fields(engine: RuleEngine) -> None:
+    contact = {"email": "a@b.c", "phone": "+1555", "fcm_token": "f", "apns_token": "a", "wechat_openid": "o"}
+    plan = plan_event_fully(shipped(1), UserProfile("u-1", contact=contact), engine, choosers(), 1000)
+    assert {m.channel: dict(m.contact) for m in plan.messages} == {
+        "sms": {"phone": "+1555"},
+        "push": {"fcm_token": "f", "apns_token": "a"},
+        "inbox": {},
+    }
+
+
 VERSION_RULES = """
 triggers:
   - id: nudge
@@ -204,3 +226,25 @@ def test_content_is_chosen_for_the_app_of_the_channels_platform(version_engine: 
     # templates see the version rules matched on
     filled = plan_event_fully(opened(), profile, version_engine, choosers(), TS).messages[0]
     assert filled.variables["device"] == {"app_version": "1.2"}
+
+
+def test_a_message_carries_the_contact_fields_of_its_templates_fallback_channel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An old app's pop-up that falls back to an SMS needs the phone number on the pop-up's
+    outbox, which otherwise carries only its own channel's contact fields (none)."""
+    directory = tmp_path_factory.mktemp("fallback-contact")
+    (directory / "rules.yaml").write_text(
+        "triggers:\n"
+        "  - {id: rich, when: 'name == \"order_shipped\"', template: rich, channels: [push, inbox]}\n"
+        "templates:\n"
+        '  rich: {title: "R", text: "r", min_app_version: "2.0", fallback: plain}\n'
+        '  plain: {title: "P", text: "p", min_app_version: "1.0", fallback: {channel: sms}}\n'
+    )
+    engine = RuleEngine.build(load_rulebook(directory, known_channels=["sms", "push", "inbox"]))
+    profile = UserProfile("u-1", contact={"phone": "+1555", "apns_token": "a", "email": "x@y.z"})
+    plan = plan_event_fully(shipped(1), profile, engine, choosers(), 1000)
+    assert {m.channel: dict(m.contact) for m in plan.messages} == {
+        "push": {"apns_token": "a", "phone": "+1555"},
+        "inbox": {"phone": "+1555"},
+    }

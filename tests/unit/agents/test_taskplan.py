@@ -78,6 +78,16 @@ def test_channel_rules_and_reachability_pick_the_channels(engine: RuleEngine) ->
     assert message.variables["attributes"] == {"name": "Ada"}
 
 
+def test_task_messages_carry_only_their_channels_contact_fields(engine: RuleEngine) -> None:
+    plan = RunPlan.of(7, 1, NOW, spec(), "UTC")
+    everything = Recipient("u-1", ("s", "sms_ok"), {"phone": "+1555", "email": "a@b.c", "fcm_token": "f"})
+    contacts = {m.channel: dict(m.contact) for m in plan_recipient(plan, everything, engine, CHOOSERS, NOW)}
+    assert contacts == {"sms": {"phone": "+1555"}, "inbox": {}}
+    records, _reached, _made = PageEncoder(plan, engine, CHOOSERS).page([everything], NOW)
+    encoded = {ch: dict(ReachMessage.from_bytes(v).contact) for ch, recs in records.items() for _k, v in recs}
+    assert encoded == contacts
+
+
 def test_message_ids_derive_from_task_run_user_and_channel(engine: RuleEngine) -> None:
     user = Recipient("u-1", ("s",))
     first = plan_recipient(RunPlan.of(7, 1, NOW, spec(), "UTC"), user, engine, CHOOSERS, NOW)

@@ -158,6 +158,23 @@ def test_an_event_keyed_other_than_its_user_is_dead_lettered_as_key_mismatch(
     assert [orjson.loads(v)["event_id"] for _, _, v in records] == ["e-2"]
 
 
+def test_copies_of_an_event_in_one_batch_plan_the_first_copy_only(tmp_path: Path) -> None:
+    # A delayed copy would otherwise wait on the deferred queue next to the first, with the
+    # same due time, and Redis orders equal due times by value, not by arrival.
+    trigger = step(tmp_path)
+    first, second = hello("e-1", {"n": 1}), hello("e-1", {"n": 2})
+    planned = trigger.plan(
+        [
+            record(first, 1),
+            record(second, 2),
+            record(named("e-2", "cart_abandoned"), 3),
+            record(named("e-2", "cart_abandoned") + b" ", 4),
+        ]
+    )
+    assert [orjson.loads(v)["variables"]["properties"] for _, _, v in planned.records] == [{"n": 1}]
+    assert len(planned.delayed) == 1
+
+
 def opened(event_id: str, ts: int, device: dict[str, str] | None = None) -> bytes:
     body = {"event_id": event_id, "user_id": "u-1", "name": "hello", "ts": ts, "device": device or {}}
     return orjson.dumps(body)

@@ -98,3 +98,19 @@ def test_providers_without_address_fields_reach_everyone() -> None:
     chooser = WeightedChooser(providers(hook=1), random.Random(4), address_fields={"hook": ()})
     assert chooser.choose(contact={}).name == "hook"
     assert chooser.can_reach({})
+
+
+def test_a_channel_carries_only_the_contact_fields_its_providers_read() -> None:
+    contact = {"email": "a@b.c", "phone": "+1555", "fcm_token": "f", "apns_token": "a", "wechat_openid": "o"}
+    push = WeightedChooser(
+        providers(fcm=1, apns=1), address_fields={"fcm": ("fcm_token",), "apns": ("apns_token",)}
+    )
+    assert push.contact_for(contact) == {"fcm_token": "f", "apns_token": "a"}  # both: failover
+    assert push.contact_for({"phone": "+1555"}) == {}
+    inbox = WeightedChooser(providers(mariadb=1))
+    assert inbox.contact_for(contact) == {}
+    hook = WeightedChooser(
+        providers(hook=1), address_fields={"hook": ()}, contact_fields={"hook": ("email",)}
+    )
+    assert hook.contact_for(contact) == {"email": "a@b.c"}
+    assert hook.can_reach({})  # what it reads is not an address it needs

@@ -266,12 +266,19 @@ async def test_option_errors_name_the_option(
 
 
 def test_secret_options_are_declared() -> None:
-    assert TwilioSmsProvider.secret_options == frozenset({"auth_token", "api_key_secret"})
+    assert TwilioSmsProvider.secret_options == frozenset(
+        {"auth_token", "api_key_secret", "webhook_shared_keys"}
+    )
     assert TwilioSmsProvider.address_fields == ("phone",)
 
 
 async def test_the_receipts_api_options_are_accepted(server: TwilioServer) -> None:
-    async with twilio(server, receipt_url="https://reach.example.com/v1/receipts/twilio-1") as provider:
+    async with twilio(
+        server,
+        receipt_url="https://reach.example.com/v1/receipts/twilio-1",
+        inbound_url="https://reach.example.com/v1/inbound/twilio-1",
+        webhook_shared_keys={"webhooks_sharedkey_1": "s"},
+    ) as provider:
         [outcome] = await provider.send_batch([sms(1)])
     assert outcome.kind is OutcomeKind.SENT
 

@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from channels.base import Delivery, Outcome, OutcomeKind, ProviderConfig, ProviderContext
+from channels.config import ChannelConfig
 from channels.webhook import WebhookProvider, sign, verify_signature
+from reach.runtime import chooser_for
 from tests.support.http_provider import Fault, Reply
 from tests.support.providers.webhook import WebhookServer
 from tests.unit.channels.factories import delivery
@@ -281,3 +283,15 @@ async def test_bad_options_name_the_option(
 def test_secrets_are_declared() -> None:
     assert WebhookProvider.secret_options == {"secret", "headers"}
     assert WebhookProvider.idempotent
+
+
+def test_the_fields_contact_fields_names_are_what_its_outbox_records_carry() -> None:
+    config = ProviderConfig(
+        "hook", "webhook", options={"base_url": "https://h.example", "contact_fields": ["email"]}
+    )
+    assert WebhookProvider.contact_fields(config) == ("email",)
+    chooser = chooser_for(ChannelConfig("hooks", 1.0, None, (config,)))
+    assert chooser.contact_for({"email": "a@b.c", "phone": "+1555"}) == {"email": "a@b.c"}
+    assert chooser.can_reach({})
+    with pytest.raises(ValueError, match="contact_fields"):
+        WebhookProvider.contact_fields(ProviderConfig("hook", "webhook", options={"contact_fields": "email"}))

@@ -391,3 +391,17 @@ def test_quota_resets_at_beijing_midnight() -> None:
     beijing_midnight = 1_700_064_000  # 2023-11-16 00:00 in Beijing = 2023-11-15 16:00 UTC
     assert until_quota_reset(beijing_midnight - 10) == 70
     assert until_quota_reset(beijing_midnight) == 86400 + 60
+
+
+async def test_the_payload_text_is_the_template_data_and_url_the_link_check_reads(
+    server: WechatServer, redis: tuple[aioredis.Redis, str]
+) -> None:
+    provider = await make_provider(
+        server, redis, data={"first": "{title}", "keyword1": "{first_name}"}, url="https://{first_name}/x"
+    )
+    try:
+        # the url's values are quoted, but a host made of one value is still the value
+        assert provider.payload_text(wechat(1)) == ["Welcome #1", "Ada", "https://Ada/x"]
+        assert provider.payload_text(wechat(1, variables={})) == ()  # a missing variable: not sent
+    finally:
+        await provider.close()

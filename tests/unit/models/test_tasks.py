@@ -88,12 +88,20 @@ def test_every_problem_is_reported_at_once() -> None:
         ({"text": "{% if %}"}, "content", "syntax"),
         ({"template": "welcome", "text": "also"}, "content", "not both"),
         ({}, "content", "name a template"),
+        ({"text": "Use {{ properties.code }}"}, "content.text", "variable 'properties.code' is missing"),
     ],
 )
 def test_templates_are_rendered_against_a_sample_recipient(
     content: dict[str, Any], field: str, words: str
 ) -> None:
     assert words in problems(body(content=content))[field]
+
+
+def test_an_attribute_the_sample_recipient_lacks_is_not_a_problem_but_a_task_variable_is() -> None:
+    # Recipients' attributes differ (one without it fails at send time); the task's own
+    # variables are known now.
+    content = {"text": "Hi {{ attributes.nickname }}, use {{ properties.code }}", "variables": {"code": "X"}}
+    assert validate_task(body(content=content), CTX).content.text == content["text"]
 
 
 @pytest.mark.parametrize(

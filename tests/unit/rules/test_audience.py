@@ -39,6 +39,8 @@ PROFILE = {
         ('version(app_version.android) < version("9.0")', False),  # not a version: false
         ('version(app_version.web) < version("9.0")', False),  # never seen: false
         ('not (version(app_version.web) >= version("1.9.0"))', True),
+        ("has(attributes.plan.tier) and not has(attributes.missing)", True),
+        ("has(attributes.missing)", False),
     ],
 )
 def test_filter_semantics(source: str, expected: bool) -> None:

@@ -156,3 +156,51 @@ def test_reach_rules_validate_takes_the_delay_limit_from_settings() -> None:
     )
     allowed = reach_validate(str(EXAMPLES), "--channels", str(SHIPPED_CHANNELS), REACH_RULES_MAX_DELAY="1800")
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_sandbox_violation_behind_a_variable_the_sample_lacks_is_still_found(
+    rules_dir: Path, tmp_path: Path
+) -> None:
+    # The sample event has no 'coupon': the field stops there unless validation fills it in.
+    path = write(
+        rules_dir,
+        "t.yaml",
+        """
+        templates:
+          hidden:
+            title: "t"
+            text: "{{ properties.coupon }} {{ properties.coupon.code }} {{ user_id.__class__ }}"
+        """,
+    )
+    status, _out, err = run([str(rules_dir)], write(tmp_path, "channels.yaml", INBOX_ONLY))
+    assert status == 1
+    assert err.splitlines() == [
+        f"{path}:2: template 'hidden' text: access to attribute '__class__' of 'str' object is unsafe"
+    ]
+
+
+NOT_GUARANTEED = """
+triggers:
+  - {id: paid, when: 'name == "paid" and properties.amount > 0', template: receipt, channels: [inbox]}
+  - id: paid-checked
+    when: 'name == "paid" and has(properties.order_id) and properties.amount > 0'
+    template: receipt
+    channels: [inbox]
+templates:
+  receipt:
+    title: "Order {{ properties.order_id }}"
+    text: "{{ properties.amount }}{% if properties.currency %} {{ properties.currency }}{% endif %}"
+"""
+
+
+def test_variables_a_trigger_does_not_guarantee_are_warned_about_without_failing(
+    rules_dir: Path, tmp_path: Path
+) -> None:
+    path = write(rules_dir, "t.yaml", NOT_GUARANTEED)
+    status, out, err = run([str(rules_dir)], write(tmp_path, "channels.yaml", INBOX_ONLY))
+    assert (status, out) == (0, f"OK {rules_dir}: 2 triggers, 0 channel rules, 1 templates\n")
+    assert err.splitlines() == [
+        f"{path}:2: warning: trigger 'paid' sends template 'receipt', which uses properties.order_id"
+        " without a default or a test; its 'when' does not guarantee it: an event without it fails"
+        " as template_variable_missing (add has(properties.order_id) to 'when', or a default)"
+    ]

@@ -181,6 +181,9 @@ def test_numbers_durable_rules_cannot_parse_as_json_are_posted_safely(
         ("1 in segments", "only a string can be tested for membership", 1),
         ("name in []", "empty list", 9),
         ("name in device.platforms", "must be a list of literals", 9),
+        ("has(properties)", "'properties' is an object", 5),
+        ("has(propertes.x)", "unknown field 'propertes'", 5),
+        ("has('x')", "attributes are only allowed on field names", 5),
         ("name.first == 'a'", "'name' has no sub-fields", 1),
         ("properties == 'a'", "'properties' is an object", 1),
         ("properties.a__b == 1", "must match [A-Za-z][A-Za-z0-9_]* without '__'", 1),
@@ -251,3 +254,20 @@ def test_too_many_alternatives_are_refused() -> None:
     exploding = " and ".join(f"properties.a{i} != {i}" for i in range(40))  # 2**40 in disjunctive form
     with pytest.raises(ExpressionError, match="alternatives"):
         compile_expression(exploding, TRIGGER_FACT)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("o-1", True), ("", True), (0, True), (False, True), ([1], True), ({"a": 1}, True), (None, False)],
+)
+def test_has_is_true_for_any_value_but_null(matches: Matches, value: object, expected: bool) -> None:
+    fact = {"event_id": "e", "user_id": "u", "name": "order_paid", "ts": 1, "properties": {"order_id": value}}
+    assert matches('name == "order_paid" and has(properties.order_id)', fact) is expected
+    assert matches("not has(properties.order_id)", fact) is not expected
+
+
+def test_has_of_an_absent_field_is_false_and_its_negation_true(matches: Matches) -> None:
+    bare = {"event_id": "e", "user_id": "u", "name": "order_paid", "ts": 1, "properties": {}}
+    assert matches("has(properties.order_id)", bare) is False
+    assert matches("has(properties.deep.order_id) or has(device.platform)", bare) is False
+    assert matches("not has(properties.order_id)", bare) is True

@@ -1,4 +1,4 @@
-"""Templates: sandboxed Jinja2, html-only autoescape, lenient undefined, typed render errors."""
+"""Templates: sandboxed Jinja2, html-only autoescape, strict undefined, typed render errors."""
 
 from __future__ import annotations
 
@@ -26,13 +26,46 @@ def test_only_html_is_escaped() -> None:
     assert rendered.html == "<b>Tom &amp; &lt;Jerry&gt;</b>"
 
 
-def test_missing_values_render_empty_and_defaults_work_through_missing_objects() -> None:
+def test_defaults_tests_and_null_work_through_missing_objects() -> None:
     template = Template(
         "t",
         "Welcome, {{ properties.first_name | default('there') }}",
-        "on {{ device.platform | default('the web') }}{{ properties.missing }}{{ properties.none }}",
+        "on {{ device.platform | default('the web') }}{{ properties.none }}"
+        "{% if properties.coupon %} with {{ properties.coupon }}{% endif %}"
+        "{{ '!' if properties.missing is not defined }}",
     )
-    assert template.render({"properties": {"none": None}}) == Rendered("Welcome, there", "on the web", "")
+    assert template.render({"properties": {"none": None}}) == Rendered("Welcome, there", "on the web!", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "variable"),
+    [
+        ("Your payment of {{ properties.amount }} {{ properties.currency }}.", "properties.currency"),
+        ("{{ coupon }}", "coupon"),
+        ("{{ device.platform }}", "device"),  # no device at all: the first missing name
+        ("{{ properties.order.lines[0].sku }}", "properties.order.lines.0.sku"),
+        ("{{ properties.amount * properties.rate }}", "properties.rate"),
+        ("{{ properties.amount > properties.limit }}", "properties.limit"),
+        ("{% for tag in properties.tags %}{{ tag }}{% endfor %}", "properties.tags"),
+        ("{{ properties.tags | length }}", "properties.tags"),
+        ("{{ 'code ' ~ properties.code }}", "properties.code"),
+    ],
+)
+def test_a_missing_variable_fails_naming_it_instead_of_leaving_a_gap(text: str, variable: str) -> None:
+    template = Template("receipt", "title", text, f"<p>{text}</p>")
+    context = {"properties": {"amount": 980, "order": {"lines": [{"qty": 1}]}}}
+    with pytest.raises(TemplateRenderError) as caught:
+        template.render(context)
+    assert caught.value.missing_variable == variable
+    assert caught.value.field == "text"
+    assert str(caught.value) == f"template 'receipt' text: variable {variable!r} is missing"
+
+
+def test_a_missing_variable_fails_in_html_too() -> None:
+    template = Template("t", "title", "text", "<a href='{{ properties.url }}'>go</a>")
+    with pytest.raises(TemplateRenderError) as caught:
+        template.render({"properties": {}})
+    assert (caught.value.field, caught.value.missing_variable) == ("html", "properties.url")
 
 
 def test_no_html_means_empty_html() -> None:
