@@ -91,6 +91,7 @@ install_kafka() {
 
 start_kafka() {
   if port_open "$kafka_port"; then log "kafka: reusing the broker on :$kafka_port"; return 0; fi
+  install_kafka  # only a broker this script starts needs the jars (a no-op once resolved)
   local dir=$stack/kafka
   mkdir -p "$dir/data" "$dir/logs"
   sed -e "s#@DATA@#$dir/data#" -e "s#@PORT@#$kafka_port#g" -e "s#@CPORT@#$controller_port#g" \
@@ -222,7 +223,6 @@ case "${1:-up}" in
     ;;
   up)
     install_debian
-    port_open "$kafka_port" || install_kafka  # a broker that answers needs no jars resolved
     start_redis
     start_mariadb
     start_kafka

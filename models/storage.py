@@ -7,6 +7,7 @@ shape), keyed by natural ids so a replayed batch changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -31,6 +32,14 @@ MAX_ROWS_PER_STATEMENT = 500
 
 
 async def create_pool(settings: Settings, *, database: bool = True, maxsize: int | None = None) -> Any:
+    """The aiomysql pool. Opening it (its first connection and that connection's set-up
+    queries) takes at most ``mysql_connect_timeout``: a database that accepts connections and
+    never answers fails a start-up with TimeoutError instead of hanging it."""
+    async with asyncio.timeout(settings.mysql_connect_timeout):
+        return await _open_pool(settings, database, maxsize)
+
+
+async def _open_pool(settings: Settings, database: bool, maxsize: int | None) -> Any:
     return await aiomysql.create_pool(
         host=settings.mysql_host,
         port=settings.mysql_port,
@@ -42,6 +51,9 @@ async def create_pool(settings: Settings, *, database: bool = True, maxsize: int
         minsize=1,
         maxsize=maxsize or settings.mysql_pool_size,
         pool_recycle=3600,
+        # A database that accepts the connection and never answers (a hung server or proxy)
+        # fails the start-up within this, instead of aiomysql's 60 s.
+        connect_timeout=settings.mysql_connect_timeout,
     )
 
 

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1)  # events, segments and outbox topics (co-partitioned)
     kafka_request_timeout: float = Field(5.0, gt=0)  # seconds a produce waits for acks before it fails
     kafka_connect_timeout: float = Field(10.0, gt=0)  # seconds to reach the broker at start-up
+    mysql_connect_timeout: float = Field(10.0, gt=0)  # seconds for a new MariaDB connection's handshake
     kafka_max_message_bytes: int = Field(1_000_000, ge=1024)  # record size limit of reach's topics
 
     # MariaDB / TiDB

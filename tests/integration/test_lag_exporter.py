@@ -39,6 +39,7 @@ def test_lag_from_committed_offsets_with_no_worker(tmp_path: Path) -> None:
     assert {labels[1] for _, labels in lag} == {
         settings.events_topic,
         settings.segments_topic,
+        settings.tracking_topic,
         settings.outbox_topic("inbox"),
     }
     assert before[("reach_exporter_kafka_up", ())] == 1
