@@ -24,6 +24,7 @@ from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, create_pool
 from models.taskstore import TaskStore
+from models.upgrades import UpgradeTarget, upgrade_targets
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
@@ -46,6 +47,8 @@ class Runtime:
     taskgate: TaskGate = dataclasses.field(default_factory=TaskGate)  # opened by start()
     policies: Policies = dataclasses.field(default_factory=Policies)
     link_domains: LinkDomains | None = None  # None: links are not checked
+    #: per platform, the minimum app version and upgrade URL (REACH_MIN_APP_VERSIONS, REACH_UPGRADE_URLS)
+    upgrades: dict[str, UpgradeTarget] = dataclasses.field(default_factory=dict)
     # Opened by start():
     mysql_pool: Any = None
     redis: Any = None
@@ -62,7 +65,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Runtime:
-        """Load rules (raising on a bad rule file) and channel routing; opens nothing."""
+        """Load rules (raising on a bad rule file), channel routing and the upgrade settings
+        (raising :class:`~models.upgrades.UpgradeConfigError`); opens nothing."""
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
         rules = RuleReloader(
@@ -84,7 +88,13 @@ class Runtime:
         runtime.taskgate = TaskGate(settings.task_pause_recheck_ms, metrics.task_messages)
         runtime.policies = load_policies(settings.policies_file, settings.category_names)
         runtime.link_domains = link_domains_of(settings)
+        runtime.upgrades = upgrade_targets(settings.min_app_versions, settings.upgrade_urls)
         return runtime
+
+    @property
+    def platforms(self) -> dict[str, str]:
+        """The channels bound to one platform's app (``platform`` in the channels file)."""
+        return {name: c.platform for name, c in self.channels.channels.items() if c.platform}
 
     async def start(self) -> None:
         s = self.settings
