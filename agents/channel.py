@@ -39,6 +39,7 @@ from agents.cancels import CancelGate
 from agents.claims import send_isolated, split_by_marker
 from agents.delivery.addresses import DeadAddresses
 from agents.delivery.batch import PROVIDER_FAILURES, BatchOutcome, Produce, Record
+from agents.delivery.fallback import ChannelFallback
 from agents.delivery.linkcheck import LinkCheck
 from agents.delivery.links import LinkTracking
 from agents.delivery.optout import provider_opt_outs
@@ -88,6 +89,7 @@ class ChannelSender:
         self.policy = PolicyStep(channel.name, PolicyResources.of(runtime), rt.metrics)
         self.links = LinkCheck(rt.link_domains)
         self.tracking = LinkTracking.from_settings(s)
+        self.fallback = ChannelFallback(channel.name, rt.choosers, rt.metrics)
 
     async def send(self, messages: Sequence[ReachMessage], batch: BatchOutcome) -> None:
         """Decide and send; the outcomes collect in ``batch``. Safe to call again with the
@@ -139,7 +141,12 @@ class ChannelSender:
         sendable, dead = await self.addresses.skip(provider_name, provider.address_fields, messages, now)
         templates = self.rt.taskgate.templates(self.rt.rules.current.rulebook.templates)
         screen, finish = self.links.for_provider(provider), self._tracking(provider)
-        ready, failed = deliveries_for(sendable, templates, self.channel.max_content_bytes, screen, finish)
+        prepared = deliveries_for(
+            sendable, templates, self.channel.max_content_bytes, screen, finish, self.rt.upgrades
+        )
+        for fallback, count in prepared.fallbacks.items():
+            self.rt.metrics.app_version_fallbacks.labels(self.channel.name, fallback).inc(count)
+        ready, failed = prepared.ready, prepared.failed + self.fallback.move(prepared.moved, now, batch)
         outcomes = await self._provider_send(provider_name, provider, ready)
         done = self.rt.clock.now_ms()
         if ready:

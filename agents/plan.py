@@ -7,23 +7,76 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from channels.base import Delivery, Outcome, OutcomeKind, Rendered
 from channels.routing import WeightedChooser
 from models.events import Event
 from models.messages import DeliveryResult, DeliveryStatus, ReachMessage, message_id_for
-from models.profiles import UserProfile
+from models.profiles import SeenVersion, UserProfile, app_version_for, platform_name
+from models.upgrades import UpgradeTarget, upgrade_details
 from rules.engine import RuleEngine
 from rules.errors import TemplateRenderError
-from rules.model import Template, content_for
+from rules.model import UPGRADE, Template, content_for, fallback_channels
+
+#: (platform, app version) of the app a message's content is chosen for; "" when unknown
+App = tuple[str, str]
 
 
 def trigger_fact(event: Event, profile: UserProfile | None) -> dict[str, Any]:
+    """What trigger rules match: the event, the profile's ``segments`` and ``app_version``
+    (``{platform: version}``), and ``device.app_version`` from the profile when the event
+    says none (see :func:`event_app`)."""
     fact = event.as_dict()
     fact["segments"] = list(profile.segments) if profile else []
+    if profile is not None and profile.app_versions:
+        fact["app_version"] = profile.latest_versions()
+        if not _reported_version(event):
+            _, version = event_app(event, profile)
+            if version:
+                fact["device"] = {**event.device, "app_version": version}
     return fact
+
+
+def event_app(event: Event, profile: UserProfile | None) -> App:
+    """The app an event came from: its platform and ``device.app_version``; when it says no
+    version, the one the profile last saw on the event's platform, or on the most recently
+    seen platform when the event names none."""
+    platform, version = platform_name(event.platform), _reported_version(event)
+    if version or profile is None:
+        return platform, version
+    return app_version_for(profile.app_versions, platform)
+
+
+def app_on_channel(event: App, versions: Mapping[str, SeenVersion], channel_platform: str) -> App:
+    """The app a channel's message is shown by: on a channel of one platform (an APNs push
+    is shown by the iOS app), the profile's app of that platform unless the event came from
+    it; on any other channel (inbox, pop-ups) the event's app."""
+    if not channel_platform or channel_platform == event[0]:
+        return event
+    return app_version_for(versions, channel_platform)
+
+
+def _reported_version(event: Event) -> str:
+    version = event.device.get("app_version")
+    return version if isinstance(version, str) else ""
+
+
+def carried_contact(
+    choosers: Mapping[str, WeightedChooser],
+    channel: str,
+    contact: Mapping[str, str],
+    also: Iterable[str] = (),
+) -> dict[str, str]:
+    """The contact fields a message of ``channel`` carries: its providers', and those of the
+    channels ``also`` its template may fall back to for an old app (an SMS instead of a pop-up
+    needs the phone number)."""
+    carried = choosers[channel].contact_for(contact)
+    for other in also:
+        if other in choosers:
+            carried.update(choosers[other].contact_for(contact))
+    return carried
 
 
 def reachable_channels(choosers: Mapping[str, WeightedChooser], contact: Mapping[str, str]) -> list[str]:
@@ -50,6 +103,7 @@ def plan_event_fully(
     ingested_ms: int = 0,
     unmatched: Callable[[], None] | None = None,
     default_timezone: str = "UTC",
+    platforms: Mapping[str, str] | None = None,
 ) -> EventPlan:
     """The messages an event causes, one per matching trigger and selected channel, and
     the triggers it cancels. A trigger with a ``delay`` makes messages due that long
@@ -59,9 +113,14 @@ def plan_event_fully(
     user without a phone number) yields no message; ``unroutable(rule_id,
     channel)`` is told, so the agent can count it. ``ingested_ms`` is when reach took the
     event in (its record's time on the events topic), carried for the end-to-end latency.
-    ``unmatched()`` is told when no trigger rule matches the event.
+    ``unmatched()`` is told when no trigger rule matches the event. ``platforms`` names
+    the channels bound to one platform's app (a push channel): their content is chosen for
+    that app's version (:func:`app_on_channel`).
     """
     fact = trigger_fact(event, profile)
+    source = event_app(event, profile)
+    versions = profile.app_versions if profile else {}
+    platforms = platforms or {}
     contact = dict(profile.contact) if profile else {}
     timezone = (profile.timezone if profile else "") or default_timezone
     reachable = reachable_channels(choosers, contact)
@@ -80,12 +139,14 @@ def plan_event_fully(
             "reachable": reachable,
         }
         dedup = rule.dedup_for(fact)
+        also = fallback_channels(engine.rulebook.templates, rule.template)
         due = now_ms + rule.delay_ms if rule.delay_ms else 0
         for channel in engine.select_channels(rule.channels, selection_fact):
             if channel not in reachable:
                 if unroutable is not None:
                     unroutable(rule.id, channel)
                 continue
+            app_platform, app_version = app_on_channel(source, versions, platforms.get(channel, ""))
             messages.append(
                 ReachMessage(
                     message_id=message_id_for(rule.id, dedup, channel),
@@ -99,8 +160,8 @@ def plan_event_fully(
                     event_name=event.name,
                     event_ts=event.ts,
                     created_ts=now_ms,
-                    variables=_variables(event),
-                    contact=choosers[channel].contact_for(contact),
+                    variables=_variables(event, fact["device"]),
+                    contact=carried_contact(choosers, channel, contact, also),
                     platform=event.platform,
                     ingested_ts=ingested_ms,
                     not_before=due,
@@ -108,6 +169,8 @@ def plan_event_fully(
                     cancellable=rule.cancel_condition is not None,
                     category=rule.category,
                     timezone=timezone,
+                    app_version=app_version,
+                    app_platform=app_platform,
                 )
             )
     return EventPlan(messages, [rule.id for rule in matches.cancels])
@@ -128,35 +191,92 @@ def event_age_seconds(event: Event, ingested_ms: int) -> float:
     return max(0, ingested_ms - event.ts) / 1000
 
 
-def _variables(event: Event) -> dict[str, Any]:
+def _variables(event: Event, device: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "user_id": event.user_id,
         "event": event.name,
         "event_id": event.event_id,
         "properties": event.properties,
-        "device": event.device,
+        "device": device,
     }
 
 
-def render(message: ReachMessage, templates: Mapping[str, Template]) -> Rendered | Outcome:
-    """The message's content, or a permanent outcome saying why it cannot be rendered:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Moved:
+    """A message whose app is too old for its content on this channel: ``template`` is to
+    be sent on ``channel`` instead (the template's ``fallback: {channel: ...}``)."""
+
+    message: ReachMessage
+    channel: str
+    template: str
+
+
+def render(
+    message: ReachMessage,
+    templates: Mapping[str, Template],
+    upgrades: Mapping[str, UpgradeTarget] | None = None,
+) -> Rendered | Outcome | Moved:
+    """The message's content, a permanent outcome saying why it cannot be rendered, or
+    where it moves to (see :func:`render_choice`)."""
+    return render_choice(message, templates, upgrades)[0]
+
+
+def render_choice(
+    message: ReachMessage,
+    templates: Mapping[str, Template],
+    upgrades: Mapping[str, UpgradeTarget] | None = None,
+) -> tuple[Rendered | Outcome | Moved, str]:
+    """The message's content (or why there is none, or where it moves to), and the
+    app-version fallback taken: ``""``, ``template``, ``skip`` or ``channel``.
+
+    The template is chosen for the message's app version (:func:`app_version_of`): an app
+    below a template's ``min_app_version`` gets its fallback, nothing
+    (``app_version_too_old``), or the content on another channel. A message that moved
+    once does not move again: there it is ``app_version_too_old`` too. An ``upgrade``
+    template's context has ``upgrade`` (see :func:`upgrade_of`). A render that fails is
     ``template_variable_missing`` (naming the variable) when the message lacks a variable
     its template prints, ``template_error`` for any other failure.
-
-    The template is chosen for the app version the event came from (``device.app_version``):
-    an app below a template's ``min_app_version`` gets its fallback, or nothing
-    (``app_version_too_old``).
     """
-    template, reason = content_for(templates, message.template, app_version_of(message))
-    if template is None:
-        return Outcome.permanent(reason, _WHY_NOT_RENDERED[reason].format(template=message.template))
+    choice = content_for(templates, message.template, app_version_of(message), message.channel)
+    if choice.template is not None and choice.channel and not message.fallback_from:
+        return Moved(message, choice.channel, choice.template.id), choice.fallback
+    if choice.template is None:
+        why = Outcome.permanent(
+            choice.reason, _WHY_NOT_RENDERED[choice.reason].format(template=message.template)
+        )
+        return why, choice.fallback
+    if choice.channel:  # it moved here already: once is all
+        detail = (
+            f"the app is too old for template {message.template!r}, here and on {message.fallback_from!r}"
+        )
+        return Outcome.permanent("app_version_too_old", detail), "skip"
+    return _filled(message, choice.template, upgrades or {}), choice.fallback
+
+
+def _filled(
+    message: ReachMessage, template: Template, upgrades: Mapping[str, UpgradeTarget]
+) -> Rendered | Outcome:
+    context, details = message.variables, {}
+    if template.kind == UPGRADE:
+        details = upgrade_of(template, message, upgrades)
+        context = {**context, "upgrade": details}
     try:
-        return template.render(message.variables)
+        rendered = template.render(context)
     except TemplateRenderError as exc:
         code = "template_variable_missing" if exc.missing_variable else "template_error"
         return Outcome.permanent(code, str(exc)[:300])
     except Exception as exc:  # a template bug must fail this message, not the batch
         return Outcome.permanent("template_error", f"{type(exc).__name__}: {exc}"[:300])
+    return dataclasses.replace(rendered, kind=template.kind, details=details) if template.kind else rendered
+
+
+def upgrade_of(
+    template: Template, message: ReachMessage, upgrades: Mapping[str, UpgradeTarget]
+) -> dict[str, str]:
+    """What an upgrade pop-up names: the template's platform (else the message's app's),
+    and its minimum version and URL, else that platform's configured ones."""
+    platform = template.platform or message.app_platform or platform_name(message.platform)
+    return upgrade_details(upgrades, platform, template.minimum_version, template.upgrade_url)
 
 
 _WHY_NOT_RENDERED = {
@@ -166,7 +286,10 @@ _WHY_NOT_RENDERED = {
 
 
 def app_version_of(message: ReachMessage) -> object:
-    """The app version the message's event came from, when it said (None otherwise)."""
+    """The app version the message's content is chosen for: the one planned with it, else
+    (messages planned before that field) the event's ``device.app_version``; None when unknown."""
+    if message.app_version:
+        return message.app_version
     device = message.variables.get("device")
     return device.get("app_version") if isinstance(device, Mapping) else None
 
@@ -233,35 +356,50 @@ Screen = Callable[[Delivery], "Outcome | None"]
 Finish = Callable[[ReachMessage, Rendered], Rendered]
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A batch's messages after rendering: ready to send, failed, moved to another channel,
+    and how many of each app-version fallback were taken."""
+
+    ready: list[Delivery] = dataclasses.field(default_factory=list)
+    failed: list[tuple[ReachMessage, Outcome]] = dataclasses.field(default_factory=list)
+    moved: list[Moved] = dataclasses.field(default_factory=list)
+    fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 def deliveries_for(
     messages: Sequence[ReachMessage],
     templates: Mapping[str, Template],
     max_content_bytes: int,
     screen: Screen | None = None,
     finish: Finish | None = None,
-) -> tuple[list[Delivery], list[tuple[ReachMessage, Outcome]]]:
-    """Split messages into deliveries and ones that failed to render, that ``screen`` refused,
-    or that render too large.
+    upgrades: Mapping[str, UpgradeTarget] | None = None,
+) -> Prepared:
+    """Split messages into deliveries, ones that failed to render, that ``screen`` refused,
+    or that render too large, and ones that move to another channel.
 
     ``screen`` sees the content as the template rendered it, before anything changes it;
     ``finish`` then changes it (tracked links) before its size is checked. Content over
     ``max_content_bytes`` is never stored or sent: it fails as ``content_too_large``.
     """
-    ready: list[Delivery] = []
-    failed: list[tuple[ReachMessage, Outcome]] = []
+    prepared = Prepared()
     for message in messages:
-        content = render(message, templates)
+        content, fallback = render_choice(message, templates, upgrades)
+        if fallback:
+            prepared.fallbacks[fallback] = prepared.fallbacks.get(fallback, 0) + 1
         if isinstance(content, Rendered):
             content = _screened(Delivery(message, content), screen) or content
         if isinstance(content, Rendered) and finish is not None:
             content = finish(message, content)
         if isinstance(content, Rendered):
             content = oversize(content, max_content_bytes) or content
-        if isinstance(content, Outcome):
-            failed.append((message, content))
+        if isinstance(content, Moved):
+            prepared.moved.append(content)
+        elif isinstance(content, Outcome):
+            prepared.failed.append((message, content))
         else:
-            ready.append(Delivery(message, content))
-    return ready, failed
+            prepared.ready.append(Delivery(message, content))
+    return prepared
 
 
 def _screened(delivery: Delivery, screen: Screen | None) -> Outcome | None:

@@ -26,7 +26,7 @@ from agents.produce import produce_all
 from agents.records import value_limit
 from agents.trigger import DeadLetter, dead_letter
 from models.events import EventError
-from models.profiles import UserProfile, parse_profile
+from models.profiles import UserProfile, parse_profile, with_versions_of
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.segments")
@@ -79,11 +79,15 @@ class SegmentsStep:
         await produce_all(self.app, self.rt.settings.dead_letter_topic, dead + letters)
 
     def _remember(self, profile: UserProfile) -> None:
+        """Replace the table's profile; the app versions events reported stay (the record
+        does not carry them)."""
         key = profile.user_id.encode()
         if profile.deleted:
             self.profiles.pop(key, None)
-        else:
-            self.profiles[key] = profile.to_bytes()
+            return
+        raw = self.profiles.get(key)
+        previous = UserProfile.from_bytes(raw) if raw else None
+        self.profiles[key] = with_versions_of(profile, previous).to_bytes()
 
     def _dead(self, message: Any, error: EventError) -> DeadLetter:
         self.rt.metrics.events_dead_lettered.labels(error.reason).inc()

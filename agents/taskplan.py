@@ -13,14 +13,16 @@ from typing import Any
 
 import orjson
 
-from agents.plan import reachable_channels
+from agents.plan import carried_contact, reachable_channels
 from channels.routing import WeightedChooser
 from models import schedule as sched
 from models.messages import ReachMessage, message_id_for
+from models.profiles import app_version_for
 from models.taskruns import Recipient
 from models.tasks import ScheduleKind, TaskSpec, rule_id, template_id
 from rules.audience import AudienceFilter
 from rules.engine import RuleEngine
+from rules.model import fallback_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,19 +124,32 @@ def plan_recipient(
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
     selections: dict[Any, tuple[str, ...]] | None = None,
+    platforms: Mapping[str, str] | None = None,
 ) -> list[ReachMessage]:
     """The recipient's messages: one per candidate channel the channel rules keep and a
     provider can address. Ids derive from (task, run, user, channel), so a page planned
-    again after a crash makes the same messages, which the channel agent skips."""
+    again after a crash makes the same messages, which the channel agent skips. Content
+    is chosen for the app the profile last saw (on the channel's platform, when
+    ``platforms`` binds it to one: see :func:`agents.plan.app_on_channel`)."""
     contact = recipient.contact
     reachable = reachable_channels(choosers, contact)
     fact = selection_fact(plan, recipient, reachable)
     context = variables(plan, recipient)
+    also = fallback_channels(engine.rulebook.templates, plan.template)
     return [
-        _message(plan, recipient, channel, choosers[channel], context, now_ms)
+        _message(plan, recipient, channel, choosers[channel], context, now_ms).replace(
+            contact=carried_contact(choosers, channel, contact_of(recipient), also),
+            **app_fields(recipient, (platforms or {}).get(channel, "")),
+        )
         for channel in _selected(plan, fact, engine, selections)
         if channel in reachable
     ]
+
+
+def app_fields(recipient: Recipient, channel_platform: str) -> dict[str, str]:
+    """``app_platform`` and ``app_version`` of a task message: what the profile last saw."""
+    platform, version = app_version_for(recipient.app_versions, channel_platform)
+    return {"app_version": version, "app_platform": platform} if version else {}
 
 
 def _selected(
@@ -198,8 +213,16 @@ class PageEncoder:
     user, provider, due time, contact and attributes are encoded: a few microseconds
     each instead of ~100 for the reference form (profiled)."""
 
-    def __init__(self, plan: RunPlan, engine: RuleEngine, choosers: Mapping[str, WeightedChooser]) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        engine: RuleEngine,
+        choosers: Mapping[str, WeightedChooser],
+        platforms: Mapping[str, str] | None = None,
+    ) -> None:
         self.plan = plan
+        self.platforms = platforms or {}
+        self.also = fallback_channels(engine.rulebook.templates, plan.template)
         self.engine = engine
         self.choosers = choosers
         self.rule = rule_id(plan.task_no)
@@ -268,20 +291,27 @@ class PageEncoder:
         before = b"".join((b',"event_ts":', _number(due), b',"timezone":', _dumps(recipient.timezone)))
         after = b"".join((
             b',"variables":{', self.shared_context, b',"user_id":', user_json,
-            b',"attributes":', _dumps(recipient.attributes), b"}}",
+            b',"attributes":', _dumps(recipient.attributes), b"}",
         ))  # fmt: skip
         out = []
         for channel in channels:
-            chooser = self.choosers[channel]
-            provider = self.single.get(channel) or chooser.choose(contact=contact).name
+            provider = self.single.get(channel) or self.choosers[channel].choose(contact=contact).name
             digest = self.id_prefix.copy()
             digest.update(f"{user}\x1f{channel}".encode())
+            carried = carried_contact(self.choosers, channel, contact, self.also)
             out.append((channel, b"".join((
                 heads[channel], b'"message_id":"', digest.hexdigest().encode(), b'","user_id":', user_json,
                 b',"provider":', orjson.dumps(provider), before,
-                b',"contact":', _dumps(chooser.contact_for(contact)), after,
+                b',"contact":', _dumps(carried), after, self._app_fields(recipient, channel), b"}",
             ))))  # fmt: skip
         return out
+
+    def _app_fields(self, recipient: Recipient, channel: str) -> bytes:
+        """``,"app_version":...,"app_platform":...`` when the profile saw an app, else nothing."""
+        if not recipient.app_versions:
+            return b""
+        fields = app_fields(recipient, self.platforms.get(channel, ""))
+        return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
     def _channels(self, recipient: Recipient, reachable: list[str]) -> list[str]:
         """The channel rules' choice among the reachable channels, asked once per distinct
@@ -326,6 +356,7 @@ def plan_page(
     engine: RuleEngine,
     choosers: Mapping[str, WeightedChooser],
     now_ms: int,
+    platforms: Mapping[str, str] | None = None,
 ) -> tuple[list[ReachMessage], int]:
     """The messages of one audience page, and how many of its recipients the run reaches
     (the reference form of :class:`PageEncoder`)."""
@@ -335,7 +366,7 @@ def plan_page(
     for recipient in page:
         if chosen(plan, recipient):
             reached += 1
-            messages += plan_recipient(plan, recipient, engine, choosers, now_ms, selections)
+            messages += plan_recipient(plan, recipient, engine, choosers, now_ms, selections, platforms)
     return messages, reached
 
 

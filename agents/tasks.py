@@ -133,7 +133,7 @@ class TaskRunner:
             return 0, await self.group(task, run, deadline)
         zone = self.rt.settings.task_default_zone
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, zone, run.grouped)
-        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers)
+        encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers, self.rt.platforms)
         planned = 0
         part = (run.task_no, run.run_no) if run.grouped else None
         status = await self._status(task)

@@ -18,6 +18,13 @@ restarts (Redis with its append-only file) and fires once with two workers
 cancel bookkeeping of ``cancel_if`` is written in the same step, in event
 order (:mod:`agents.cancels`). All of it is written before the batch's
 offsets may be committed.
+
+An event that reports its app (``device.platform`` and ``device.app_version``) updates
+the user's profile when the version changed (:func:`models.profiles.observe_version`):
+the batch's later events see it at once, MariaDB (``user_app_versions``, which task
+audiences read) is written before the outbox, and the profile table last, merged into
+whatever profile it holds then (the segments agent may have replaced it meanwhile). A
+crash in between repeats the observation on the replay.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from agents.plan import event_age_seconds, plan_event_fully
 from agents.produce import produce_all
 from agents.records import dumps_within, value_limit
 from models.cancel_markers import CancelOp
-from models.events import EventError, parse_event
+from models.events import Event, EventError, parse_event
 from models.outbox import pack
-from models.profiles import UserProfile
+from models.profiles import UserProfile, observe_version, platform_name, with_versions_of
+from models.storage import VersionRow
 from reach.runtime import Runtime, Setup
 from rules.engine import RuleEngine
 
@@ -95,6 +103,9 @@ class PlannedBatch:
     #: message ids planned so far: a copy of an event (same event_id) in the same batch makes
     #: them again, and the first copy is the one sent, as when the copy comes in a later batch
     planned_ids: set[str] = dataclasses.field(default_factory=set)
+    #: profiles whose app versions this batch changed, by user id (the newest of each)
+    observed: dict[str, UserProfile] = dataclasses.field(default_factory=dict)
+    versions: list[VersionRow] = dataclasses.field(default_factory=list)
 
 
 class TriggerPlanner:
@@ -105,6 +116,7 @@ class TriggerPlanner:
         self.rt = setup
         self.profiles = profiles
         self.limit = value_limit(setup.settings.kafka_max_message_bytes)
+        self.platforms = setup.platforms
 
     def plan(self, events: Sequence[Any]) -> PlannedBatch:
         """The outbox records, delayed messages and cancel bookkeeping of a batch (in event
@@ -130,11 +142,12 @@ class TriggerPlanner:
         check_key(record.key, parsed.user_id)
         ingested = ingested_ms(record, now)
         self.rt.metrics.event_age.observe(event_age_seconds(parsed, ingested))
-        profile = self._profile(parsed.user_id)
+        profile = self._observe(parsed, batch)
         zone = self.rt.settings.default_timezone
         plan = plan_event_fully(
-            parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched, zone
-        )
+            parsed, profile, engine, self.rt.choosers, now, self._unroutable, ingested, self._unmatched, zone,
+            self.platforms,
+        )  # fmt: skip
         encoded = [(m, m.to_bytes()) for m in plan.messages if m.message_id not in batch.planned_ids]
         for message, value in encoded:
             if len(value) > self.limit:
@@ -158,6 +171,25 @@ class TriggerPlanner:
         raw = self.profiles.get(user_id.encode())
         return UserProfile.from_bytes(raw) if raw else None
 
+    def _observe(self, event: Event, batch: PlannedBatch) -> UserProfile | None:
+        """The user's profile as this event leaves it: with the app version it reports."""
+        profile = batch.observed.get(event.user_id) or self._profile(event.user_id)
+        platform = platform_name(event.platform)
+        updated = observe_version(profile, event.user_id, platform, event.device.get("app_version"), event.ts)
+        if updated is None:
+            return profile
+        batch.observed[event.user_id] = updated
+        batch.versions.append((event.user_id, platform, updated.app_versions[platform].version, event.ts))
+        return updated
+
+    def remember(self, observed: dict[str, UserProfile]) -> None:
+        """Put the batch's app versions into the profile table, into the profile it holds now."""
+        for user_id, profile in observed.items():
+            key = user_id.encode()
+            raw = self.profiles.get(key)
+            current = UserProfile.from_bytes(raw) if raw else UserProfile(user_id)
+            self.profiles[key] = with_versions_of(current, profile).to_bytes()
+
 
 class TriggerStep:
     def __init__(self, app: Any, runtime: Runtime, profiles: Any) -> None:
@@ -170,6 +202,8 @@ class TriggerStep:
         return self.planner.plan(events)
 
     async def send(self, batch: PlannedBatch) -> None:
+        if batch.versions:
+            await self.rt.profiles.record_versions(batch.versions)
         await self._schedule(batch)
         settings = self.rt.settings
         by_channel: dict[str, list[tuple[bytes | None, bytes]]] = {}
@@ -180,6 +214,7 @@ class TriggerStep:
             frames = pack(outbox, settings.outbox_frame_messages, self.limit)
             await produce_all(self.app, settings.outbox_topic(channel), frames)
         await produce_all(self.app, settings.dead_letter_topic, batch.dead)
+        self.planner.remember(batch.observed)
 
     async def _schedule(self, batch: PlannedBatch) -> None:
         """Cancel bookkeeping first, then the delayed messages: both before the next batch,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import ForUser
 from api.errors import ApiError
 from api.resources import Popups
 from api.schemas import AUTHENTICATED, MESSAGE_ID, PopupList, PopupMessage, error_responses
+from api.upgrade import PLATFORM_HEADER, VERSION_HEADER
+from models.popups import upgraded
 from reach.clock import Clock
 
 
@@ -25,13 +27,17 @@ def router(clock: Clock) -> APIRouter:
         description=(
             "Pop-ups whose display window contains the current time and that are not dismissed, "
             "highest priority first, then the most recent window start. A show-once pop-up is "
-            "returned by one request only: that request marks it shown."
+            "returned by one request only: that request marks it shown. A pop-up of `type` "
+            "`upgrade` asks the user to upgrade the app (`upgrade`: platform, minimum_version, "
+            "upgrade_url); an app that sends X-App-Platform and X-App-Version at or above its "
+            "minimum does not get it."
         ),
     )
     async def get_popups(
-        popups: Popups, access: ForUser, limit: int = Query(10, ge=1, le=50)
+        request: Request, popups: Popups, access: ForUser, limit: int = Query(10, ge=1, le=50)
     ) -> dict[str, Any]:
-        items = await popups.active(access.user_id, clock.now_ms(), limit)
+        hidden = upgraded(request.headers.get(PLATFORM_HEADER), request.headers.get(VERSION_HEADER))
+        items = await popups.active(access.user_id, clock.now_ms(), limit, hidden)
         return {"items": [PopupMessage.from_item(i).model_dump() for i in items]}
 
     @routes.post(

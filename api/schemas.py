@@ -119,6 +119,14 @@ EVENT_REQUEST_SCHEMA: dict[str, Any] = {
 }
 
 
+class PopupUpgrade(BaseModel):
+    """What an ``upgrade`` pop-up asks for; a field nobody configured is ``""``."""
+
+    platform: str
+    minimum_version: str
+    upgrade_url: str
+
+
 class PopupMessage(BaseModel):
     message_id: str
     title: str
@@ -126,9 +134,19 @@ class PopupMessage(BaseModel):
     priority: int
     show_from: int  # ms since epoch
     show_until: int  # ms since epoch, exclusive
+    type: str = "message"  # message | upgrade
+    upgrade: PopupUpgrade | None = None  # for type upgrade
 
     @classmethod
     def from_item(cls, item: PopupItem) -> PopupMessage:
+        details = item.detail_map
+        upgrade = None
+        if item.type == "upgrade":
+            upgrade = PopupUpgrade(
+                platform=details.get("platform", ""),
+                minimum_version=details.get("minimum_version", ""),
+                upgrade_url=details.get("upgrade_url", ""),
+            )
         return cls(
             message_id=item.message_id,
             title=item.title,
@@ -136,6 +154,8 @@ class PopupMessage(BaseModel):
             priority=item.priority,
             show_from=item.show_from,
             show_until=item.show_until,
+            type=item.type,
+            upgrade=upgrade,
         )
 
 

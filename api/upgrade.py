@@ -24,8 +24,11 @@ from typing import Any
 from fastapi import Request
 
 from api.errors import ApiError
+from models.upgrades import UpgradeConfigError, UpgradeTarget, parse_pairs, upgrade_targets
 from reach.settings import Settings
 from rules.versions import version_key
+
+__all__ = ["UPGRADE_RESPONSES", "UpgradeConfigError", "UpgradePolicy", "parse_pairs"]
 
 PLATFORM_HEADER = "x-app-platform"
 VERSION_HEADER = "x-app-version"
@@ -37,33 +40,15 @@ UPGRADE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class UpgradeConfigError(ValueError):
-    """A minimum version or upgrade URL setting that cannot be used."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Minimum:
-    text: str
-    key: int
-    upgrade_url: str
-
-
 @dataclasses.dataclass(frozen=True)
 class UpgradePolicy:
-    minimums: Mapping[str, Minimum]
+    minimums: Mapping[str, UpgradeTarget]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpgradePolicy:
         """Raises :class:`UpgradeConfigError` naming the setting and the bad entry."""
-        versions = parse_pairs(settings.min_app_versions, "REACH_MIN_APP_VERSIONS")
-        urls = parse_pairs(settings.upgrade_urls, "REACH_UPGRADE_URLS")
-        minimums = {}
-        for platform, text in versions.items():
-            key = version_key(text)
-            if key is None:
-                raise UpgradeConfigError(f"REACH_MIN_APP_VERSIONS: {platform}={text!r} is not a version")
-            minimums[platform] = Minimum(text, key, urls.get(platform, ""))
-        return cls(minimums)
+        targets = upgrade_targets(settings.min_app_versions, settings.upgrade_urls)
+        return cls({platform: t for platform, t in targets.items() if t.key is not None})
 
     def verdict(self, platform: str, version: str) -> dict[str, str] | None:
         """The 426 details when ``version`` is below ``platform``'s minimum, else None.
@@ -76,7 +61,7 @@ class UpgradePolicy:
         key = version_key(version)
         if key is None:
             raise ApiError(400, "bad_app_version", f"X-App-Version {version[:64]!r} is not a version")
-        if key >= minimum.key:
+        if minimum.key is None or key >= minimum.key:
             return None
         return {
             "platform": platform.strip().lower(),
@@ -98,14 +83,3 @@ class UpgradePolicy:
                 f"upgrade to {details['minimum_version']} or later"
             )
             raise ApiError(426, "upgrade_required", message, details)
-
-
-def parse_pairs(text: str, setting: str) -> dict[str, str]:
-    """``"ios=1.9.0, android=2.0"`` as ``{"ios": "1.9.0", "android": "2.0"}`` (names lower-cased)."""
-    pairs: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = entry.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise UpgradeConfigError(f"{setting}: {entry!r} is not platform=value")
-        pairs[name.strip().lower()] = value.strip()
-    return pairs

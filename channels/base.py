@@ -38,12 +38,19 @@ from reach.clock import Clock, SystemClock
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rendered:
-    """A message's content after template rendering."""
+    """A message's content after template rendering.
+
+    ``kind`` is the template's (``""`` a plain message, ``upgrade`` a request to upgrade
+    the app); ``details`` what the kind carries (an upgrade's ``platform``,
+    ``minimum_version`` and ``upgrade_url``). Providers that cannot show a kind send the text.
+    """
 
     title: str
     text: str
     html: str = ""
     tracking: bool = True  # the template allows tracked links and an open pixel
+    kind: str = ""
+    details: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

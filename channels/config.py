@@ -8,6 +8,8 @@ Shape (``deploy/config/channels.yaml``)::
         limit_per_window: 6000      # whole channel, per window; omit = unlimited
         max_content_bytes: 1000000  # rendered title + text + html (UTF-8); omit = the
                                     # smallest default of the channel's provider types
+        platform: ios               # only for a channel one platform's app shows (an APNs
+                                    # push): content is chosen for that app's version
         providers:
           - name: smtp-primary      # unique within the channel
             type: smtp              # a key of channels.registry.PROVIDERS
@@ -45,7 +47,10 @@ MASK = "****"
 SECRET_KEY_PARTS = ("password", "secret", "token", "key")
 
 _CHANNELS_KEYS = frozenset({"channels"})
-_CHANNEL_KEYS = frozenset({"window_seconds", "limit_per_window", "max_content_bytes", "providers"})
+_CHANNEL_KEYS = frozenset(
+    {"window_seconds", "limit_per_window", "max_content_bytes", "platform", "providers"}
+)
+_PLATFORM = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _PROVIDER_KEYS = frozenset({"name", "type", "weight", "limit_per_window", "options"})
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
@@ -69,6 +74,9 @@ class ChannelConfig:
     providers: tuple[ProviderConfig, ...]  # at least one, names unique
     #: rendered content (title + text + html, UTF-8 bytes) above this fails as content_too_large
     max_content_bytes: int = 256 * 1024
+    #: the platform whose app shows this channel's messages (``ios`` for APNs); "" for a
+    #: channel any app shows (inbox, pop-ups) or none does (e-mail, SMS)
+    platform: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,7 +216,16 @@ class _Document:
             raise self.fail(body, where, f"window_seconds must be a number > 0, got {window!r}")
         limit = self.limit(body, where)
         providers = self.providers(body.get("providers"), body, where)
-        return ChannelConfig(name, float(window), limit, providers, self.max_content(body, where, providers))
+        max_content = self.max_content(body, where, providers)
+        return ChannelConfig(name, float(window), limit, providers, max_content, self.platform(body, where))
+
+    def platform(self, body: dict[str, Any], where: str) -> str:
+        value = body.get("platform", "")
+        if not isinstance(value, str) or (value and not _PLATFORM.fullmatch(value)):
+            raise self.fail(
+                body, where, f"platform must be a lower-case platform name such as ios, got {value!r}"
+            )
+        return value
 
     def max_content(self, body: dict[str, Any], where: str, providers: tuple[ProviderConfig, ...]) -> int:
         value = body.get("max_content_bytes")
@@ -312,6 +329,7 @@ def _masked_channel(channel: ChannelConfig) -> dict[str, Any]:
         "window_seconds": channel.window_seconds,
         "limit_per_window": channel.limit_per_window,
         "max_content_bytes": channel.max_content_bytes,
+        "platform": channel.platform,
         "providers": [_masked_provider(provider) for provider in channel.providers],
     }
 

@@ -28,6 +28,9 @@ title or body longer than the table holds  PERMANENT ``content_too_long``
 database unreachable                       RETRY ``db_unavailable`` after 1 s
 =========================================  =================================
 
+A message rendered from a ``kind: upgrade`` template is stored as type ``upgrade`` with
+its ``platform``, ``minimum_version`` and ``upgrade_url``; any other as type ``message``.
+
 Options: ``display_seconds`` (default 7 days), ``max_display_seconds``
 (default 90 days), ``show_once`` (default true: only the first read that
 returns a pop-up shows it).
@@ -40,12 +43,13 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import orjson
 import pymysql
 
 from channels.base import Delivery, Outcome, Provider, StartHook, no_start_hook
 from channels.options import OptionReader
 from models.events import EPOCH, MAX_TS_MS, MIN_TS_MS
-from models.popups import PopupItem, PopupStore
+from models.popups import MESSAGE, UPGRADE, PopupItem, PopupStore
 
 DAY = 86_400
 DEFAULT_DISPLAY_SECONDS, DEFAULT_MAX_DISPLAY_SECONDS = 7 * DAY, 90 * DAY
@@ -144,6 +148,8 @@ def popup_item(delivery: Delivery, options: PopupOptions) -> PopupItem | Outcome
         show_until=show_until,
         show_once=show_once,
         created_at=message.created_ts,
+        type=UPGRADE if content.kind == UPGRADE else MESSAGE,
+        details=orjson.dumps(dict(content.details)).decode() if content.details else "",
     )
 
 

@@ -53,6 +53,11 @@ class ReachMessage:
     cancellable: bool = False  # its rule has a `cancel_if`: checked at send time (agents/cancels.py)
     category: str = ""  # the rule's (or task's) category: what policies apply (agents/delivery/policy.py)
     timezone: str = ""  # the user's zone at planning time (profile, else REACH_DEFAULT_TIMEZONE)
+    # The app the content is chosen for (a template's min_app_version): the event's, else the
+    # one the profile last saw on the channel's platform (agents/plan.py); "" when unknown.
+    app_version: str = ""
+    app_platform: str = ""
+    fallback_from: str = ""  # the channel this message moved from, for an app too old for it there
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes the dataclass itself, ~20x faster than asdict
@@ -80,7 +85,8 @@ class ReachMessage:
 
 _TEXT_FIELDS = (
     "message_id", "user_id", "rule_id", "template", "channel", "provider",
-    "event_id", "event_name", "platform", "category", "timezone",
+    "event_id", "event_name", "platform", "category", "timezone", "app_version", "app_platform",
+    "fallback_from",
 )  # fmt: skip
 _INT_FIELDS = ("priority", "event_ts", "created_ts", "attempt", "not_before", "ingested_ts", "due_ts")
 

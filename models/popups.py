@@ -7,15 +7,25 @@ IS NULL``), and returns it only when that update changed the row, so two reads
 racing for it (two devices of one user) return it once between them. No
 explicit transaction or row lock is needed, which keeps the read path the same
 on MariaDB and on TiDB (optimistic or pessimistic).
+
+A pop-up has a ``type``: ``message``, or ``upgrade`` asking the user to upgrade the app,
+whose ``details`` name the ``platform``, ``minimum_version`` and ``upgrade_url``. A read
+may leave out the upgrade pop-ups of an app already at their minimum (``hidden``): they
+stay for an older app of the user to show.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
 from models.storage import execute_rows
+from rules.versions import version_key
+
+MESSAGE, UPGRADE = "message", "upgrade"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,6 +43,13 @@ class PopupItem:
     created_at: int  # ms since epoch
     shown_at: int | None = None  # set by the read that returned a show-once pop-up
     dismissed_at: int | None = None
+    type: str = MESSAGE
+    details: str = ""  # JSON object of what the type carries; "" for a message
+
+    @property
+    def detail_map(self) -> dict[str, str]:
+        value = orjson.loads(self.details) if self.details else {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 POPUP_COLUMNS = ", ".join(field.name for field in dataclasses.fields(PopupItem))
@@ -68,16 +85,21 @@ class PopupStore:
             rows,
         )
 
-    async def active(self, user_id: str, now_ms: int, limit: int) -> list[PopupItem]:
+    async def active(
+        self, user_id: str, now_ms: int, limit: int, hidden: Callable[[PopupItem], bool] | None = None
+    ) -> list[PopupItem]:
         """What to show now: highest priority first, then the most recent window start.
 
         Show-once pop-ups in the result are marked shown at ``now_ms`` and are
         never returned again. A show-once pop-up that a concurrent read claimed
-        first is left out, so the result may hold fewer than ``limit`` items.
+        first is left out, so the result may hold fewer than ``limit`` items, as are
+        those ``hidden`` says this reader should not see (they are not marked shown).
         """
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(_ACTIVE, [user_id, now_ms, now_ms, limit])
             candidates = [_item(row) for row in await cur.fetchall()]
+            if hidden is not None:
+                candidates = [item for item in candidates if not hidden(item)]
             shown = []
             for item in candidates:
                 if not item.show_once:
@@ -111,6 +133,24 @@ class PopupStore:
             return await cur.fetchone() is not None
 
 
+def upgraded(platform: str | None, version: str | None) -> Callable[[PopupItem], bool] | None:
+    """The ``hidden`` test of a read by an app that says what it is: an upgrade pop-up of
+    its platform (or of none) whose minimum it has reached. None when the app says nothing."""
+    key = version_key(version)
+    if platform is None or key is None:
+        return None
+    name = platform.strip().lower()
+
+    def at_minimum(item: PopupItem) -> bool:
+        if item.type != UPGRADE:
+            return False
+        details = item.detail_map
+        minimum = version_key(details.get("minimum_version"))
+        return details.get("platform", "") in ("", name) and minimum is not None and key >= minimum
+
+    return at_minimum
+
+
 async def _claim(cur: Any, item: PopupItem, now_ms: int) -> bool:
     """Mark a show-once pop-up shown; False when a concurrent read did it first."""
     await cur.execute(_CLAIM, [now_ms, item.message_id, item.user_id])
@@ -119,4 +159,4 @@ async def _claim(cur: Any, item: PopupItem, now_ms: int) -> bool:
 
 def _item(row: Sequence[Any]) -> PopupItem:
     item = PopupItem(*row)
-    return dataclasses.replace(item, show_once=bool(item.show_once))
+    return dataclasses.replace(item, show_once=bool(item.show_once), details=item.details or "")

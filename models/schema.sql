@@ -14,6 +14,17 @@ CREATE TABLE IF NOT EXISTS user_profiles (
   PRIMARY KEY (user_id)
 );
 
+-- The app version each platform's app of a user last reported in an event
+-- (models/profiles.py): a newer event's version replaces an older one's, never the
+-- reverse. Task audience filters read it as app_version.<platform>.
+CREATE TABLE IF NOT EXISTS user_app_versions (
+  user_id     VARCHAR(128) NOT NULL,
+  platform    VARCHAR(32)  NOT NULL,
+  app_version VARCHAR(64)  NOT NULL,
+  seen_at     BIGINT       NOT NULL,   -- the reporting event's own time
+  PRIMARY KEY (user_id, platform)
+);
+
 -- Profile phone numbers -> users, for signals that name only a number (Twilio's STOP).
 -- phone_hash = hex HMAC-SHA256(REACH_PHONE_INDEX_KEY, the E.164 number): never the number.
 -- Written with the profiles, in their transaction (models/phones.py).
@@ -127,6 +138,8 @@ CREATE TABLE IF NOT EXISTS popups (
   created_at    BIGINT       NOT NULL,
   shown_at      BIGINT       NULL,
   dismissed_at  BIGINT       NULL,
+  type          VARCHAR(16)  NOT NULL DEFAULT 'message',   -- message | upgrade
+  details       TEXT         NULL,     -- JSON: an upgrade's platform, minimum_version, upgrade_url
   PRIMARY KEY (message_id),
   KEY idx_popups_user_until (user_id, show_until)
 );

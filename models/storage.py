@@ -138,6 +138,8 @@ UPGRADES: tuple[tuple[str, str, str, str], ...] = (
         "idx_inbox_page",
         "ADD INDEX idx_inbox_page (user_id, created_at, message_id, read_at)",
     ),
+    ("popups", "column", "type", "ADD COLUMN type VARCHAR(16) NOT NULL DEFAULT 'message'"),
+    ("popups", "column", "details", "ADD COLUMN details TEXT NULL"),
 )
 # Indexes a later one made redundant, dropped when present (after UPGRADES added theirs).
 RETIRED_INDEXES: tuple[tuple[str, str], ...] = (
@@ -464,6 +466,7 @@ class ProfileStore:
             try:
                 await _delete_memberships(cur, list(latest))
                 await _delete_profiles(cur, [p.user_id for p in latest.values() if p.deleted])
+                await _delete_versions(cur, [p.user_id for p in latest.values() if p.deleted])
                 await _insert_profiles(cur, live, now_ms)
                 await _insert_memberships(cur, live, now_ms)
                 if self.phones is not None:
@@ -472,6 +475,32 @@ class ProfileStore:
             except BaseException:
                 await conn.rollback()
                 raise
+
+    async def record_versions(self, seen: Sequence[VersionRow]) -> None:
+        """Store app versions reported by events, ``(user_id, platform, version, ts)``.
+
+        A row older than the stored one for its user and platform changes nothing, so a
+        replayed or late batch never moves a version back. MySQL applies the assignments
+        left to right: the version is compared with the stored time before that moves.
+        """
+        await execute_rows(
+            self.pool,
+            "INSERT INTO user_app_versions (user_id, platform, app_version, seen_at)",
+            "ON DUPLICATE KEY UPDATE "
+            "app_version = IF(VALUES(seen_at) >= seen_at, VALUES(app_version), app_version), "
+            "seen_at = GREATEST(seen_at, VALUES(seen_at))",
+            list(seen),
+        )
+
+
+#: ``(user_id, platform, app_version, seen_at)`` of ``user_app_versions``
+VersionRow = tuple[str, str, str, int]
+
+
+async def _delete_versions(cur: Any, user_ids: list[str]) -> None:
+    if user_ids:
+        marks = ",".join(["%s"] * len(user_ids))
+        await cur.execute(f"DELETE FROM user_app_versions WHERE user_id IN ({marks})", user_ids)
 
 
 async def _delete_memberships(cur: Any, user_ids: list[str]) -> None:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from models.profiles import SeenVersion
 from models.tasks import Audience, PlannedRun
 from models.taskstore import RUN_COLUMNS, RunRow
 
@@ -35,6 +36,8 @@ class Recipient(NamedTuple):
     contact: dict[str, Any] = {}
     timezone: str = ""
     attributes: dict[str, Any] = {}
+    #: per platform, the app version the user's events last reported (``user_app_versions``)
+    app_versions: dict[str, SeenVersion] = {}
 
     def fact(self) -> dict[str, Any]:
         """What an audience filter reads."""
@@ -43,6 +46,7 @@ class Recipient(NamedTuple):
             "segments": list(self.segments),
             "timezone": self.timezone,
             "attributes": self.attributes,
+            "app_version": {platform: seen.version for platform, seen in self.app_versions.items()},
         }
 
 
@@ -248,9 +252,33 @@ async def audience_page(
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SET SESSION group_concat_max_len = %s", [PAGE_BYTES])
         pages = [await _source_page(cur, source, [*args, after, limit]) for source, args in sources]
-    if len(pages) == 1:  # one source: already distinct and in order
-        return recipients_of(pages[0])
-    return merge_pages(pages, limit)
+        # one source: already distinct and in order
+        recipients = recipients_of(pages[0]) if len(pages) == 1 else merge_pages(pages, limit)
+        return with_app_versions(recipients, await _app_versions(cur, [r.user_id for r in recipients]))
+
+
+async def _app_versions(cur: Any, user_ids: list[str]) -> dict[str, dict[str, SeenVersion]]:
+    """The page's app versions: one primary-key range read per page, not a join (a join
+    would repeat each profile once per platform)."""
+    if not user_ids:
+        return {}
+    marks = ",".join(["%s"] * len(user_ids))
+    await cur.execute(
+        f"SELECT user_id, platform, app_version, seen_at FROM user_app_versions WHERE user_id IN ({marks})",
+        user_ids,
+    )
+    found: dict[str, dict[str, SeenVersion]] = {}
+    for user_id, platform, version, seen_at in await cur.fetchall():
+        found.setdefault(user_id, {})[platform] = SeenVersion(version, int(seen_at))
+    return found
+
+
+def with_app_versions(
+    recipients: list[Recipient], versions: dict[str, dict[str, SeenVersion]]
+) -> list[Recipient]:
+    if not versions:
+        return recipients
+    return [r._replace(app_versions=versions[r.user_id]) if r.user_id in versions else r for r in recipients]
 
 
 async def _source_page(cur: Any, source: tuple[str, str], args: list[Any]) -> list[Sequence[Any]]:
@@ -309,7 +337,7 @@ def recipients_of(rows: Iterable[Sequence[Any]]) -> list[Recipient]:
     return [
         new(
             Recipient,
-            (user, tuple(segments) if segments else (), contact or empty, zone or "", attrs or empty),
+            (user, tuple(segments) if segments else (), contact or empty, zone or "", attrs or empty, empty),
         )
         for user, segments, contact, zone, attrs in rows
     ]

@@ -19,6 +19,8 @@ A task body::
       template: welcome
       # ... or inline: title, text, html (sandboxed Jinja2, like rule templates)
       variables: {sale_url: "https://shop.example/sale"}   # as ``properties``
+      # kind: upgrade   (inline: a pop-up asking to upgrade; optional minimum_version,
+      #                  upgrade_url, platform as in rule templates)
     channels: [inbox, email]               # candidates; channel rules still apply
     priority: 5                            # 0..9
     schedule: {kind: at, at: "2026-12-24T09:00:00+01:00"}
@@ -43,7 +45,8 @@ import orjson
 from models import schedule as sched
 from rules.audience import AudienceFilter
 from rules.errors import ExpressionError, TemplateRenderError
-from rules.model import DEFAULT_PRIORITY, Template
+from rules.model import DEFAULT_PRIORITY, KINDS, UPGRADE, Template
+from rules.versions import version_key
 
 MAX_NAME = 128
 MAX_COMMENT = 1000
@@ -116,12 +119,26 @@ class Content:
     text: str = ""
     html: str = ""
     variables: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = ""  # inline only: "" a message, "upgrade" a request to upgrade the app
+    minimum_version: str = ""  # kind upgrade: the version to reach; "" the platform's configured one
+    upgrade_url: str = ""  # kind upgrade: where; "" the platform's configured one
+    platform: str = ""  # kind upgrade: whose minimum and URL; "" the recipient's app's
 
     def inline(self, task_no: int) -> Template | None:
         """The inline template of task ``task_no``, or None when a rule-file one is used."""
         if self.template:
             return None
-        return Template(template_id(task_no), self.title, self.text, self.html, source=f"task {task_no}")
+        return Template(
+            template_id(task_no),
+            self.title,
+            self.text,
+            self.html,
+            source=f"task {task_no}",
+            kind=self.kind,
+            minimum_version=self.minimum_version,
+            upgrade_url=self.upgrade_url,
+            platform=self.platform,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -206,6 +223,11 @@ SAMPLE_RECIPIENT: Mapping[str, Any] = MappingProxyType(
         "properties": {},
         "task": {"task_no": 0, "name": "sample", "run": 1},
         "device": {},
+        "upgrade": {
+            "platform": "ios",
+            "minimum_version": "1.9.0",
+            "upgrade_url": "https://apps.example/reach",
+        },
     }
 )
 
@@ -323,7 +345,7 @@ def _audience(check: _Checker, value: Any) -> Audience:
 
 
 def _content(check: _Checker, value: Any) -> Content:
-    keys = frozenset({"template", "title", "text", "html", "variables"})
+    keys = frozenset({"template", "title", "text", "html", "variables", *_UPGRADE_KEYS})
     data = _mapping(check, value, "content", keys)
     if data is None:
         return Content()
@@ -337,9 +359,28 @@ def _content(check: _Checker, value: Any) -> Content:
         text=check.text(data, "text", "content.text", 64 * 1024),
         html=check.text(data, "html", "content.html", 256 * 1024),
         variables=dict(variables),
+        **{key: check.text(data, key, f"content.{key}", 2048).strip() for key in _UPGRADE_KEYS},
     )
     _check_template(check, content)
+    _check_upgrade(check, content)
     return content
+
+
+_UPGRADE_KEYS = ("kind", "minimum_version", "upgrade_url", "platform")
+
+
+def _check_upgrade(check: _Checker, content: Content) -> None:
+    if content.kind not in KINDS:
+        check.fail("content.kind", f"must be {UPGRADE!r} or left out")
+    if content.kind and content.template:
+        check.fail("content.kind", "is for inline content; a rule-file template has its own kind")
+    for key in _UPGRADE_KEYS[1:]:
+        if getattr(content, key) and content.kind != UPGRADE:
+            check.fail(f"content.{key}", f"is for kind {UPGRADE!r}")
+    if content.minimum_version and version_key(content.minimum_version) is None:
+        check.fail("content.minimum_version", "is not a version (e.g. 1.9.0)")
+    if content.upgrade_url and not content.upgrade_url.startswith(("https://", "http://")):
+        check.fail("content.upgrade_url", "must be an http(s) URL")
 
 
 def _check_template(check: _Checker, content: Content) -> None:

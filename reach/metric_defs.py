@@ -79,6 +79,13 @@ METRICS: tuple[MetricDef, ...] = (
         "reach_rule_versions_unparsable",
         "Event or message values of a version(...) field that were not a version (read as absent)",
     ),
+    # fallback: template, skip, channel (a template's fallback for apps below its min_app_version)
+    _c(
+        "reach_app_version_fallbacks",
+        "Messages whose app was below their template's min_app_version, by the fallback taken",
+        "channel",
+        "fallback",
+    ),
     # -- worker: delayed trigger sends (a rule's delay and cancel_if)
     _c(
         "reach_messages_delayed",

@@ -92,6 +92,7 @@ class WorkerMetrics:
         self.rules_reloads = build(registry, "reach_rules_reloads")
         self.rules_loaded = build(registry, "reach_rules_loaded")
         self.versions_unparsable = build(registry, "reach_rule_versions_unparsable")
+        self.app_version_fallbacks = build(registry, "reach_app_version_fallbacks")
         self.messages_delayed = build(registry, "reach_messages_delayed")
         self.delayed_lateness = build(registry, "reach_delayed_lateness_seconds")
         self.messages_suppressed = build(registry, "reach_messages_suppressed")

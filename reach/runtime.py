@@ -34,6 +34,7 @@ from models.preferences import PreferenceCache, Preferences, PreferenceStore
 from models.redis_state import DeferredQueue, SentMarkers, WindowThrottle
 from models.storage import ProfileStore, ResultStore, close_pool, create_pool
 from models.taskstore import TaskStore
+from models.upgrades import UpgradeTarget, upgrade_targets
 from reach.clock import Clock, SystemClock
 from reach.metrics import WorkerMetrics
 from reach.settings import Settings
@@ -59,11 +60,14 @@ class Setup:
     choosers: dict[str, WeightedChooser]
     policies: Policies
     link_domains: LinkDomains | None  # None: links are not checked
+    #: per platform, the minimum app version and upgrade URL (REACH_MIN_APP_VERSIONS, REACH_UPGRADE_URLS)
+    upgrades: dict[str, UpgradeTarget]
 
     @classmethod
     def load(cls, settings: Settings, channels: ChannelsConfig, clock: Clock | None = None) -> Setup:
-        """Load rules (raising on a bad rule file), channel routing and policies (raising
-        :class:`~models.policies.PolicyFileError`); opens nothing."""
+        """Load rules (raising on a bad rule file), channel routing, policies (raising
+        :class:`~models.policies.PolicyFileError`) and the upgrade settings (raising
+        :class:`~models.upgrades.UpgradeConfigError`); opens nothing."""
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
         providers = {name: [p.name for p in c.providers] for name, c in channels.channels.items()}
@@ -79,7 +83,13 @@ class Setup:
             {name: chooser_for(channel) for name, channel in channels.channels.items()},
             load_policies(settings.policies_file, settings.category_names),
             link_domains_of(settings),
+            upgrade_targets(settings.min_app_versions, settings.upgrade_urls),
         )
+
+    @property
+    def platforms(self) -> dict[str, str]:
+        """The channels bound to one platform's app (``platform`` in the channels file)."""
+        return {name: c.platform for name, c in self.channels.channels.items() if c.platform}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

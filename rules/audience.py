@@ -1,13 +1,14 @@
 """Audience filters: the rules' ``when`` language over user profiles, evaluated in Python.
 
-A reach task's ``audience.filter`` (``attributes.country == "DE" and "vip" in
-segments``) is parsed by :func:`rules.expr.parse_expression`, so it accepts exactly
-what rule authors already write, with the same messages for mistakes. It is then
-evaluated here over each profile of an audience page, with the language's
-documented semantics: a comparison is false when the field is absent or of another
-type than the literal (ints and floats compare as numbers, booleans only equal
-booleans). Evaluating the small tree in Python costs less per profile than a
-durable-rules host per task, and needs no rule set to build or free.
+A reach task's ``audience.filter`` (``attributes.country == "DE" and "vip" in segments``,
+``version(app_version.ios) < version("1.9.0")``) is parsed by
+:func:`rules.expr.parse_expression`, so it accepts exactly what rule authors already
+write, with the same messages for mistakes. It is then evaluated here over each profile
+of an audience page, with the language's documented semantics: a comparison is false
+when the field is absent or of another type than the literal (ints and floats compare
+as numbers, booleans only equal booleans, and a ``version(...)`` comparison is false for
+a value that is not a version). Evaluating the small tree in Python costs less per
+profile than a durable-rules host per task, and needs no rule set to build or free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,20 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rules.expr import AllOf, Cmp, FactSchema, FieldKind, Has, Node, Not, Present, lookup, parse_expression
+from rules.expr import (
+    TAG_VERSION,
+    AllOf,
+    Cmp,
+    FactSchema,
+    FieldKind,
+    Has,
+    Node,
+    Not,
+    Present,
+    lookup,
+    parse_expression,
+)
+from rules.versions import version_key
 
 AUDIENCE_FACT = FactSchema(
     "profile",
@@ -25,6 +39,7 @@ AUDIENCE_FACT = FactSchema(
         "timezone": FieldKind.SCALAR,
         "segments": FieldKind.LIST,
         "attributes": FieldKind.OBJECT,
+        "app_version": FieldKind.OBJECT,  # {platform: version} the user's events last reported
     },
 )
 
@@ -50,7 +65,10 @@ class AudienceFilter:
 
 def evaluate(node: Node, fact: Mapping[str, Any]) -> bool:
     if isinstance(node, Cmp):
-        return _compare(lookup(fact, node.path), node.op, node.value)
+        value = lookup(fact, node.path)
+        if node.tag == TAG_VERSION:
+            value = version_key(value)  # the literal is a version key already
+        return _compare(value, node.op, node.value)
     if isinstance(node, Has):
         values = lookup(fact, node.path)
         return isinstance(values, list | tuple) and node.member in values

@@ -10,6 +10,7 @@ durable-rules does the matching. Supported::
     device.platform in ["ios", "android"]   field in / not in [literal, ...]
     "vip" in segments                       "literal" in / not in list-of-strings field
     version(device.app_version) >= version("1.9.0")   semantic version order (rules/versions.py)
+    version(app_version.ios) < version("1.9.0")       the profile's last known version per platform
     has(properties.order_id)                the field is present (not absent, not null)
     not (...), ... and ..., ... or ...      with parentheses
 
@@ -117,6 +118,7 @@ TRIGGER_FACT = FactSchema(
         "properties": FieldKind.OBJECT,
         "device": FieldKind.OBJECT,
         "segments": FieldKind.LIST,
+        "app_version": FieldKind.OBJECT,  # {platform: version} the profile last saw
     },
     index_fields=("name",),
 )

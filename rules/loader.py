@@ -33,7 +33,7 @@ from rules.durations import DurationError, format_duration, parse_duration
 from rules.engine import check_capacity, probe_condition
 from rules.errors import ExpressionError, RuleFileError, RuleSetError
 from rules.expr import CHANNEL_FACT, TRIGGER_FACT, Condition, FactSchema, compile_expression
-from rules.model import DEFAULT_PRIORITY, SKIP, ChannelRule, RuleBook, Template, TriggerRule
+from rules.model import DEFAULT_PRIORITY, KINDS, SKIP, UPGRADE, ChannelRule, RuleBook, Template, TriggerRule
 from rules.templating import compile_source
 from rules.versions import version_key
 from rules.yamlnodes import LocatedMap, error_line, error_reason, load_located
@@ -88,7 +88,22 @@ TRIGGER_KEYS = _Keys(
     ("priority", "dedup_key", "delay", "cancel_if", "category", "description"),
 )
 CHANNEL_RULE_KEYS = _Keys(("id", "when", "use"), ("description",))
-TEMPLATE_KEYS = _Keys(("title", "text"), ("html", "description", "min_app_version", "fallback", "tracking"))
+TEMPLATE_KEYS = _Keys(
+    ("title", "text"),
+    (
+        "html",
+        "description",
+        "min_app_version",
+        "fallback",
+        "tracking",
+        "kind",
+        "minimum_version",
+        "upgrade_url",
+        "platform",
+    ),
+)
+FALLBACK_KEYS = _Keys(("channel",), ("template",))
+UPGRADE_KEYS = ("minimum_version", "upgrade_url", "platform")
 
 
 def rule_files(path: str | Path) -> list[Path]:
@@ -133,6 +148,7 @@ def load_rulebook(
     refs = [ref for content in contents for ref in content.template_refs]
     _check_template_refs(refs, {t.value.id for t in templates}, problems)
     _check_fallback_cycles(templates, problems)
+    _check_channel_fallbacks(templates, problems)
     _check_capacity(_event_conditions(triggers), TRIGGER_FACT, problems)
     _check_capacity([(e.value.condition, e) for e in channel_rules], CHANNEL_FACT, problems)
     if problems.errors:
@@ -397,8 +413,9 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
         name: _template_source(ctx, body, name, required=name != "html") for name in ("title", "text", "html")
     }
     _text(ctx, body, "description", required=False)
-    min_version, fallback = _app_version_gate(ctx, body)
+    min_version, fallback, fallback_channel = _app_version_gate(ctx, body)
     tracking = _flag(ctx, body, "tracking", default=True)
+    upgrade = _upgrade_fields(ctx, body)
     if ctx.count > before:
         return None
     template = Template(
@@ -410,26 +427,70 @@ def _parse_template(ctx: _Context, template_id: Any, body: Any, line: int) -> _E
         min_version,
         fallback,
         tracking,
+        fallback_channel,
+        **upgrade,
     )
     return _Entry(template, ctx.path, line)
 
 
-def _app_version_gate(ctx: _Context, body: LocatedMap) -> tuple[str, str]:
-    """``min_app_version`` (a version) and ``fallback`` (a template id, or ``skip``)."""
+def _app_version_gate(ctx: _Context, body: LocatedMap) -> tuple[str, str, str]:
+    """``min_app_version`` (a version) and ``fallback``: a template id, ``skip``, or
+    ``{channel: inbox, template: id}`` (the template optional). Returns the minimum, the
+    fallback template (or ``skip``) and the fallback channel."""
     minimum = _text(ctx, body, "min_app_version", required=False).strip()
-    fallback = _text(ctx, body, "fallback", required=False).strip()
     if minimum and version_key(minimum) is None:
         ctx.error(
             body.line_of("min_app_version"), f"'min_app_version' {minimum!r} is not a version (e.g. 1.9.0)"
         )
-    if fallback and not minimum:
+    if "fallback" in body and not minimum:
         ctx.error(body.line_of("fallback"), "'fallback' needs 'min_app_version': it is what older apps get")
+    if isinstance(body.get("fallback"), LocatedMap):
+        template, channel = _channel_fallback(ctx, body["fallback"], body.line_of("fallback"))
+        return minimum, template, channel
+    fallback = _text(ctx, body, "fallback", required=False).strip()
     if fallback and fallback != SKIP:
-        if ID_PATTERN.fullmatch(fallback):
-            ctx.template_refs.append((fallback, ctx.path, body.line_of("fallback")))
-        else:
-            ctx.error(body.line_of("fallback"), f"'fallback' {fallback!r} must be a template id or {SKIP!r}")
-    return minimum, fallback or (SKIP if minimum else "")
+        _template_ref(ctx, fallback, body.line_of("fallback"))
+    return minimum, fallback or (SKIP if minimum else ""), ""
+
+
+def _channel_fallback(ctx: _Context, fallback: LocatedMap, line: int) -> tuple[str, str]:
+    """``{channel, template}`` of a fallback to another channel."""
+    _check_keys(ctx, fallback, FALLBACK_KEYS, "fallback")
+    channel = fallback.get("channel")
+    if channel is not None and not _channel_ok(ctx, line, "fallback", channel, ()):
+        channel = ""
+    template = _text(ctx, fallback, "template", required=False).strip()
+    if template:
+        _template_ref(ctx, template, fallback.line_of("template"))
+    return template, channel or ""
+
+
+def _template_ref(ctx: _Context, template_id: str, line: int) -> None:
+    if ID_PATTERN.fullmatch(template_id):
+        ctx.template_refs.append((template_id, ctx.path, line))
+    else:
+        ctx.error(line, f"'fallback' {template_id!r} must be a template id, {SKIP!r} or {{channel: name}}")
+
+
+def _upgrade_fields(ctx: _Context, body: LocatedMap) -> dict[str, str]:
+    """``kind`` and, for ``kind: upgrade``, its ``minimum_version``, ``upgrade_url`` and
+    ``platform`` (each optional: the configured one of the app's platform)."""
+    fields = {key: _text(ctx, body, key, required=False).strip() for key in ("kind", *UPGRADE_KEYS)}
+    if fields["kind"] not in KINDS:
+        ctx.error(body.line_of("kind"), f"'kind' {fields['kind']!r} must be {UPGRADE!r} or left out")
+    for key in UPGRADE_KEYS:
+        if fields[key] and fields["kind"] != UPGRADE:
+            ctx.error(body.line_of(key), f"{key!r} is for 'kind: {UPGRADE}' templates")
+    version = fields["minimum_version"]
+    if version and version_key(version) is None:
+        ctx.error(
+            body.line_of("minimum_version"), f"'minimum_version' {version!r} is not a version (e.g. 1.9.0)"
+        )
+    url = fields["upgrade_url"]
+    if url and not url.startswith(("https://", "http://")):
+        ctx.error(body.line_of("upgrade_url"), f"'upgrade_url' {url[:80]!r} must be an http(s) URL")
+    fields["platform"] = fields["platform"].lower()
+    return fields
 
 
 # --- field checks: report problems, return a usable default ------------------------
@@ -633,14 +694,38 @@ def _check_template_refs(
 def _check_fallback_cycles(templates: Sequence[_Entry], problems: _Problems) -> None:
     by_id = {entry.value.id: entry for entry in templates}
     for entry in templates:
-        seen, current = [entry.value.id], entry.value.fallback
+        seen, current = [entry.value.id], _next_in_chain(entry.value)
         while current in by_id and current != SKIP:
             if current in seen:
                 chain = " -> ".join([*seen, current])
                 problems.add(entry.path, entry.line, f"template fallbacks loop: {chain}")
                 break
             seen.append(current)
-            current = by_id[current].value.fallback
+            current = _next_in_chain(by_id[current].value)
+
+
+def _next_in_chain(template: Template) -> str:
+    """The template an older app gets on the same channel; a channel fallback ends the chain."""
+    return "" if template.fallback_channel else template.fallback
+
+
+def _check_channel_fallbacks(templates: Sequence[_Entry], problems: _Problems) -> None:
+    """A channel fallback's template is shown as it is on that channel: it may not fall back
+    to yet another channel (a message moves between channels once)."""
+    by_id = {entry.value.id: entry.value for entry in templates}
+    for entry in templates:
+        target = by_id.get(entry.value.fallback) if entry.value.fallback_channel else None
+        if (
+            target is not None
+            and target.fallback_channel
+            and target.fallback_channel != entry.value.fallback_channel
+        ):
+            problems.add(
+                entry.path,
+                entry.line,
+                f"fallback template {target.id!r} falls back to channel {target.fallback_channel!r} itself; "
+                "a message moves to another channel once",
+            )
 
 
 def _event_conditions(triggers: Sequence[_Entry]) -> list[tuple[Condition, _Entry]]:

@@ -93,6 +93,9 @@ class ChannelRule:
 SKIP = "skip"
 #: fallbacks followed at most (the loader refuses loops; this bounds a hand-built mapping)
 MAX_FALLBACKS = 16
+#: a template's ``kind`` for a pop-up asking the user to upgrade the app
+UPGRADE = "upgrade"
+KINDS = ("", UPGRADE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,12 @@ class Template:
     ``source`` is ``file:line``.
 
     ``min_app_version``: the oldest app version that can show it; older apps get the
-    ``fallback`` template instead, or nothing when it is ``skip`` (see :func:`content_for`).
+    ``fallback`` template instead, or nothing when it is ``skip``, or this content (or
+    the ``fallback`` template, when named) on ``fallback_channel`` (see :func:`content_for`).
+
+    ``kind`` ``upgrade``: a pop-up asking the user to upgrade to ``minimum_version`` at
+    ``upgrade_url``; either left empty is the platform's ``REACH_MIN_APP_VERSIONS`` /
+    ``REACH_UPGRADE_URLS`` entry, the platform being ``platform`` or the app's.
     """
 
     id: str
@@ -114,6 +122,11 @@ class Template:
     #: false: its messages get no tracked links and no open pixel (a password reset link
     #: must not pass through a redirect, nor its secret sit in reach's tracking token)
     tracking: bool = True
+    fallback_channel: str = ""
+    kind: str = ""
+    minimum_version: str = ""
+    upgrade_url: str = ""
+    platform: str = ""
     _compiled: tuple[jinja2.Template, jinja2.Template, jinja2.Template | None] = dataclasses.field(
         init=False, repr=False, compare=False
     )
@@ -175,25 +188,63 @@ class RuleBook:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContentChoice:
+    """What an app gets of a template: ``template`` to render, or None and ``reason``.
+
+    ``fallback`` names the fallback taken (``""`` none, ``template``, ``skip``, ``channel``);
+    for ``channel``, the content is ``template`` sent on ``channel`` instead.
+    """
+
+    template: Template | None
+    reason: str = ""
+    fallback: str = ""
+    channel: str = ""
+
+
 def content_for(
-    templates: Mapping[str, Template], template_id: str, app_version: object
-) -> tuple[Template | None, str]:
-    """The template to render for an app at ``app_version``, and why when it is None.
+    templates: Mapping[str, Template], template_id: str, app_version: object, channel: str = ""
+) -> ContentChoice:
+    """The template to render on ``channel`` for an app at ``app_version``.
 
     Follows ``fallback`` while the app is below a template's ``min_app_version`` (the
     loader refuses loops). An unknown or unreadable version shows the template as it is:
-    nothing says the app cannot. ``(None, "unknown_template")`` for a missing id,
-    ``(None, "app_version_too_old")`` when a fallback is ``skip``.
+    nothing says the app cannot. On the channel a template falls back to, it is shown as
+    it is. Reasons: ``unknown_template`` for a missing id, ``app_version_too_old`` when a
+    fallback is ``skip``, ``app_version_fallback`` for a fallback to another channel.
     """
     version = version_key(app_version)
-    current = templates.get(template_id)
+    current, taken = templates.get(template_id), ""
     for _ in range(MAX_FALLBACKS + 1):
         if current is None:
-            return None, "unknown_template"
+            return ContentChoice(None, "unknown_template", taken)
         minimum = version_key(current.min_app_version) if current.min_app_version else None
-        if version is None or minimum is None or version >= minimum:
-            return current, ""
+        if version is None or minimum is None or version >= minimum or _lands_on(current, channel):
+            return ContentChoice(current, "", taken)
+        if current.fallback_channel:
+            target = templates.get(current.fallback) if current.fallback else current
+            return ContentChoice(target, "app_version_fallback", "channel", current.fallback_channel)
         if current.fallback == SKIP:
-            return None, "app_version_too_old"
+            return ContentChoice(None, "app_version_too_old", "skip")
+        current, taken = templates.get(current.fallback), "template"
+    return ContentChoice(None, "unknown_template", taken)
+
+
+def fallback_channels(templates: Mapping[str, Template], template_id: str) -> tuple[str, ...]:
+    """The channels an app too old for ``template_id`` may get its content on instead (along
+    its chain of template fallbacks): a message carries their contact fields too."""
+    channels: list[str] = []
+    current = templates.get(template_id)
+    for _ in range(MAX_FALLBACKS + 1):
+        if current is None or not current.min_app_version:
+            break
+        if current.fallback_channel:
+            channels.append(current.fallback_channel)
+            break
         current = templates.get(current.fallback)
-    return None, "unknown_template"
+    return tuple(channels)
+
+
+def _lands_on(template: Template, channel: str) -> bool:
+    """Whether ``channel`` is the one ``template`` falls back to: there it is shown as it is."""
+    return bool(template.fallback_channel) and template.fallback_channel == channel

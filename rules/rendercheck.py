@@ -52,6 +52,12 @@ SAMPLE_CONTEXT: Mapping[str, Any] = MappingProxyType(
             "years": 3,
         },
         "device": {"platform": "ios", "app_version": "5.2.1", "locale": "en-GB"},
+        # what a kind: upgrade template gets (agents/plan.py upgrade_of)
+        "upgrade": {
+            "platform": "ios",
+            "minimum_version": "6.0.0",
+            "upgrade_url": "https://apps.example/reach",
+        },
     }
 )
 

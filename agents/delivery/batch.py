@@ -22,6 +22,9 @@ class BatchOutcome:
     def __init__(self) -> None:
         self.results: list[DeliveryResult] = []
         self.deferred: list[tuple[int, bytes]] = []
+        # messages that replace one of this batch on another channel: queued before the
+        # batch's done marks, so a crash between the two repeats the hand-over
+        self.handoffs: list[tuple[int, bytes]] = []
         self.done_ids: list[str] = []  # final: never send again
         self.released_ids: list[str] = []  # claimed for sending, failed before reaching anyone
         self.handled: set[str] = set()  # decided in this batch; a repeated send step skips them

@@ -1,9 +1,11 @@
 """Persist step: make a batch's outcomes durable. Every write is idempotent, so a failed
 persist is simply repeated (the agent's ``run_step`` retries it) and never sends again.
 
-Order matters only for what a crash in the middle leaves: sent markers first (a replay
-skips what was final), then result rows, dead addresses, the results topic, dead letters,
-and the deferred queue last (a replay defers again, harmlessly: the pump keys by payload).
+Order matters only for what a crash in the middle leaves: hand-overs to another channel
+first (the message they replace is final, so its replay would not make them again), then
+sent markers (a replay skips what was final), result rows, dead addresses, the results
+topic, dead letters, and the deferred queue last (a replay defers again, harmlessly: the
+pump keys by payload).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Persister:
     async def persist(self, batch: BatchOutcome) -> None:
         """Make the batch's outcomes durable; may be repeated."""
         s, settings = self.stores, self.settings
+        await s.deferred.add(batch.handoffs)
         await s.sent.mark(batch.done_ids)
         await s.sent.release(batch.released_ids)
         results, refused = await self.store_results(batch.results)

@@ -322,7 +322,17 @@ def test_a_show_once_popup_is_shown_by_the_first_read_only(pipeline: Pipeline, a
     [shown] = wait_until(lambda: get_popups(api, user), 30, "the pop-up")
     assert (shown["title"], shown["body"], shown["priority"]) == ("popup 1", f"popup for {user}", 5)
     assert shown["show_until"] - shown["show_from"] == 7 * 24 * HOUR
-    assert set(shown) == {"message_id", "title", "body", "priority", "show_from", "show_until"}
+    assert set(shown) == {
+        "message_id",
+        "title",
+        "body",
+        "priority",
+        "show_from",
+        "show_until",
+        "type",
+        "upgrade",
+    }
+    assert (shown["type"], shown["upgrade"]) == ("message", None)
     assert get_popups(api, user) == []
     assert results(pipeline, user) == [("sent", "")]
 

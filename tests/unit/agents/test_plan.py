@@ -115,11 +115,11 @@ def test_deliveries_for_fails_only_the_messages_over_the_limit(engine: RuleEngin
         for n, order in ((1, "a"), (2, "b" * 500))
     )
     templates = engine.rulebook.templates
-    ready, failed = deliveries_for([short, long], templates, max_content_bytes=100)
-    assert [d.message.message_id for d in ready] == [short.message_id]
-    assert [(m.message_id, o.code) for m, o in failed] == [(long.message_id, "content_too_large")]
-    ready, failed = deliveries_for([short, long], templates, max_content_bytes=10_000)
-    assert (len(ready), failed) == (2, [])
+    prepared = deliveries_for([short, long], templates, max_content_bytes=100)
+    assert [d.message.message_id for d in prepared.ready] == [short.message_id]
+    assert [(m.message_id, o.code) for m, o in prepared.failed] == [(long.message_id, "content_too_large")]
+    prepared = deliveries_for([short, long], templates, max_content_bytes=10_000)
+    assert (len(prepared.ready), prepared.failed, prepared.moved) == (2, [], [])
 
 
 def test_messages_carry_the_rule_category_and_the_users_zone(engine: RuleEngine) -> None:
@@ -154,4 +154,97 @@ def test_each_message_carries_only_its_channels_contact_fields(engine: RuleEngin
         "sms": {"phone": "+1555"},
         "push": {"fcm_token": "f", "apns_token": "a"},
         "inbox": {},
+    }
+
+
+VERSION_RULES = """
+triggers:
+  - id: nudge
+    when: name == "opened" and version(device.app_version) < version("1.9.0")
+    template: shipped
+    channels: [inbox, push]
+    dedup_key: "{event_id}"
+  - id: ios-nudge
+    when: name == "opened" and version(app_version.ios) < version("1.9.0")
+    template: shipped
+    channels: [inbox]
+    dedup_key: "{event_id}"
+templates:
+  shipped: {title: "Shipped", text: "from {{ device.app_version }}"}
+"""
+
+
+@pytest.fixture(scope="module")
+def version_engine(tmp_path_factory: pytest.TempPathFactory) -> RuleEngine:
+    directory = tmp_path_factory.mktemp("version-rules")
+    (directory / "rules.yaml").write_text(VERSION_RULES)
+    return RuleEngine.build(load_rulebook(directory, known_channels=["sms", "push", "inbox"]))
+
+
+def opened(device: dict[str, str] | None = None) -> Event:
+    body = {"event_id": "e-1", "user_id": "u-1", "name": "opened", "ts": TS, "device": device or {}}
+    return event_from_dict(body)
+
+
+def test_rules_match_the_profiles_app_version_when_the_event_says_none(version_engine: RuleEngine) -> None:
+    from models.profiles import SeenVersion
+
+    profile = UserProfile(
+        "u-1",
+        contact={"apns_token": "t"},
+        app_versions={"ios": SeenVersion("1.8.0", TS - 10), "android": SeenVersion("2.0", TS - 99)},
+    )
+
+    def rules(event: Event) -> list[str]:
+        planned = plan_event_fully(event, profile, version_engine, choosers(), TS)
+        return sorted({m.rule_id for m in planned.messages})
+
+    assert rules(opened()) == ["ios-nudge", "nudge"]  # the most recent app, ios 1.8.0
+    assert rules(opened({"platform": "android"})) == ["ios-nudge"]  # the android app is 2.0
+    assert rules(opened({"platform": "ios", "app_version": "1.10.0"})) == ["ios-nudge"]  # the event's own
+    assert rules(opened({"platform": "web"})) == ["ios-nudge"]  # no web version known: not below
+    without = UserProfile("u-1", contact={"apns_token": "t"})
+    assert plan_event_fully(opened(), without, version_engine, choosers(), TS).messages == []
+
+
+def test_content_is_chosen_for_the_app_of_the_channels_platform(version_engine: RuleEngine) -> None:
+    from models.profiles import SeenVersion
+
+    profile = UserProfile(
+        "u-1",
+        contact={"apns_token": "t"},
+        app_versions={"ios": SeenVersion("1.5", TS - 10), "android": SeenVersion("1.2", TS - 5)},
+    )
+    plan = plan_event_fully(
+        opened({"platform": "android", "app_version": "1.3"}),
+        profile, version_engine, choosers(), TS, platforms={"push": "ios"},
+    )  # fmt: skip
+    by_channel = {(m.rule_id, m.channel): (m.app_platform, m.app_version) for m in plan.messages}
+    # the inbox is shown by the app the event came from; an APNs push by the iOS app
+    assert by_channel == {("nudge", "inbox"): ("android", "1.3"), ("nudge", "push"): ("ios", "1.5"),
+                          ("ios-nudge", "inbox"): ("android", "1.3")}  # fmt: skip
+    # templates see the version rules matched on
+    filled = plan_event_fully(opened(), profile, version_engine, choosers(), TS).messages[0]
+    assert filled.variables["device"] == {"app_version": "1.2"}
+
+
+def test_a_message_carries_the_contact_fields_of_its_templates_fallback_channel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An old app's pop-up that falls back to an SMS needs the phone number on the pop-up's
+    outbox, which otherwise carries only its own channel's contact fields (none)."""
+    directory = tmp_path_factory.mktemp("fallback-contact")
+    (directory / "rules.yaml").write_text(
+        "triggers:\n"
+        "  - {id: rich, when: 'name == \"order_shipped\"', template: rich, channels: [push, inbox]}\n"
+        "templates:\n"
+        '  rich: {title: "R", text: "r", min_app_version: "2.0", fallback: plain}\n'
+        '  plain: {title: "P", text: "p", min_app_version: "1.0", fallback: {channel: sms}}\n'
+    )
+    engine = RuleEngine.build(load_rulebook(directory, known_channels=["sms", "push", "inbox"]))
+    profile = UserProfile("u-1", contact={"phone": "+1555", "apns_token": "a", "email": "x@y.z"})
+    plan = plan_event_fully(shipped(1), profile, engine, choosers(), 1000)
+    assert {m.channel: dict(m.contact) for m in plan.messages} == {
+        "push": {"apns_token": "a", "phone": "+1555"},
+        "inbox": {"phone": "+1555"},
     }

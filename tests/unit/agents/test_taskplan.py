@@ -21,6 +21,7 @@ from agents.taskplan import (
 from channels.base import ProviderConfig
 from channels.routing import WeightedChooser
 from models.messages import ReachMessage
+from models.profiles import SeenVersion
 from models.taskruns import Recipient
 from models.tasks import TaskSpec, TaskStatus, ValidationContext, validate_task
 from rules.engine import RuleEngine
@@ -148,6 +149,31 @@ def test_gate_verdicts(status: TaskStatus | None, expected: tuple[Verdict, str])
     assert verdict(status) == expected
 
 
+SEEN = {"ios": SeenVersion("1.8", NOW - 5), "android": SeenVersion("2.2", NOW - 1)}
+PLATFORMS = {"sms": "ios"}  # as if the SMS channel were one platform's app
+
+
+def test_task_messages_carry_the_app_version_the_profile_last_saw(engine: RuleEngine) -> None:
+    plan = RunPlan.of(7, 1, NOW, spec(), "UTC")
+    user = Recipient("u-1", ("s", "sms_ok"), {"phone": "+1555"}, app_versions=SEEN)
+    apps = {m.channel: (m.app_platform, m.app_version) for m in plan_recipient(
+        plan, user, engine, CHOOSERS, NOW, platforms=PLATFORMS)}  # fmt: skip
+    assert apps == {"sms": ("ios", "1.8"), "inbox": ("android", "2.2")}  # the most recent app
+    unseen = plan_recipient(plan, Recipient("u-2", ("s",)), engine, CHOOSERS, NOW)
+    assert [(m.app_platform, m.app_version) for m in unseen] == [("", "")]
+
+
+def test_an_audience_filter_selects_by_the_profiles_app_version() -> None:
+    plan = RunPlan.of(
+        7, 1, NOW, spec(audience={"filter": 'version(app_version.ios) < version("1.9.0")'}), "UTC"
+    )
+    old, new = (
+        Recipient("u-1", app_versions=SEEN),
+        Recipient("u-2", app_versions={"ios": SeenVersion("1.10", NOW)}),
+    )
+    assert [chosen(plan, r) for r in (old, new, Recipient("u-3"))] == [True, False, False]
+
+
 def test_the_page_encoder_makes_exactly_the_reference_messages(engine: RuleEngine) -> None:
     local = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
     for task_spec, run_no in ((spec(), 1), (spec(schedule=local), 5)):
@@ -156,9 +182,10 @@ def test_the_page_encoder_makes_exactly_the_reference_messages(engine: RuleEngin
             Recipient("u-1", ("s", "sms_ok"), {"phone": "+1555"}, attributes={"name": "Ada"}),
             Recipient("u-2", ("s",), {"phone": "+1556"}, timezone="Asia/Tokyo"),
             Recipient("u-3", ("s", "sms_ok"), {}, timezone="America/New_York"),
+            Recipient("u-4", ("s", "sms_ok"), {"phone": "+1"}, app_versions=SEEN),
         ]
-        reference, reached = plan_page(plan, page, engine, CHOOSERS, NOW)
-        records, encoded_reached, made = PageEncoder(plan, engine, CHOOSERS).page(page, NOW)
+        reference, reached = plan_page(plan, page, engine, CHOOSERS, NOW, PLATFORMS)
+        records, encoded_reached, made = PageEncoder(plan, engine, CHOOSERS, PLATFORMS).page(page, NOW)
         decoded = [ReachMessage.from_bytes(value) for channel in records for _key, value in records[channel]]
         key = lambda m: (m.user_id, m.channel)  # noqa: E731
         assert sorted(decoded, key=key) == sorted(reference, key=key)

@@ -173,3 +173,35 @@ def test_copies_of_an_event_in_one_batch_plan_the_first_copy_only(tmp_path: Path
     )
     assert [orjson.loads(v)["variables"]["properties"] for _, _, v in planned.records] == [{"n": 1}]
     assert len(planned.delayed) == 1
+
+
+def opened(event_id: str, ts: int, device: dict[str, str] | None = None) -> bytes:
+    body = {"event_id": event_id, "user_id": "u-1", "name": "hello", "ts": ts, "device": device or {}}
+    return orjson.dumps(body)
+
+
+def test_reported_app_versions_update_the_profile_for_the_batchs_later_events(tmp_path: Path) -> None:
+    from models.profiles import SeenVersion, UserProfile
+
+    trigger = step(tmp_path)
+    t = 1_790_000_000_000
+    trigger.profiles[b"u-1"] = UserProfile("u-1", segments=("vip",)).to_bytes()
+    batch = trigger.plan(
+        [
+            record(opened("e-1", t, {"platform": "ios", "app_version": "1.8.0"}), 1),
+            record(opened("e-2", t + 1), 2),  # says no version: the profile's, as e-1 left it
+            record(opened("e-3", t - 5, {"platform": "ios", "app_version": "1.7.0"}), 3),  # older: ignored
+            record(opened("e-4", t + 2, {"platform": "ios", "app_version": "1.9.1"}), 4),
+        ]
+    )
+    assert batch.versions == [("u-1", "ios", "1.8.0", t), ("u-1", "ios", "1.9.1", t + 2)]
+    planned = {orjson.loads(v)["event_id"]: orjson.loads(v)["app_version"] for _, _, v in batch.records}
+    assert planned == {"e-1": "1.8.0", "e-2": "1.8.0", "e-3": "1.7.0", "e-4": "1.9.1"}
+    # The table is written once MariaDB has the versions, into the profile it holds then.
+    trigger.profiles[b"u-1"] = UserProfile("u-1", segments=("replaced",)).to_bytes()
+    trigger.remember(batch.observed)
+    stored = UserProfile.from_bytes(trigger.profiles[b"u-1"])
+    assert (stored.segments, dict(stored.app_versions)) == (
+        ("replaced",),
+        {"ios": SeenVersion("1.9.1", t + 2)},
+    )

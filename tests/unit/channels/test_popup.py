@@ -140,3 +140,44 @@ def test_content_too_long_for_the_table_is_refused() -> None:
     long = Delivery(popup().message, Rendered(title="x" * (MAX_TITLE_CHARS + 1), text="ok"))
     outcome = popup_item(long, PopupOptions())
     assert not isinstance(outcome, PopupItem) and outcome.code == "content_too_long"
+
+
+def test_an_upgrade_is_stored_with_its_type_and_details() -> None:
+    details = {"platform": "ios", "minimum_version": "1.9.0", "upgrade_url": "https://apps.example/ios"}
+    upgrade = Delivery(popup().message, Rendered("Upgrade", "Please", kind="upgrade", details=details))
+    item = popup_item(upgrade, PopupOptions())
+    assert isinstance(item, PopupItem) and (item.type, item.detail_map) == ("upgrade", details)
+    plain = popup_item(popup(), PopupOptions())
+    assert isinstance(plain, PopupItem) and (plain.type, plain.details, plain.detail_map) == (
+        "message",
+        "",
+        {},
+    )
+
+
+def test_an_app_at_an_upgrades_minimum_does_not_get_it() -> None:
+    from api.schemas import PopupMessage
+    from models.popups import upgraded
+
+    def item(platform: str, minimum: str, kind: str = "upgrade") -> PopupItem:
+        details = f'{{"platform": "{platform}", "minimum_version": "{minimum}", "upgrade_url": "u"}}'
+        return PopupItem(
+            "m", "u-1", "r", "t", "T", "B", 5, T0, T0 + HOUR, False, T0, type=kind, details=details
+        )
+
+    hidden = upgraded("iOS", "1.9.0")
+    assert hidden is not None
+    assert hidden(item("ios", "1.9.0")) and hidden(item("", "1.8"))
+    assert not hidden(item("ios", "1.10.0"))  # below: shown
+    assert not hidden(item("android", "1.0"))  # another platform's: shown
+    assert not hidden(item("ios", ""))  # no minimum known: shown
+    assert not hidden(item("ios", "1.0", kind="message"))
+    assert upgraded(None, "1.9") is None and upgraded("ios", "junk") is None and upgraded("ios", None) is None
+    shown = PopupMessage.from_item(item("ios", "2.0"))
+    assert shown.type == "upgrade" and shown.upgrade is not None
+    assert (shown.upgrade.platform, shown.upgrade.minimum_version, shown.upgrade.upgrade_url) == (
+        "ios",
+        "2.0",
+        "u",
+    )
+    assert PopupMessage.from_item(item("ios", "2.0", kind="message")).upgrade is None

@@ -12,6 +12,7 @@ PROFILE = {
     "timezone": "Europe/Berlin",
     "segments": ["vip", "beta"],
     "attributes": {"country": "DE", "age": 41, "score": 2.5, "opted_in": True, "plan": {"tier": "pro"}},
+    "app_version": {"ios": "1.10.0", "android": "junk"},
 }
 
 
@@ -32,6 +33,12 @@ PROFILE = {
         ('attributes.country in ["FR", "DE"]', True),
         ('attributes.plan.tier == "pro" or timezone == "UTC"', True),
         ('user_id == "u-2"', False),
+        ('version(app_version.ios) > version("1.9.0")', True),  # semantic: 1.10 above 1.9
+        ('version(app_version.ios) < version("1.9.0")', False),
+        ('version(app_version.ios) == version("1.10")', True),
+        ('version(app_version.android) < version("9.0")', False),  # not a version: false
+        ('version(app_version.web) < version("9.0")', False),  # never seen: false
+        ('not (version(app_version.web) >= version("1.9.0"))', True),
         ("has(attributes.plan.tier) and not has(attributes.missing)", True),
         ("has(attributes.missing)", False),
     ],

@@ -47,7 +47,8 @@ def paying(n: int, url: str) -> ReachMessage:
 def test_a_message_linking_outside_the_domains_fails_as_link_not_allowed() -> None:
     screen = LinkCheck(DOMAINS).for_provider(provider())
     good, bad = paying(1, "https://shop.example/pay"), paying(2, "https://shop.example@evil.example/pay")
-    ready, failed = deliveries_for([good, bad], TEMPLATES, 10_000, screen)
+    prepared = deliveries_for([good, bad], TEMPLATES, 10_000, screen)
+    ready, failed = prepared.ready, prepared.failed
     assert [d.message.message_id for d in ready] == ["m-1"]
     [(message_2, outcome)] = failed
     assert message_2.message_id == "m-2"
@@ -59,14 +60,15 @@ def test_the_check_reads_the_content_as_rendered_not_as_rewritten() -> None:
     # what a later step (tracked links) makes of the content is not what is checked
     screen = LinkCheck(DOMAINS).for_provider(provider())
     assert screen is not None
-    rendered = deliveries_for([paying(1, "https://evil.example")], TEMPLATES, 10_000)[0][0]
+    rendered = deliveries_for([paying(1, "https://evil.example")], TEMPLATES, 10_000).ready[0]
     assert screen(rendered) is not None
 
 
 def test_nothing_is_checked_without_domains_or_for_a_webhook() -> None:
     assert LinkCheck(None).for_provider(provider()) is None
     assert LinkCheck(DOMAINS).for_provider(provider(WebhookProvider)) is None
-    ready, failed = deliveries_for([paying(1, "javascript:alert(1)")], TEMPLATES, 10_000, None)
+    prepared = deliveries_for([paying(1, "javascript:alert(1)")], TEMPLATES, 10_000, None)
+    ready, failed = prepared.ready, prepared.failed
     assert (len(ready), failed) == (1, [])
 
 
@@ -76,7 +78,8 @@ def test_what_an_sms_template_provider_sends_is_checked_too() -> None:
     assert screen is not None
     plain = Template("t", "", "Your code")
     sneaky = message(1, variables={"link": "https://evil.example/x", "properties": {}})
-    ready, failed = deliveries_for([sneaky], {"t": plain}, 10_000, screen)
+    prepared = deliveries_for([sneaky], {"t": plain}, 10_000, screen)
+    ready, failed = prepared.ready, prepared.failed
     assert ready == []
     assert failed[0][1].detail == (
         "a link in the payload points to 'evil.example', which is not in REACH_LINK_DOMAINS"

@@ -132,9 +132,11 @@ def test_tracked_links_count_against_the_content_limit() -> None:
     templates = {"t": Template("t", "title", "https://shop.example/" + "a" * 40)}
     assert TRACKING is not None
     finish = lambda m, c: TRACKING.apply(m, c, True, False)  # noqa: E731
-    plain, _ = deliveries_for([message()], templates, 100)
+    prepared = deliveries_for([message()], templates, 100)
+    plain, _ = prepared.ready, prepared.failed
     assert len(plain) == 1
-    ready, failed = deliveries_for([message()], templates, 100, finish=finish)
+    prepared = deliveries_for([message()], templates, 100, finish=finish)
+    ready, failed = prepared.ready, prepared.failed
     assert ready == [] and [o.code for _, o in failed] == ["content_too_large"]
 
 
@@ -153,6 +155,7 @@ def test_the_link_check_sees_the_links_as_written_and_tracking_comes_after() -> 
         seen.append(delivery.content.text)
 
     finish = lambda m, c: TRACKING.apply(m, c, True, False)  # noqa: E731
-    [ready], _ = deliveries_for([message()], templates, 10_000, screen, finish)
+    prepared = deliveries_for([message()], templates, 10_000, screen, finish)
+    [ready], _ = prepared.ready, prepared.failed
     assert seen == ["https://shop.example/a"]
     assert targets(ready.content.text) == ["https://shop.example/a"]
