@@ -18,11 +18,17 @@ ORDERED = [
     "1.0.0-dev",
     "1.0.0-alpha",
     "1.0.0-alpha.2",
+    "1.0.0-alpha.99",
     "1.0.0-beta",
+    "1.0.0-beta.99",
     "1.0.0-rc1",
     "1.0.0-rc2",
+    "1.0.0-rc99",  # the highest pre-release number
     "1.0.0",
     "1.0.0.1",
+    "1.0.0.999",
+    "1.0.1-dev",  # a later patch's pre-release is above the earlier patch and its builds
+    "1.0.1",
     "1.2",
     "1.9.0",
     "1.9.1",
@@ -48,6 +54,13 @@ def test_versions_order_semantically(lower: str, higher: str) -> None:
         ("v2.1", "2.1.0"),
         ("1.2.3+build.7", "1.2.3"),
         ("1.0.0-RC1", "1.0.0-rc.1"),
+        ("1.0.0-rc", "1.0.0-rc0"),
+        ("1.0.0-snapshot", "1.0.0-dev"),
+        ("1.0.0-a1", "1.0.0-alpha.1"),
+        ("1.0.0-b2", "1.0.0-beta.2"),
+        ("1.0.0-pre3", "1.0.0-rc3"),
+        ("1.0.0-preview3", "1.0.0-rc3"),
+        (" 1.0 ".ljust(64), "1.0"),  # the longest text read as a version
     ],
 )
 def test_spellings_of_the_same_version_are_equal(a: str, b: str) -> None:
@@ -69,6 +82,7 @@ def test_spellings_of_the_same_version_are_equal(a: str, b: str) -> None:
         "-1",
         "1.0-rc100",
         "x" * 65,
+        "1.0".ljust(65),
         None,
         19,
         1.9,
@@ -87,6 +101,7 @@ def test_fields_named_like_versions() -> None:
     assert looks_like_a_version_field(("device", "app_version"))
     assert looks_like_a_version_field(("properties", "osVersion"))
     assert not looks_like_a_version_field(("properties", "amount"))
+    assert not looks_like_a_version_field(("properties", "version_info", "name"))  # the field's own name
 
 
 @pytest.mark.parametrize(
