@@ -27,9 +27,7 @@ from typing import Any
 
 import structlog
 
-from agents.guard import run_step
 from agents.narrow import describe
-from agents.produce import produce_all
 from agents.records import value_limit
 from agents.taskplan import PageEncoder, PartAssigner, Records, RunPlan, page_allowance
 from models.outbox import pack
@@ -326,23 +324,3 @@ async def export_task_gauges(runtime: Runtime, pool: Any) -> None:
         seen[(status, kind)] = int(count)
     for (status, kind), count in seen.items():
         runtime.metrics.tasks.labels(status, kind).set(count)
-
-
-def register(app: Any, runtime: Runtime) -> TaskRunner:
-    async def produce(topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        await produce_all(app, topic, records)
-
-    runner = TaskRunner(runtime, runtime.mysql_pool, produce)
-
-    async def tick() -> None:
-        await runner.start_due()
-
-    async def run_tasks() -> None:
-        await run_step("tasks", tick)
-
-    async def task_gauges() -> None:
-        await run_step("tasks.gauges", lambda: export_task_gauges(runtime, runtime.mysql_pool))
-
-    app.timer(interval=runtime.settings.task_poll_interval, on_leader=True)(run_tasks)
-    app.timer(interval=10.0, on_leader=True)(task_gauges)
-    return runner
