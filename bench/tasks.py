@@ -5,8 +5,10 @@ Measures the time from the task's creation until every recipient is planned onto
 outbox (target <= 60 s), the delivered rate through the inbox, and the worker's peak RSS
 (target < 300 MB during the expansion), with the load and a ceiling measured in the same
 run (:func:`bare_produce`). BENCH_TASK_DELIVERED times the delivered rate over the first
-that many messages instead of all. ``python -m bench.tasks`` runs it alone and prints its
-JSON; ``bench/pipeline.py`` adds the same figures to its last line.
+that many messages instead of all. BENCH_TASK_PROFILE=FILE samples the worker with py-spy
+(on PATH) from the task's creation until it is planned and writes its collapsed stacks to
+FILE. ``python -m bench.tasks`` runs it alone and prints its JSON; ``bench/pipeline.py``
+adds the same figures to its last line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +107,22 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def start_profile(worker: WorkerProcess) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the worker (threads included, without pausing it), when asked."""
+    out = os.environ.get("BENCH_TASK_PROFILE")
+    if not out or worker.proc is None:
+        return None
+    command = ["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--nonblocking",
+               "--threads", "--format", "raw", "--output", out]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(60)
+
+
 CEILING_MESSAGE = 575  # bytes of one planned inbox message of this task (measured)
 CEILING_PAGE = 5000  # messages acknowledged at a time (fixed, so ceilings compare across page sizes)
 
@@ -167,11 +187,13 @@ def task_scenario(
     try:
         wait_until(lambda: ready(settings), 120, "the worker's partitions (readyz)", interval=0.2)
         load_at_start = os.getloadavg()[0]
+        profiler = start_profile(worker)
         created = time.time()
         task_no = asyncio.run(create_task(settings))
         run = lambda: db.query("SELECT state, planned FROM task_runs WHERE task_no = %s", [task_no])[0]  # noqa: E731
         wait_until(lambda: run()[0] == "planned", timeout, "every recipient planned", interval=0.2)
         planned_s = time.time() - created
+        stop_profile(profiler)
         load_at_planned = os.getloadavg()[0]
         started_at, finished_at = db.query(
             "SELECT started_at, finished_at FROM task_runs WHERE task_no = %s", [task_no]
