@@ -13,7 +13,7 @@ import pytest
 
 from models import taskruns
 from models.messages import DeliveryResult, DeliveryStatus
-from models.profiles import UserProfile
+from models.profiles import SeenVersion, UserProfile
 from models.receipts import Receipt, ReceiptStatus, ReceiptStore
 from models.storage import ResultStore, create_pool
 from models.taskruns import AudienceLists, Recipient, audience_page
@@ -149,6 +149,9 @@ async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -
     assert await TaskStore(rig.pool).counts(77) == {"sms": {"delivered": 1}}
 
 
+PLAIN_VERSIONS = {"ios": SeenVersion("1.8.0", 5), "android": SeenVersion('2.0"b', 6)}
+
+
 async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
     rig: RunnerRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +165,10 @@ async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
     db = Db(rig.settings)
     db.query("UPDATE user_profiles SET attributes = '' WHERE user_id = 'u-plain'")  # an empty column
     db.query(
+        "INSERT INTO user_app_versions (user_id, platform, app_version, seen_at) VALUES "
+        "('u-plain', 'ios', '1.8.0', 5), ('u-plain', 'android', '2.0\"b', 6), ('u-zlisted', 'web', '3', 7)"
+    )  # a member without a profile has app versions too
+    db.query(
         "INSERT INTO segment_members (segment, user_id, updated_at) VALUES ('task-seg', 'u-noprofile', 0)"
     )
     uploaded = AudienceLists(rig.pool)
@@ -172,8 +179,8 @@ async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
         Recipient("u-\"quoted\\", ("task-seg", "vip"), {"phone": "+1555"}, "Asia/Tokyo",
                   {"name": "Zoë", "tier": {"level": 2}}),
         Recipient("u-noprofile"),
-        Recipient("u-plain", ("task-seg",)),
-        Recipient("u-zlisted"),
+        Recipient("u-plain", ("task-seg",), app_versions=PLAIN_VERSIONS),
+        Recipient("u-zlisted", app_versions={"web": SeenVersion("3", 7)}),
         Recipient("u-é-unicode", ("task-seg",), {}, "", {"n": [1, None, "x"]}),
     ]  # fmt: skip
     assert await audience_page(rig.pool, both, "", 10) == expected
