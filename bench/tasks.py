@@ -14,6 +14,7 @@ adds the same figures to its last line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -107,20 +109,57 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_profile(worker: WorkerProcess) -> subprocess.Popen[bytes] | None:
+Profile = tuple[subprocess.Popen[bytes], int, dict[str, float], dict[str, float]]
+
+
+def start_profile(worker: WorkerProcess) -> Profile | None:
     """py-spy sampling the worker (threads included, without pausing it), when asked."""
     out = os.environ.get("BENCH_TASK_PROFILE")
     if not out or worker.proc is None:
         return None
-    command = ["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--nonblocking",
+    pid = worker.proc.pid
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
                "--threads", "--format", "raw", "--output", out]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        pid,
+        cpu_seconds(Path(f"/proc/{pid}/task").glob("*/stat")),
+        cpu_seconds(Path("/proc").glob("[0-9]*/stat"), by_name=True),
+    )
 
 
-def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        profiler.wait(60)
+def stop_profile(profile: Profile | None) -> None:
+    """Stop py-spy and write, next to its output, the CPU seconds each worker thread (by
+    the id py-spy names it with) and each program on the box spent over the expansion."""
+    if profile is None:
+        return
+    profiler, pid, threads, programs = profile
+    spent = {
+        "threads": _spent(threads, cpu_seconds(Path(f"/proc/{pid}/task").glob("*/stat"))),
+        "programs": _spent(programs, cpu_seconds(Path("/proc").glob("[0-9]*/stat"), by_name=True)),
+    }
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    profiler.wait(60)
+    Path(os.environ["BENCH_TASK_PROFILE"] + ".cpu.json").write_bytes(orjson.dumps(spent))
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {key: round(cpu - before.get(key, 0.0), 2) for key, cpu in after.items()}
+    return dict(sorted(((k, v) for k, v in spent.items() if v >= 0.05), key=lambda kv: -kv[1]))
+
+
+def cpu_seconds(stats: Iterable[Path], by_name: bool = False) -> dict[str, float]:
+    """User plus system CPU seconds from /proc stat files, by id (or summed by program name)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for stat in stats:
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            key = name if by_name else stat.parent.name
+            found[key] = found.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 CEILING_MESSAGE = 575  # bytes of one planned inbox message of this task (measured)
