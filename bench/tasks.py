@@ -7,7 +7,8 @@ outbox (target <= 60 s), the delivered rate through the inbox, and the worker's 
 run (:func:`bare_produce`). BENCH_TASK_DELIVERED times the delivered rate over the first
 that many messages instead of all. BENCH_TASK_PROFILE=FILE samples the worker with py-spy
 (on PATH) from the task's creation until it is planned and writes its collapsed stacks to
-FILE. ``python -m bench.tasks`` runs it alone and prints its JSON; ``bench/pipeline.py``
+FILE, and beside it the CPU seconds per worker thread and per program, and the worker's
+log. ``python -m bench.tasks`` runs it alone and prints its JSON; ``bench/pipeline.py``
 adds the same figures to its last line.
 """
 
@@ -253,6 +254,8 @@ def task_scenario(
         rss = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
     finally:
         worker.stop()
+        if os.environ.get("BENCH_TASK_PROFILE"):  # the worker's log too
+            shutil.copy(tmp / "worker.log", os.environ["BENCH_TASK_PROFILE"] + ".log")
         db.drop()
         clear_redis(settings)
         shutil.rmtree(tmp, ignore_errors=True)
