@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -79,25 +79,26 @@ class TaskRunner:
         (paused, cancelled, lease lost) or waits for its rate; the next tick goes on."""
         planned = 0
         try:
-            while True:
-                run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
-                if run is None:
-                    return planned
-                count, more = await self._advance_or_fail(run, time.monotonic() + self.slice)
-                planned += count
-                if not more:
-                    return planned
+            with PageReader(self.pool) as reader:  # kept across slices: see PageReader
+                while True:
+                    run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
+                    if run is None:
+                        return planned
+                    count, more = await self._advance_or_fail(run, time.monotonic() + self.slice, reader)
+                    planned += count
+                    if not more:
+                        return planned
         except DEPENDENCY_ERRORS as exc:  # the next tick claims the run again
             log.warning("tasks.drive_interrupted", task_no=key[0], run=key[1], error=type(exc).__name__)
             return planned
         finally:
             self.driving.pop(key, None)
 
-    async def _advance_or_fail(self, run: RunRow, deadline: float) -> tuple[int, bool]:
+    async def _advance_or_fail(self, run: RunRow, deadline: float, reader: PageReader) -> tuple[int, bool]:
         """A task that makes the runner raise (not a dependency outage) fails alone, with
         the reason in its transitions; it never stops the worker or the other tasks."""
         try:
-            return await self.advance(run, deadline)
+            return await self.advance(run, deadline, reader)
         except DEPENDENCY_ERRORS:
             raise
         except Exception as exc:
@@ -112,8 +113,9 @@ class TaskRunner:
                 task_no, allowed, TaskStatus.FAILED, ACTOR, self.rt.clock.now_ms(), reason
             )
 
-    async def advance(self, run: RunRow, deadline: float) -> tuple[int, bool]:
-        """Plan pages of ``run`` until ``deadline``; returns the messages planned and whether
+    async def advance(self, run: RunRow, deadline: float, reader: PageReader) -> tuple[int, bool]:
+        """Plan pages of ``run`` until ``deadline`` (at least one: a slice shorter than a page
+        still moves), read through ``reader``; returns the messages planned and whether
         pages remain (the deadline cut it short)."""
         task = await self.tasks.get(run.task_no)
         if task is None or task.status in FINAL_STATUSES:
@@ -128,20 +130,21 @@ class TaskRunner:
                 return 0, False
             run = await self.begin(task, starting)
         if run.state == "grouping":
-            return 0, await self.group(task, run, deadline)
+            return 0, await self.group(task, run, deadline, reader)
         zone = self.rt.settings.task_default_zone
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, zone, run.grouped)
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers, self.rt.platforms)
         planned = 0
-        part = (run.task_no, run.run_no) if run.grouped else None
+        source = Source(task.spec.audience, (run.task_no, run.run_no) if run.grouped else None)
         status = await self._status(task)
-        with PageReader(self.pool, task.spec.audience, part) as reader:
-            while status is TaskStatus.RUNNING and time.monotonic() < deadline:
-                step = await self.page(task, encoder, run, reader)
-                if step is None:
-                    return planned, False
-                run, count, status = step
-                planned += count
+        while status is TaskStatus.RUNNING:
+            step = await self.page(task, encoder, run, reader, source)
+            if step is None:
+                return planned, False
+            run, count, status = step
+            planned += count
+            if time.monotonic() >= deadline:
+                break
         if status is TaskStatus.PAUSED:
             await self.runs.release(run)
         return planned, status is TaskStatus.RUNNING
@@ -177,31 +180,31 @@ class TaskRunner:
         self.rt.metrics.task_runs.labels(task.spec.schedule.kind.value).inc()
         return dataclasses.replace(run, started_at=now)
 
-    async def group(self, task: TaskRow, run: RunRow, deadline: float) -> bool:
+    async def group(self, task: TaskRow, run: RunRow, deadline: float, reader: PageReader) -> bool:
         """Assign a local-time task's audience to its parts, page by page from the run's
         checkpoint, until ``deadline``; returns whether the drive should go on (the next
         claim finds the first part grouped and expanding, or more pages to group). Pause
         and cancel stop it at the next page, as they stop an expansion."""
         parts = PartAssigner(task.spec, self.rt.settings.task_default_zone)
-        with PageReader(self.pool, task.spec.audience) as reader:
-            while time.monotonic() < deadline:
-                status = await self._status(task)
-                if status is not TaskStatus.RUNNING:
-                    if status is TaskStatus.PAUSED:
-                        await self.runs.release(run)
-                    return False
-                page = await reader.read(run.checkpoint, self.rt.settings.task_page_size, ahead=True)
-                if not page:
-                    return await self.runs.grouped(run)
-                members = [(r.user_id, parts.part(r.timezone)) for r in page]
-                now = self.rt.clock.now_ms()
-                if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
-                    return False
-                run = dataclasses.replace(run, checkpoint=page[-1].user_id)
+        source = Source(task.spec.audience)
+        while time.monotonic() < deadline:
+            status = await self._status(task)
+            if status is not TaskStatus.RUNNING:
+                if status is TaskStatus.PAUSED:
+                    await self.runs.release(run)
+                return False
+            page = await reader.read(source, run.checkpoint, self.rt.settings.task_page_size, ahead=True)
+            if not page:
+                return await self.runs.grouped(run)
+            members = [(r.user_id, parts.part(r.timezone)) for r in page]
+            now = self.rt.clock.now_ms()
+            if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
+                return False
+            run = dataclasses.replace(run, checkpoint=page[-1].user_id)
         return True
 
     async def page(
-        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
+        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader, source: Source
     ) -> tuple[RunRow, int, TaskStatus | None] | None:
         """Plan one page of a running task; returns the run advanced, the messages planned
         and the task's status for the next page (read while the broker acknowledges this
@@ -213,7 +216,7 @@ class TaskRunner:
         )
         if size == 0:
             return None
-        recipients = await reader.read(run.checkpoint, size, ahead=not task.spec.rate_per_minute)
+        recipients = await reader.read(source, run.checkpoint, size, ahead=not task.spec.rate_per_minute)
         if not recipients:
             await self.finish(task, run)
             return None
@@ -266,34 +269,45 @@ class TaskRunner:
             log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
 
 
+class Source(NamedTuple):
+    """Where a run's pages come from: its audience, or a grouped part's members."""
+
+    audience: Audience
+    part: tuple[int, int] | None = None  # (task_no, run_no)
+
+
 class PageReader:
-    """Reads a run's audience pages, the next one ahead while the caller plans, produces and
-    checkpoints the current one, so the database's time overlaps the worker's. The page
-    read ahead starts after the last recipient read, is used only if the caller asks for
-    exactly it next (the checkpoint moved there), and is dropped on leaving the block:
-    nothing about it is stored, so a crash loses no more than before."""
+    """Reads a drive's audience pages, the next one ahead while the caller plans, produces
+    and checkpoints the current one, so the database's time overlaps the worker's. The page
+    read ahead starts after the last recipient read and is used only if the caller asks for
+    exactly it next (same source, the checkpoint moved there). It outlives the drive's
+    slices (a slice, shorter than a page's round trip, used to drop it at its end and wait
+    for its next page whole); it is dropped on leaving the block: nothing about it is
+    stored, so a crash loses no more than before."""
 
-    def __init__(self, pool: Any, audience: Audience, part: tuple[int, int] | None = None) -> None:
+    def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.audience = audience
-        self.part = part  # (task_no, run_no): a grouped part's members instead of the audience
-        self.ahead: tuple[tuple[str, int], asyncio.Task[list[Recipient]]] | None = None
+        self.ahead: tuple[tuple[Source, str, int], asyncio.Task[list[Recipient]]] | None = None
 
-    async def read(self, after: str, size: int, ahead: bool) -> list[Recipient]:
+    async def read(self, source: Source, after: str, size: int, ahead: bool) -> list[Recipient]:
         """The page of ``size`` recipients after ``after``; with ``ahead``, start the next."""
-        page = await self._take(after, size)
+        page = await self._take((source, after, size))
         if ahead and len(page) == size:
-            key = (page[-1].user_id, size)
-            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key, self.part))
+            key = (source, page[-1].user_id, size)
+            self.ahead = key, asyncio.create_task(self._read(key))
         return page
 
-    async def _take(self, after: str, size: int) -> list[Recipient]:
+    async def _take(self, key: tuple[Source, str, int]) -> list[Recipient]:
         found, self.ahead = self.ahead, None
-        if found is not None and found[0] == (after, size):
+        if found is not None and found[0] == key:
             return await found[1]
         if found is not None:
             _drop(found[1])
-        return await audience_page(self.pool, self.audience, after, size, self.part)
+        return await self._read(key)
+
+    async def _read(self, key: tuple[Source, str, int]) -> list[Recipient]:
+        (audience, part), after, size = key
+        return await audience_page(self.pool, audience, after, size, part)
 
     def __enter__(self) -> PageReader:
         return self

@@ -75,17 +75,25 @@ class RunStore:
 
     async def claim(self, task_no: int, run_no: int, now_ms: int, lease_ms: int) -> RunRow | None:
         """Take or renew the lease of one run; None when another worker holds it."""
+        until = now_ms + lease_ms
         changed = await self._execute(
             f"UPDATE task_runs SET lease_owner = %s, lease_until = %s WHERE task_no = %s AND run_no = %s "
             f"AND state IN {ACTIVE} AND (lease_until < %s OR lease_owner = %s)",
-            [self.owner, now_ms + lease_ms, task_no, run_no, now_ms, self.owner],
+            [self.owner, until, task_no, run_no, now_ms, self.owner],
         )
-        if not changed:
-            return None
+        # A renewal within the same millisecond changes no row (MySQL counts changed rows,
+        # not matched ones): the lease is still this worker's if the row says so.
         rows = await self._query(
-            f"SELECT {RUN_COLUMNS} FROM task_runs WHERE task_no = %s AND run_no = %s", [task_no, run_no]
+            f"SELECT {RUN_COLUMNS}, lease_owner, lease_until, state IN {ACTIVE} FROM task_runs "
+            "WHERE task_no = %s AND run_no = %s",
+            [task_no, run_no],
         )
-        return RunRow.from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        *run, owner, held_until, active = rows[0]
+        if changed or (owner == self.owner and int(held_until) == until and active):
+            return RunRow.from_row(run)
+        return None
 
     async def start(self, run: RunRow, now_ms: int, state: str = "expanding") -> bool:
         """Move a pending run to ``state``: expanding, or grouping for a local-time task's

@@ -8,9 +8,11 @@ import collections
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agents import tasks
 from models import taskruns
 from models.messages import DeliveryResult, DeliveryStatus
 from models.profiles import SeenVersion, UserProfile
@@ -135,6 +137,26 @@ async def test_a_crash_mid_expansion_resumes_from_the_checkpoint(rig: RunnerRig)
     assert set(users.values()) == {1}, "a page acknowledged before the crash was planned again"
     runs = await TaskStore(rig.pool).runs(task_no)
     assert [(r.state, r.audience, r.planned) for r in runs] == [("planned", 400, 400)]
+
+
+async def test_a_drive_reads_each_page_once_across_its_slices(
+    rig: RunnerRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice shorter than a page (here none at all: one page a slice) keeps the page read
+    ahead for the next slice instead of dropping it and reading it again."""
+    await rig.profiles(members(400))  # 8 pages of 50
+    await rig.create(task_body())
+    reads: list[str] = []
+
+    async def counted(pool: Any, audience: Audience, after: str, *args: Any) -> list[Recipient]:
+        reads.append(after)
+        return await audience_page(pool, audience, after, *args)
+
+    monkeypatch.setattr(tasks, "audience_page", counted)
+    runner = rig.runner()
+    runner.slice = 0.0
+    assert await runner.tick() == 400
+    assert len(reads) == len(set(reads)) == 9, reads  # the 8 pages and the empty one after them
 
 
 async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -> None:
