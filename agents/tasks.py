@@ -29,8 +29,8 @@ import structlog
 
 from agents.narrow import describe
 from agents.records import value_limit
-from agents.taskplan import PageEncoder, PartAssigner, Records, RunPlan, page_allowance
-from models.outbox import pack
+from agents.taskplan import PageEncoder, PartAssigner, RunPlan, page_allowance
+from models.outbox import Record, pack
 from models.taskruns import Recipient, RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
 from models.taskstore import SCHEDULER, RunRow, TaskRow, TaskStore, TransitionRefusedError
@@ -208,8 +208,7 @@ class TaskRunner:
     ) -> tuple[RunRow, int, TaskStatus | None] | None:
         """Plan one page of a running task; returns the run advanced, the messages planned
         and the task's status for the next page (read while the broker acknowledges this
-        one: every wait of a page is a turn of the loop the channel agents share), or None
-        when the run stops for this tick."""
+        one), or None when the run stops for this tick."""
         now = self.rt.clock.now_ms()
         size = page_allowance(
             task.spec.rate_per_minute, run.started_at, now, run.audience, self.rt.settings.task_page_size
@@ -220,24 +219,30 @@ class TaskRunner:
         if not recipients:
             await self.finish(task, run)
             return None
-        records, reached, made = encoder.page(recipients, now)
-        _, status = await asyncio.gather(self._produce(records), self._status(task))
-        last = recipients[-1].user_id
+        # Off the loop, so the page read ahead and the acks progress while it is encoded.
+        planned = await asyncio.to_thread(self._planned, encoder, recipients, now)
+        _, status = await asyncio.gather(self._produce(planned.frames), self._status(task))
+        last, reached, made = recipients[-1].user_id, planned.reached, planned.made
         if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
             log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
             return None
-        for channel, channel_records in records.items():
-            self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
+        for channel, count in planned.messages.items():
+            self.rt.metrics.task_messages_planned.labels(channel).inc(count)
         advanced = dataclasses.replace(
             run, checkpoint=last, audience=run.audience + reached, planned=run.planned + made
         )
         return advanced, made, status
 
-    async def _produce(self, records: Records) -> None:
-        frame_messages = self.rt.settings.outbox_frame_messages
-        for channel, channel_records in records.items():
-            frames = pack(channel_records, frame_messages, self.limit)
-            await self.produce(self.rt.settings.outbox_topic(channel), frames)
+    def _planned(self, encoder: PageEncoder, recipients: list[Recipient], now: int) -> PlannedPage:
+        """A page's messages packed into outbox frames (no I/O: runs off the loop)."""
+        records, reached, _made = encoder.page(recipients, now)
+        size = self.rt.settings.outbox_frame_messages
+        frames = {channel: pack(found, size, self.limit) for channel, found in records.items()}
+        return PlannedPage(frames, {channel: len(found) for channel, found in records.items()}, reached)
+
+    async def _produce(self, frames: dict[str, list[Record]]) -> None:
+        topic = self.rt.settings.outbox_topic
+        await asyncio.gather(*(self.produce(topic(channel), found) for channel, found in frames.items()))
 
     async def finish(self, task: TaskRow, run: RunRow) -> None:
         now = self.rt.clock.now_ms()
@@ -267,6 +272,19 @@ class TaskRunner:
             )
         except TransitionRefusedError as exc:  # cancelled or paused meanwhile: theirs wins
             log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedPage:
+    """A page's outbox frames and messages per channel, and the recipients it reached."""
+
+    frames: dict[str, list[Record]]
+    messages: dict[str, int]
+    reached: int
+
+    @property
+    def made(self) -> int:
+        return sum(self.messages.values())
 
 
 class Source(NamedTuple):
