@@ -86,7 +86,10 @@ class RunnerLoop:
 
     async def _close(self) -> None:
         if self.runner is not None:
-            drives = list(self.runner.driving.values())
+            drives = [
+                *self.runner.driving.values(),
+                *([self.runner.sweeping] if self.runner.sweeping else []),
+            ]
             for drive in drives:
                 drive.cancel()
             await asyncio.gather(*drives, return_exceptions=True)

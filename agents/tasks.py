@@ -56,9 +56,11 @@ class TaskRunner:
         self.limit = value_limit(s.kafka_max_message_bytes)
         self.slice = s.task_tick_budget
         self.driving: dict[tuple[int, int], asyncio.Task[int]] = {}
+        self.sweeping: asyncio.Task[None] | None = None
 
     async def start_due(self) -> list[asyncio.Task[int]]:
-        """Start driving every due run not driven here yet; returns the drives started.
+        """Start driving every due run not driven here yet, and a sweep of ended tasks'
+        members if none is under way; returns the drives started.
 
         Each drive is its own asyncio task, so a long expansion neither holds the timer nor
         keeps a run due a second later waiting for it."""
@@ -67,12 +69,28 @@ class TaskRunner:
             if key not in self.driving:
                 self.driving[key] = asyncio.create_task(self._drive(key))
                 started.append(self.driving[key])
+        if self.sweeping is None or self.sweeping.done():
+            self.sweeping = asyncio.create_task(self._sweep())
         return started
 
     async def tick(self) -> int:
-        """Start the due runs and wait for their drives; returns the messages planned.
-        (The worker's timer only starts them: :meth:`start_due`.)"""
-        return sum(await asyncio.gather(*await self.start_due()))
+        """Start the due runs and wait for their drives and the sweep; returns the messages
+        planned. (The worker's timer only starts them: :meth:`start_due`.)"""
+        drives = await self.start_due()
+        planned = sum(await asyncio.gather(*drives))
+        if self.sweeping is not None:
+            await self.sweeping
+        return planned
+
+    async def _sweep(self) -> None:
+        """Delete the members an ended local-time task's parts left (a cancelled task's
+        parts never finish, so never drop theirs), a lease after it ended."""
+        try:
+            ended_before = self.rt.clock.now_ms() - self.lease_ms
+            for task_no in await self.runs.sweep_members(ended_before, CLAIMS_PER_TICK):
+                log.info("tasks.members_swept", task_no=task_no)
+        except DEPENDENCY_ERRORS as exc:  # the next tick sweeps again
+            log.warning("tasks.sweep_interrupted", error=type(exc).__name__)
 
     async def _drive(self, key: tuple[int, int]) -> int:
         """Expand one run slice by slice (claim renewed each time) until it is planned, stops

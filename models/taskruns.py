@@ -143,6 +143,26 @@ class RunStore:
         ):
             pass
 
+    async def sweep_members(self, ended_before: int, limit: int) -> list[int]:
+        """Delete the task_run_members of local-time tasks that ended before ``ended_before``
+        (``task_member_sweeps``), a few hundred rows a statement, then their entries; returns
+        the tasks swept. The caller leaves time for a drive still writing a page of its
+        members when the task ended: after the lease, none can be."""
+        swept = [
+            int(row[0])
+            for row in await self._query(
+                "SELECT task_no FROM task_member_sweeps WHERE ended_at < %s ORDER BY ended_at LIMIT %s",
+                [ended_before, limit],
+            )
+        ]
+        for task_no in swept:
+            while await self._execute(
+                f"DELETE FROM task_run_members WHERE task_no = %s LIMIT {MEMBER_ROWS}", [task_no]
+            ):
+                pass
+            await self._execute("DELETE FROM task_member_sweeps WHERE task_no = %s", [task_no])
+        return swept
+
     async def checkpoint(
         self, run: RunRow, last_user: str, audience: int, planned: int, now_ms: int, lease_ms: int
     ) -> bool:

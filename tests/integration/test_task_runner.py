@@ -240,3 +240,29 @@ async def test_local_time_parts_read_only_their_members_grouped_once(rig: Runner
     runs = await TaskStore(rig.pool).runs(task_no)
     assert sum(r.audience for r in runs) == len(ZONES) and all(r.grouped for r in runs)
     assert db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no]) == [(0,)]
+
+
+async def test_a_cancelled_local_time_task_leaves_no_members_behind(rig: RunnerRig) -> None:
+    """Cancelled after its first part grouped the audience: once no drive can still be
+    writing them (a lease later), the parts' members are deleted, a few hundred a statement."""
+    await rig.profiles(
+        [UserProfile(f"u-{i:04d}", segments=("task-seg",), timezone=zone)
+         for i, zone in enumerate(["Asia/Tokyo", "Europe/Berlin", "America/New_York"] * 400)]
+    )  # fmt: skip
+    schedule = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
+    task_no = await rig.create(task_body(schedule=schedule))
+    runner, db, store = rig.runner(), Db(rig.settings), TaskStore(rig.pool)
+    members = lambda: db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no])[0][0]  # noqa: E731
+    rig.at(utc_ms("2026-03-07T23:00:00"))
+    while members() < 1200 or (await store.runs(task_no))[0].state == "grouping":
+        await runner.tick()
+    rig.at(utc_ms("2026-03-08T00:00:00"))  # Tokyo's part planned: its members are gone
+    await runner.tick()
+    assert members() == 800
+    await store.transition(task_no, [TaskStatus.RUNNING], TaskStatus.CANCELLED, "test", rig.clock.now_ms())
+    await runner.tick()
+    assert members() == 800, "deleted while a drive might still be grouping"
+    rig.at(rig.clock.now_ms() + int(rig.settings.task_lease_seconds * 1000) + 1)
+    await runner.tick()
+    assert members() == 0
+    assert db.query("SELECT COUNT(*) FROM task_member_sweeps") == [(0,)]
