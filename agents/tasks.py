@@ -1,11 +1,12 @@
 """Task runner: due task runs -> audience pages -> messages on the outbox topics.
 
 A leader-only timer, every ``task_poll_interval`` seconds (0.2 s: a run fires within
-that of its time), starts a drive for each run due by now. A drive claims its run
-(:class:`models.taskruns.RunStore`: a lease row, so with two workers each run fires
-once; renewed every ``task_tick_budget`` seconds and with each checkpoint) and
-expands it page by page: read the next keyset page of the audience,
-plan its messages (:mod:`agents.taskplan`), pack them into outbox frames, wait for
+that of its time), starts a drive for each run due by now, on the runner's own loop
+(:mod:`agents.taskloop`). A drive claims its run (:class:`models.taskruns.RunStore`: a
+lease row, so with two workers each run fires once; renewed every ``task_tick_budget``
+seconds and with each checkpoint) and expands it page by page: read the next keyset page
+of the audience (the one after it is read meanwhile), plan its messages
+(:mod:`agents.taskplan`) and pack them into outbox frames in a worker thread, wait for
 the broker's acks, and only then move the run's checkpoint past the page. A crash
 loses at most the page in flight: the run resumes from its checkpoint (after the
 lease expires) and plans that page again with the same message ids, which the
