@@ -102,10 +102,11 @@ class AckedProducer:
         await acks.future
 
     def close(self, timeout: float = 5.0) -> None:
-        """Wait up to ``timeout`` for what is in flight, then stop the poller."""
-        self._producer.flush(timeout)
+        """Stop the poller, then wait up to ``timeout`` for what is in flight (its delivery
+        reports run here then: one thread at a time counts a batch's acks)."""
         self._stopping.set()
-        self._poller.join(timeout)
+        self._poller.join()
+        self._producer.flush(timeout)
 
 
 class _Acks:
