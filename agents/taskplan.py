@@ -5,8 +5,8 @@ Nothing here does I/O; :mod:`agents.tasks` reads the pages and produces the fram
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
-import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -231,7 +231,9 @@ class PageEncoder:
         self.shared_context = orjson.dumps(shared)[1:-1]  # the object's members, no braces
         # message_id_for(rule, f"{run}:{user}", channel), with the constant prefix hashed once
         self.id_prefix = hashlib.blake2b(f"{self.rule}\x1f{plan.run_no}:".encode(), digest_size=12)
-        self.reach_cache: dict[frozenset[str], list[str]] = {}
+        self.id_suffix = {name: f"\x1f{name}".encode() for name in choosers}
+        self.reach_cache: dict[frozenset[str], tuple[str, ...]] = {}
+        self.prefixes: dict[tuple[str, str, int, str], bytes] = {}
         self.selections: dict[Any, tuple[str, ...]] = {}
         self.zone_due: dict[str, int] = {}
 
@@ -254,6 +256,7 @@ class PageEncoder:
     def page(self, recipients: Sequence[Recipient], now_ms: int) -> tuple[Records, int, int]:
         """The page's outbox records per channel, the recipients reached, the messages made."""
         heads = self.heads(now_ms)
+        self.prefixes = {}  # they hold the page's created_ts
         records: Records = {name: [] for name in self.choosers}
         reached = made = 0
         for recipient in recipients:
@@ -261,8 +264,9 @@ class PageEncoder:
             if due is None:
                 continue
             reached += 1
-            for channel, value in self._encode(recipient, due, heads):
-                records[channel].append((recipient.user_id.encode(), value))
+            key = recipient.user_id.encode()
+            for channel, value in self._encode(recipient, key, due, heads):
+                records[channel].append((key, value))
                 made += 1
         return {name: found for name, found in records.items() if found}, reached, made
 
@@ -279,32 +283,42 @@ class PageEncoder:
             due = self.zone_due[recipient.timezone] = due_at_for(plan, recipient)
         return due if sched.part_of(due, plan.parts) == plan.run_no else None
 
-    def _encode(self, recipient: Recipient, due: int, heads: Mapping[str, bytes]) -> list[tuple[str, bytes]]:
-        contact = contact_of(recipient) if recipient.contact else {}
-        reachable = self._reachable(contact)
-        channels = self._channels(recipient, reachable)
+    def _encode(
+        self, recipient: Recipient, key: bytes, due: int, heads: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes]]:
+        contact = contact_of(recipient) if recipient.contact else _NO_CONTACT
+        channels = self._channels(recipient, self._reachable(contact))
         if not channels:
             return []
-        user = recipient.user_id
-        user_json = orjson.dumps(user)
-        # Around the contact (trimmed per channel), the same for each of the recipient's channels.
-        before = b"".join((b',"event_ts":', _number(due), b',"timezone":', _dumps(recipient.timezone)))
-        after = b"".join((
-            b',"variables":{', self.shared_context, b',"user_id":', user_json,
-            b',"attributes":', _dumps(recipient.attributes), b"}",
-        ))  # fmt: skip
+        user_json = orjson.dumps(recipient.user_id)
+        attributes = _dumps(recipient.attributes)
         out = []
         for channel in channels:
             provider = self.single.get(channel) or self.choosers[channel].choose(contact=contact).name
-            digest = self.id_prefix.copy()
-            digest.update(f"{user}\x1f{channel}".encode())
-            carried = carried_contact(self.choosers, channel, contact, self.also)
+            digest = self.id_prefix.copy()  # message_id_for(rule, f"{run}:{user}", channel)
+            digest.update(key)
+            digest.update(self.id_suffix[channel])
             out.append((channel, b"".join((
-                heads[channel], b'"message_id":"', digest.hexdigest().encode(), b'","user_id":', user_json,
-                b',"provider":', orjson.dumps(provider), before,
-                b',"contact":', _dumps(carried), after, self._app_fields(recipient, channel), b"}",
+                self._prefix(heads, channel, provider, due, recipient.timezone), user_json,
+                b',"attributes":', attributes, b'},"message_id":"', binascii.hexlify(digest.digest()),
+                b'","user_id":', user_json, b',"contact":', self._carried(channel, contact),
+                self._app_fields(recipient, channel), b"}",
             ))))  # fmt: skip
         return out
+
+    def _carried(self, channel: str, contact: Mapping[str, str]) -> bytes:
+        return _dumps(carried_contact(self.choosers, channel, contact, self.also)) if contact else b"{}"
+
+    def _prefix(self, heads: Mapping[str, bytes], channel: str, provider: str, due: int, zone: str) -> bytes:
+        """A message up to its user: the head, what recipients of one channel, provider, due
+        time and zone share, and the shared template context, left open before its user_id."""
+        found = self.prefixes.get((channel, provider, due, zone))
+        if found is None:
+            found = self.prefixes[(channel, provider, due, zone)] = b"".join((
+                heads[channel], b'"provider":', orjson.dumps(provider), b',"event_ts":', str(due).encode(),
+                b',"timezone":', orjson.dumps(zone), b',"variables":{', self.shared_context, b',"user_id":',
+            ))  # fmt: skip
+        return found
 
     def _app_fields(self, recipient: Recipient, channel: str) -> bytes:
         """``,"app_version":...,"app_platform":...`` when the profile saw an app, else nothing."""
@@ -313,28 +327,29 @@ class PageEncoder:
         fields = app_fields(recipient, self.platforms.get(channel, ""))
         return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
-    def _channels(self, recipient: Recipient, reachable: list[str]) -> list[str]:
+    def _channels(self, recipient: Recipient, reachable: tuple[str, ...]) -> tuple[str, ...]:
         """The channel rules' choice among the reachable channels, asked once per distinct
         (segments, reachable) pair (see :func:`_selected`)."""
-        key = (recipient.segments, tuple(reachable))
+        key = (recipient.segments, reachable)
         found = self.selections.get(key)
         if found is None:
-            fact = selection_fact(self.plan, recipient, reachable)
+            fact = selection_fact(self.plan, recipient, list(reachable))
             found = self.selections[key] = tuple(
                 c for c in _selected(self.plan, fact, self.engine, None) if c in reachable
             )
-        return list(found)
+        return found
 
-    def _reachable(self, contact: Mapping[str, str]) -> list[str]:
+    def _reachable(self, contact: Mapping[str, str]) -> tuple[str, ...]:
         key = frozenset(k for k, v in contact.items() if v) if contact else _NO_KEYS
         found = self.reach_cache.get(key)
         if found is None:
-            found = self.reach_cache[key] = reachable_channels(self.choosers, contact)
+            found = self.reach_cache[key] = tuple(reachable_channels(self.choosers, contact))
         return found
 
 
 _PER_USER = frozenset({"user_id", "attributes"})
 _NO_KEYS: frozenset[str] = frozenset()
+_NO_CONTACT: dict[str, str] = {}
 
 
 def _dumps(value: Any) -> bytes:
@@ -343,11 +358,6 @@ def _dumps(value: Any) -> bytes:
 
 
 _EMPTY_JSON: dict[type, bytes] = {dict: b"{}", str: b'""', type(None): b"null"}
-
-
-@functools.lru_cache(maxsize=4096)
-def _number(value: int) -> bytes:
-    return str(value).encode()
 
 
 def plan_page(

@@ -1,11 +1,12 @@
 """Task runner: due task runs -> audience pages -> messages on the outbox topics.
 
 A leader-only timer, every ``task_poll_interval`` seconds (0.2 s: a run fires within
-that of its time), starts a drive for each run due by now. A drive claims its run
-(:class:`models.taskruns.RunStore`: a lease row, so with two workers each run fires
-once; renewed every ``task_tick_budget`` seconds and with each checkpoint) and
-expands it page by page: read the next keyset page of the audience,
-plan its messages (:mod:`agents.taskplan`), pack them into outbox frames, wait for
+that of its time), starts a drive for each run due by now, on the runner's own loop
+(:mod:`agents.taskloop`). A drive claims its run (:class:`models.taskruns.RunStore`: a
+lease row, so with two workers each run fires once; renewed every ``task_tick_budget``
+seconds and with each checkpoint) and expands it page by page: read the next keyset page
+of the audience (the one after it is read meanwhile), plan its messages
+(:mod:`agents.taskplan`) and pack them into outbox frames in a worker thread, wait for
 the broker's acks, and only then move the run's checkpoint past the page. A crash
 loses at most the page in flight: the run resumes from its checkpoint (after the
 lease expires) and plans that page again with the same message ids, which the
@@ -23,16 +24,14 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
-from agents.guard import run_step
 from agents.narrow import describe
-from agents.produce import produce_all
 from agents.records import value_limit
-from agents.taskplan import PageEncoder, PartAssigner, Records, RunPlan, page_allowance
-from models.outbox import pack
+from agents.taskplan import PageEncoder, PartAssigner, RunPlan, page_allowance
+from models.outbox import Record, pack
 from models.taskruns import Recipient, RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
 from models.taskstore import SCHEDULER, RunRow, TaskRow, TaskStore, TransitionRefusedError
@@ -58,9 +57,11 @@ class TaskRunner:
         self.limit = value_limit(s.kafka_max_message_bytes)
         self.slice = s.task_tick_budget
         self.driving: dict[tuple[int, int], asyncio.Task[int]] = {}
+        self.sweeping: asyncio.Task[None] | None = None
 
     async def start_due(self) -> list[asyncio.Task[int]]:
-        """Start driving every due run not driven here yet; returns the drives started.
+        """Start driving every due run not driven here yet, and a sweep of ended tasks'
+        members if none is under way; returns the drives started.
 
         Each drive is its own asyncio task, so a long expansion neither holds the timer nor
         keeps a run due a second later waiting for it."""
@@ -69,37 +70,54 @@ class TaskRunner:
             if key not in self.driving:
                 self.driving[key] = asyncio.create_task(self._drive(key))
                 started.append(self.driving[key])
+        if self.sweeping is None or self.sweeping.done():
+            self.sweeping = asyncio.create_task(self._sweep())
         return started
 
     async def tick(self) -> int:
-        """Start the due runs and wait for their drives; returns the messages planned.
-        (The worker's timer only starts them: :meth:`start_due`.)"""
-        return sum(await asyncio.gather(*await self.start_due()))
+        """Start the due runs and wait for their drives and the sweep; returns the messages
+        planned. (The worker's timer only starts them: :meth:`start_due`.)"""
+        drives = await self.start_due()
+        planned = sum(await asyncio.gather(*drives))
+        if self.sweeping is not None:
+            await self.sweeping
+        return planned
+
+    async def _sweep(self) -> None:
+        """Delete the members an ended local-time task's parts left (a cancelled task's
+        parts never finish, so never drop theirs), a lease after it ended."""
+        try:
+            ended_before = self.rt.clock.now_ms() - self.lease_ms
+            for task_no in await self.runs.sweep_members(ended_before, CLAIMS_PER_TICK):
+                log.info("tasks.members_swept", task_no=task_no)
+        except DEPENDENCY_ERRORS as exc:  # the next tick sweeps again
+            log.warning("tasks.sweep_interrupted", error=type(exc).__name__)
 
     async def _drive(self, key: tuple[int, int]) -> int:
         """Expand one run slice by slice (claim renewed each time) until it is planned, stops
         (paused, cancelled, lease lost) or waits for its rate; the next tick goes on."""
         planned = 0
         try:
-            while True:
-                run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
-                if run is None:
-                    return planned
-                count, more = await self._advance_or_fail(run, time.monotonic() + self.slice)
-                planned += count
-                if not more:
-                    return planned
+            with PageReader(self.pool) as reader:  # kept across slices: see PageReader
+                while True:
+                    run = await self.runs.claim(*key, self.rt.clock.now_ms(), self.lease_ms)
+                    if run is None:
+                        return planned
+                    count, more = await self._advance_or_fail(run, time.monotonic() + self.slice, reader)
+                    planned += count
+                    if not more:
+                        return planned
         except DEPENDENCY_ERRORS as exc:  # the next tick claims the run again
             log.warning("tasks.drive_interrupted", task_no=key[0], run=key[1], error=type(exc).__name__)
             return planned
         finally:
             self.driving.pop(key, None)
 
-    async def _advance_or_fail(self, run: RunRow, deadline: float) -> tuple[int, bool]:
+    async def _advance_or_fail(self, run: RunRow, deadline: float, reader: PageReader) -> tuple[int, bool]:
         """A task that makes the runner raise (not a dependency outage) fails alone, with
         the reason in its transitions; it never stops the worker or the other tasks."""
         try:
-            return await self.advance(run, deadline)
+            return await self.advance(run, deadline, reader)
         except DEPENDENCY_ERRORS:
             raise
         except Exception as exc:
@@ -114,8 +132,9 @@ class TaskRunner:
                 task_no, allowed, TaskStatus.FAILED, ACTOR, self.rt.clock.now_ms(), reason
             )
 
-    async def advance(self, run: RunRow, deadline: float) -> tuple[int, bool]:
-        """Plan pages of ``run`` until ``deadline``; returns the messages planned and whether
+    async def advance(self, run: RunRow, deadline: float, reader: PageReader) -> tuple[int, bool]:
+        """Plan pages of ``run`` until ``deadline`` (at least one: a slice shorter than a page
+        still moves), read through ``reader``; returns the messages planned and whether
         pages remain (the deadline cut it short)."""
         task = await self.tasks.get(run.task_no)
         if task is None or task.status in FINAL_STATUSES:
@@ -130,20 +149,21 @@ class TaskRunner:
                 return 0, False
             run = await self.begin(task, starting)
         if run.state == "grouping":
-            return 0, await self.group(task, run, deadline)
+            return 0, await self.group(task, run, deadline, reader)
         zone = self.rt.settings.task_default_zone
         plan = RunPlan.of(task.task_no, run.run_no, run.due_at, task.spec, zone, run.grouped)
         encoder = PageEncoder(plan, self.rt.rules.current, self.rt.choosers, self.rt.platforms)
         planned = 0
-        part = (run.task_no, run.run_no) if run.grouped else None
+        source = Source(task.spec.audience, (run.task_no, run.run_no) if run.grouped else None)
         status = await self._status(task)
-        with PageReader(self.pool, task.spec.audience, part) as reader:
-            while status is TaskStatus.RUNNING and time.monotonic() < deadline:
-                step = await self.page(task, encoder, run, reader)
-                if step is None:
-                    return planned, False
-                run, count, status = step
-                planned += count
+        while status is TaskStatus.RUNNING:
+            step = await self.page(task, encoder, run, reader, source)
+            if step is None:
+                return planned, False
+            run, count, status = step
+            planned += count
+            if time.monotonic() >= deadline:
+                break
         if status is TaskStatus.PAUSED:
             await self.runs.release(run)
         return planned, status is TaskStatus.RUNNING
@@ -179,64 +199,69 @@ class TaskRunner:
         self.rt.metrics.task_runs.labels(task.spec.schedule.kind.value).inc()
         return dataclasses.replace(run, started_at=now)
 
-    async def group(self, task: TaskRow, run: RunRow, deadline: float) -> bool:
+    async def group(self, task: TaskRow, run: RunRow, deadline: float, reader: PageReader) -> bool:
         """Assign a local-time task's audience to its parts, page by page from the run's
         checkpoint, until ``deadline``; returns whether the drive should go on (the next
         claim finds the first part grouped and expanding, or more pages to group). Pause
         and cancel stop it at the next page, as they stop an expansion."""
         parts = PartAssigner(task.spec, self.rt.settings.task_default_zone)
-        with PageReader(self.pool, task.spec.audience) as reader:
-            while time.monotonic() < deadline:
-                status = await self._status(task)
-                if status is not TaskStatus.RUNNING:
-                    if status is TaskStatus.PAUSED:
-                        await self.runs.release(run)
-                    return False
-                page = await reader.read(run.checkpoint, self.rt.settings.task_page_size, ahead=True)
-                if not page:
-                    return await self.runs.grouped(run)
-                members = [(r.user_id, parts.part(r.timezone)) for r in page]
-                now = self.rt.clock.now_ms()
-                if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
-                    return False
-                run = dataclasses.replace(run, checkpoint=page[-1].user_id)
+        source = Source(task.spec.audience)
+        while time.monotonic() < deadline:
+            status = await self._status(task)
+            if status is not TaskStatus.RUNNING:
+                if status is TaskStatus.PAUSED:
+                    await self.runs.release(run)
+                return False
+            page = await reader.read(source, run.checkpoint, self.rt.settings.task_page_size, ahead=True)
+            if not page:
+                return await self.runs.grouped(run)
+            members = [(r.user_id, parts.part(r.timezone)) for r in page]
+            now = self.rt.clock.now_ms()
+            if not await self.runs.group(run, members, page[-1].user_id, now, self.lease_ms):
+                return False
+            run = dataclasses.replace(run, checkpoint=page[-1].user_id)
         return True
 
     async def page(
-        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader
+        self, task: TaskRow, encoder: PageEncoder, run: RunRow, reader: PageReader, source: Source
     ) -> tuple[RunRow, int, TaskStatus | None] | None:
         """Plan one page of a running task; returns the run advanced, the messages planned
         and the task's status for the next page (read while the broker acknowledges this
-        one: every wait of a page is a turn of the loop the channel agents share), or None
-        when the run stops for this tick."""
+        one), or None when the run stops for this tick."""
         now = self.rt.clock.now_ms()
         size = page_allowance(
             task.spec.rate_per_minute, run.started_at, now, run.audience, self.rt.settings.task_page_size
         )
         if size == 0:
             return None
-        recipients = await reader.read(run.checkpoint, size, ahead=not task.spec.rate_per_minute)
+        recipients = await reader.read(source, run.checkpoint, size, ahead=not task.spec.rate_per_minute)
         if not recipients:
             await self.finish(task, run)
             return None
-        records, reached, made = encoder.page(recipients, now)
-        _, status = await asyncio.gather(self._produce(records), self._status(task))
-        last = recipients[-1].user_id
+        # Off the loop, so the page read ahead and the acks progress while it is encoded.
+        planned = await asyncio.to_thread(self._planned, encoder, recipients, now)
+        _, status = await asyncio.gather(self._produce(planned.frames), self._status(task))
+        last, reached, made = recipients[-1].user_id, planned.reached, planned.made
         if not await self.runs.checkpoint(run, last, reached, made, self.rt.clock.now_ms(), self.lease_ms):
             log.warning("tasks.lease_lost", task_no=task.task_no, run=run.run_no)
             return None
-        for channel, channel_records in records.items():
-            self.rt.metrics.task_messages_planned.labels(channel).inc(len(channel_records))
+        for channel, count in planned.messages.items():
+            self.rt.metrics.task_messages_planned.labels(channel).inc(count)
         advanced = dataclasses.replace(
             run, checkpoint=last, audience=run.audience + reached, planned=run.planned + made
         )
         return advanced, made, status
 
-    async def _produce(self, records: Records) -> None:
-        frame_messages = self.rt.settings.outbox_frame_messages
-        for channel, channel_records in records.items():
-            frames = pack(channel_records, frame_messages, self.limit)
-            await self.produce(self.rt.settings.outbox_topic(channel), frames)
+    def _planned(self, encoder: PageEncoder, recipients: list[Recipient], now: int) -> PlannedPage:
+        """A page's messages packed into outbox frames (no I/O: runs off the loop)."""
+        records, reached, _made = encoder.page(recipients, now)
+        size = self.rt.settings.outbox_frame_messages
+        frames = {channel: pack(found, size, self.limit) for channel, found in records.items()}
+        return PlannedPage(frames, {channel: len(found) for channel, found in records.items()}, reached)
+
+    async def _produce(self, frames: dict[str, list[Record]]) -> None:
+        topic = self.rt.settings.outbox_topic
+        await asyncio.gather(*(self.produce(topic(channel), found) for channel, found in frames.items()))
 
     async def finish(self, task: TaskRow, run: RunRow) -> None:
         now = self.rt.clock.now_ms()
@@ -268,34 +293,58 @@ class TaskRunner:
             log.info("tasks.transition_skipped", task_no=task.task_no, to=to.value, status=str(exc.status))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedPage:
+    """A page's outbox frames and messages per channel, and the recipients it reached."""
+
+    frames: dict[str, list[Record]]
+    messages: dict[str, int]
+    reached: int
+
+    @property
+    def made(self) -> int:
+        return sum(self.messages.values())
+
+
+class Source(NamedTuple):
+    """Where a run's pages come from: its audience, or a grouped part's members."""
+
+    audience: Audience
+    part: tuple[int, int] | None = None  # (task_no, run_no)
+
+
 class PageReader:
-    """Reads a run's audience pages, the next one ahead while the caller plans, produces and
-    checkpoints the current one, so the database's time overlaps the worker's. The page
-    read ahead starts after the last recipient read, is used only if the caller asks for
-    exactly it next (the checkpoint moved there), and is dropped on leaving the block:
-    nothing about it is stored, so a crash loses no more than before."""
+    """Reads a drive's audience pages, the next one ahead while the caller plans, produces
+    and checkpoints the current one, so the database's time overlaps the worker's. The page
+    read ahead starts after the last recipient read and is used only if the caller asks for
+    exactly it next (same source, the checkpoint moved there). It outlives the drive's
+    slices (a slice, shorter than a page's round trip, used to drop it at its end and wait
+    for its next page whole); it is dropped on leaving the block: nothing about it is
+    stored, so a crash loses no more than before."""
 
-    def __init__(self, pool: Any, audience: Audience, part: tuple[int, int] | None = None) -> None:
+    def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.audience = audience
-        self.part = part  # (task_no, run_no): a grouped part's members instead of the audience
-        self.ahead: tuple[tuple[str, int], asyncio.Task[list[Recipient]]] | None = None
+        self.ahead: tuple[tuple[Source, str, int], asyncio.Task[list[Recipient]]] | None = None
 
-    async def read(self, after: str, size: int, ahead: bool) -> list[Recipient]:
+    async def read(self, source: Source, after: str, size: int, ahead: bool) -> list[Recipient]:
         """The page of ``size`` recipients after ``after``; with ``ahead``, start the next."""
-        page = await self._take(after, size)
+        page = await self._take((source, after, size))
         if ahead and len(page) == size:
-            key = (page[-1].user_id, size)
-            self.ahead = key, asyncio.create_task(audience_page(self.pool, self.audience, *key, self.part))
+            key = (source, page[-1].user_id, size)
+            self.ahead = key, asyncio.create_task(self._read(key))
         return page
 
-    async def _take(self, after: str, size: int) -> list[Recipient]:
+    async def _take(self, key: tuple[Source, str, int]) -> list[Recipient]:
         found, self.ahead = self.ahead, None
-        if found is not None and found[0] == (after, size):
+        if found is not None and found[0] == key:
             return await found[1]
         if found is not None:
             _drop(found[1])
-        return await audience_page(self.pool, self.audience, after, size, self.part)
+        return await self._read(key)
+
+    async def _read(self, key: tuple[Source, str, int]) -> list[Recipient]:
+        (audience, part), after, size = key
+        return await audience_page(self.pool, audience, after, size, part)
 
     def __enter__(self) -> PageReader:
         return self
@@ -326,23 +375,3 @@ async def export_task_gauges(runtime: Runtime, pool: Any) -> None:
         seen[(status, kind)] = int(count)
     for (status, kind), count in seen.items():
         runtime.metrics.tasks.labels(status, kind).set(count)
-
-
-def register(app: Any, runtime: Runtime) -> TaskRunner:
-    async def produce(topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        await produce_all(app, topic, records)
-
-    runner = TaskRunner(runtime, runtime.mysql_pool, produce)
-
-    async def tick() -> None:
-        await runner.start_due()
-
-    async def run_tasks() -> None:
-        await run_step("tasks", tick)
-
-    async def task_gauges() -> None:
-        await run_step("tasks.gauges", lambda: export_task_gauges(runtime, runtime.mysql_pool))
-
-    app.timer(interval=runtime.settings.task_poll_interval, on_leader=True)(run_tasks)
-    app.timer(interval=10.0, on_leader=True)(task_gauges)
-    return runner

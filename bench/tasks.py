@@ -5,18 +5,25 @@ Measures the time from the task's creation until every recipient is planned onto
 outbox (target <= 60 s), the delivered rate through the inbox, and the worker's peak RSS
 (target < 300 MB during the expansion), with the load and a ceiling measured in the same
 run (:func:`bare_produce`). BENCH_TASK_DELIVERED times the delivered rate over the first
-that many messages instead of all. ``python -m bench.tasks`` runs it alone and prints its
-JSON; ``bench/pipeline.py`` adds the same figures to its last line.
+that many messages instead of all. BENCH_TASK_PROFILE=FILE samples the worker with py-spy
+(on PATH) from the task's creation until it is planned and writes its collapsed stacks to
+FILE, and beside it the CPU seconds per worker thread and per program, and the worker's
+log. ``python -m bench.tasks`` runs it alone and prints its JSON; ``bench/pipeline.py``
+adds the same figures to its last line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +110,59 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+Profile = tuple[subprocess.Popen[bytes], int, dict[str, float], dict[str, float]]
+
+
+def start_profile(worker: WorkerProcess) -> Profile | None:
+    """py-spy sampling the worker (threads included, without pausing it), when asked."""
+    out = os.environ.get("BENCH_TASK_PROFILE")
+    if not out or worker.proc is None:
+        return None
+    pid = worker.proc.pid
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
+               "--threads", "--format", "raw", "--output", out]  # fmt: skip
+    return (
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        pid,
+        cpu_seconds(Path(f"/proc/{pid}/task").glob("*/stat")),
+        cpu_seconds(Path("/proc").glob("[0-9]*/stat"), by_name=True),
+    )
+
+
+def stop_profile(profile: Profile | None) -> None:
+    """Stop py-spy and write, next to its output, the CPU seconds each worker thread (by
+    the id py-spy names it with) and each program on the box spent over the expansion."""
+    if profile is None:
+        return
+    profiler, pid, threads, programs = profile
+    spent = {
+        "threads": _spent(threads, cpu_seconds(Path(f"/proc/{pid}/task").glob("*/stat"))),
+        "programs": _spent(programs, cpu_seconds(Path("/proc").glob("[0-9]*/stat"), by_name=True)),
+    }
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    profiler.wait(60)
+    Path(os.environ["BENCH_TASK_PROFILE"] + ".cpu.json").write_bytes(orjson.dumps(spent))
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {key: round(cpu - before.get(key, 0.0), 2) for key, cpu in after.items()}
+    return dict(sorted(((k, v) for k, v in spent.items() if v >= 0.05), key=lambda kv: -kv[1]))
+
+
+def cpu_seconds(stats: Iterable[Path], by_name: bool = False) -> dict[str, float]:
+    """User plus system CPU seconds from /proc stat files, by id (or summed by program name)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for stat in stats:
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            key = name if by_name else stat.parent.name
+            found[key] = found.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 CEILING_MESSAGE = 575  # bytes of one planned inbox message of this task (measured)
 CEILING_PAGE = 5000  # messages acknowledged at a time (fixed, so ceilings compare across page sizes)
 
@@ -167,11 +227,13 @@ def task_scenario(
     try:
         wait_until(lambda: ready(settings), 120, "the worker's partitions (readyz)", interval=0.2)
         load_at_start = os.getloadavg()[0]
+        profiler = start_profile(worker)
         created = time.time()
         task_no = asyncio.run(create_task(settings))
         run = lambda: db.query("SELECT state, planned FROM task_runs WHERE task_no = %s", [task_no])[0]  # noqa: E731
         wait_until(lambda: run()[0] == "planned", timeout, "every recipient planned", interval=0.2)
         planned_s = time.time() - created
+        stop_profile(profiler)
         load_at_planned = os.getloadavg()[0]
         started_at, finished_at = db.query(
             "SELECT started_at, finished_at FROM task_runs WHERE task_no = %s", [task_no]
@@ -192,6 +254,8 @@ def task_scenario(
         rss = peak_rss_mb(worker.proc.pid) if worker.proc else 0.0
     finally:
         worker.stop()
+        if os.environ.get("BENCH_TASK_PROFILE"):  # the worker's log too
+            shutil.copy(tmp / "worker.log", os.environ["BENCH_TASK_PROFILE"] + ".log")
         db.drop()
         clear_redis(settings)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -230,13 +230,22 @@ CREATE TABLE IF NOT EXISTS task_runs (
 -- Which part of a local-time task each recipient belongs to, written once by the first
 -- part (state 'grouping') so each part reads only its own members. Keyed by user: a
 -- recipient is in one part even if their zone changes while the task spans the zones.
--- A part's rows are deleted once it is planned.
+-- A part's rows are deleted once it is planned, and a task's once it ends (task_member_sweeps).
 CREATE TABLE IF NOT EXISTS task_run_members (
   task_no  BIGINT        NOT NULL,
   user_id  VARCHAR(128)  NOT NULL,
   run_no   INT           NOT NULL,
   PRIMARY KEY (task_no, user_id),
   KEY idx_run_members (task_no, run_no, user_id)
+);
+
+-- Local-time tasks that ended (cancelled, failed, completed), whose task_run_members
+-- may remain: parts that never ran keep theirs. Written with the task's final transition;
+-- the runner deletes the members a few hundred rows a statement, then the entry.
+CREATE TABLE IF NOT EXISTS task_member_sweeps (
+  task_no   BIGINT  NOT NULL,
+  ended_at  BIGINT  NOT NULL,
+  PRIMARY KEY (task_no)
 );
 
 -- Final outcomes of task messages per channel, added per channel-agent batch

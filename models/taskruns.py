@@ -75,17 +75,25 @@ class RunStore:
 
     async def claim(self, task_no: int, run_no: int, now_ms: int, lease_ms: int) -> RunRow | None:
         """Take or renew the lease of one run; None when another worker holds it."""
+        until = now_ms + lease_ms
         changed = await self._execute(
             f"UPDATE task_runs SET lease_owner = %s, lease_until = %s WHERE task_no = %s AND run_no = %s "
             f"AND state IN {ACTIVE} AND (lease_until < %s OR lease_owner = %s)",
-            [self.owner, now_ms + lease_ms, task_no, run_no, now_ms, self.owner],
+            [self.owner, until, task_no, run_no, now_ms, self.owner],
         )
-        if not changed:
-            return None
+        # A renewal within the same millisecond changes no row (MySQL counts changed rows,
+        # not matched ones): the lease is still this worker's if the row says so.
         rows = await self._query(
-            f"SELECT {RUN_COLUMNS} FROM task_runs WHERE task_no = %s AND run_no = %s", [task_no, run_no]
+            f"SELECT {RUN_COLUMNS}, lease_owner, lease_until, state IN {ACTIVE} FROM task_runs "
+            "WHERE task_no = %s AND run_no = %s",
+            [task_no, run_no],
         )
-        return RunRow.from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        *run, owner, held_until, active = rows[0]
+        if changed or (owner == self.owner and int(held_until) == until and active):
+            return RunRow.from_row(run)
+        return None
 
     async def start(self, run: RunRow, now_ms: int, state: str = "expanding") -> bool:
         """Move a pending run to ``state``: expanding, or grouping for a local-time task's
@@ -134,6 +142,26 @@ class RunStore:
             [run.task_no, run.run_no],
         ):
             pass
+
+    async def sweep_members(self, ended_before: int, limit: int) -> list[int]:
+        """Delete the task_run_members of local-time tasks that ended before ``ended_before``
+        (``task_member_sweeps``), a few hundred rows a statement, then their entries; returns
+        the tasks swept. The caller leaves time for a drive still writing a page of its
+        members when the task ended: after the lease, none can be."""
+        swept = [
+            int(row[0])
+            for row in await self._query(
+                "SELECT task_no FROM task_member_sweeps WHERE ended_at < %s ORDER BY ended_at LIMIT %s",
+                [ended_before, limit],
+            )
+        ]
+        for task_no in swept:
+            while await self._execute(
+                f"DELETE FROM task_run_members WHERE task_no = %s LIMIT {MEMBER_ROWS}", [task_no]
+            ):
+                pass
+            await self._execute("DELETE FROM task_member_sweeps WHERE task_no = %s", [task_no])
+        return swept
 
     async def checkpoint(
         self, run: RunRow, last_user: str, audience: int, planned: int, now_ms: int, lease_ms: int
@@ -194,17 +222,25 @@ class RunStore:
 
 # -- audience pages ------------------------------------------------------------------------
 # A page is read as one row: the database concatenates each member's profile into a JSON
-# array ``[user_id, segments, contact, timezone, attributes]`` (the JSON columns as
-# stored) and GROUP_CONCATs the page in user id order, so the driver parses one value
-# and orjson decodes the page in one call. Read row by row, aiomysql spends ~20 us of
-# CPU a recipient parsing packets and fields; this way ~4 us (measured, 5,000-member
-# pages). The per-row query stays as the fallback for a page the aggregate cannot
-# carry (over ``group_concat_max_len`` or the packet limit: NULL or cut, caught by the
-# member count) and for stored JSON that is not valid.
+# array ``[user_id, segments, contact, timezone, attributes, app_versions]`` (the JSON
+# columns as stored; app_versions ``[[platform, version, seen_at], ...]`` or null, from
+# a subquery per member on user_app_versions' primary key) and GROUP_CONCATs the page in
+# user id order, so the driver parses one value and orjson decodes the page in one call.
+# Read row by row, aiomysql spends ~20 us of CPU a recipient parsing packets and fields;
+# this way ~4 us (measured, 5,000-member pages). The app versions ride in the same value:
+# a second query per page naming its 20,000 user ids cost the worker ~5 us a recipient
+# escaping them, where the subquery costs the database ~3 us and the worker nothing. The
+# per-row query stays as the fallback for a page the aggregate cannot carry (over
+# ``group_concat_max_len`` or the packet limit: NULL or cut, caught by the member count)
+# and for stored JSON that is not valid.
+_APP_VERSIONS = (
+    "(SELECT CONCAT('[', GROUP_CONCAT(CONCAT('[', JSON_QUOTE(v.platform), ',', JSON_QUOTE(v.app_version), "
+    "',', v.seen_at, ']')), ']') FROM user_app_versions v WHERE v.user_id = {user})"
+)
 _MEMBER_JSON = (
     "CONCAT('[', JSON_QUOTE({user}), ',', COALESCE(NULLIF(p.segments, ''), 'null'), ',', "
     "COALESCE(NULLIF(p.contact, ''), 'null'), ',', JSON_QUOTE(COALESCE(p.timezone, '')), ',', "
-    "COALESCE(NULLIF(p.attributes, ''), 'null'), ']')"
+    f"COALESCE(NULLIF(p.attributes, ''), 'null'), ',', COALESCE({_APP_VERSIONS}, 'null'), ']')"
 )
 PROFILE = "p.segments, p.contact, p.timezone, p.attributes"
 # (member id column, FROM ... WHERE with the source's own arguments first)
@@ -222,7 +258,8 @@ Source = tuple[tuple[str, str], list[Any]]
 
 def _rows_sql(source: tuple[str, str]) -> str:
     user, where = source
-    return f"SELECT {user}, {PROFILE} FROM {where} ORDER BY {user} LIMIT %s"
+    versions = _APP_VERSIONS.format(user=user)
+    return f"SELECT {user}, {PROFILE}, {versions} FROM {where} ORDER BY {user} LIMIT %s"
 
 
 def _page_sql(source: tuple[str, str]) -> str:
@@ -253,36 +290,12 @@ async def audience_page(
         await cur.execute("SET SESSION group_concat_max_len = %s", [PAGE_BYTES])
         pages = [await _source_page(cur, source, [*args, after, limit]) for source, args in sources]
         # one source: already distinct and in order
-        recipients = recipients_of(pages[0]) if len(pages) == 1 else merge_pages(pages, limit)
-        return with_app_versions(recipients, await _app_versions(cur, [r.user_id for r in recipients]))
-
-
-async def _app_versions(cur: Any, user_ids: list[str]) -> dict[str, dict[str, SeenVersion]]:
-    """The page's app versions: one primary-key range read per page, not a join (a join
-    would repeat each profile once per platform)."""
-    if not user_ids:
-        return {}
-    marks = ",".join(["%s"] * len(user_ids))
-    await cur.execute(
-        f"SELECT user_id, platform, app_version, seen_at FROM user_app_versions WHERE user_id IN ({marks})",
-        user_ids,
-    )
-    found: dict[str, dict[str, SeenVersion]] = {}
-    for user_id, platform, version, seen_at in await cur.fetchall():
-        found.setdefault(user_id, {})[platform] = SeenVersion(version, int(seen_at))
-    return found
-
-
-def with_app_versions(
-    recipients: list[Recipient], versions: dict[str, dict[str, SeenVersion]]
-) -> list[Recipient]:
-    if not versions:
-        return recipients
-    return [r._replace(app_versions=versions[r.user_id]) if r.user_id in versions else r for r in recipients]
+        return recipients_of(pages[0]) if len(pages) == 1 else merge_pages(pages, limit)
 
 
 async def _source_page(cur: Any, source: tuple[str, str], args: list[Any]) -> list[Sequence[Any]]:
-    """One source's page as decoded rows ``[user_id, segments, contact, timezone, attributes]``."""
+    """One source's page as decoded rows
+    ``[user_id, segments, contact, timezone, attributes, app_versions]``."""
     await cur.execute(_page_sql(source), args)
     count, members = await cur.fetchone()
     if not count:
@@ -299,8 +312,8 @@ async def _source_page(cur: Any, source: tuple[str, str], args: list[Any]) -> li
 
 def decoded(row: Sequence[Any]) -> tuple[Any, ...]:
     """A row of the per-row query with its JSON columns decoded (empty or NULL: None)."""
-    user_id, segments, contact, timezone, attributes = row
-    return (user_id, _json(segments), _json(contact), timezone, _json(attributes))
+    user_id, segments, contact, timezone, attributes, versions = row
+    return (user_id, _json(segments), _json(contact), timezone, _json(attributes), _json(versions))
 
 
 def _json(value: str | None) -> Any:
@@ -337,10 +350,18 @@ def recipients_of(rows: Iterable[Sequence[Any]]) -> list[Recipient]:
     return [
         new(
             Recipient,
-            (user, tuple(segments) if segments else (), contact or empty, zone or "", attrs or empty, empty),
+            (
+                user, tuple(segments) if segments else (), contact or empty, zone or "", attrs or empty,
+                seen_versions(versions) if versions else empty,
+            ),
         )
-        for user, segments, contact, zone, attrs in rows
-    ]
+        for user, segments, contact, zone, attrs, versions in rows
+    ]  # fmt: skip
+
+
+def seen_versions(rows: Iterable[Sequence[Any]]) -> dict[str, SeenVersion]:
+    """``[[platform, version, seen_at], ...]`` as read with a page, per platform."""
+    return {platform: SeenVersion(version, int(seen_at)) for platform, version, seen_at in rows}
 
 
 class AudienceLists:

@@ -16,7 +16,7 @@ import pymysql
 
 from models.audit import AuditEntry, record_on
 from models.storage import in_transaction
-from models.tasks import FINAL_STATUSES, PlannedRun, TaskSpec, TaskStatus
+from models.tasks import FINAL_STATUSES, PlannedRun, ScheduleKind, TaskSpec, TaskStatus
 
 RETRYABLE = frozenset({1213, 9007})  # deadlock, TiDB write conflict
 TRIES = 3
@@ -287,7 +287,9 @@ class TaskStore:
         allowed = tuple(allowed)
 
         async def work(_conn: Any, cur: Any) -> TaskStatus:
-            await cur.execute("SELECT status FROM tasks WHERE task_no = %s FOR UPDATE", [task_no])
+            await cur.execute(
+                "SELECT status, schedule_kind FROM tasks WHERE task_no = %s FOR UPDATE", [task_no]
+            )
             row = await cur.fetchone()
             current = TaskStatus(row[0]) if row else None
             if current is None or current not in allowed:
@@ -305,6 +307,11 @@ class TaskStore:
                     "WHERE task_no = %s AND state IN ('pending', 'grouping', 'expanding')",
                     [task_no],
                 )
+                if row[1] == ScheduleKind.LOCAL_TIME.value:  # its parts' members go too
+                    await cur.execute(
+                        "INSERT IGNORE INTO task_member_sweeps (task_no, ended_at) VALUES (%s, %s)",
+                        [task_no, now_ms],
+                    )
             return current
 
         result: TaskStatus = await self._tx(work)

@@ -1,4 +1,5 @@
-"""A plain, fast Kafka producer for the CLI and benchmarks (confluent-kafka).
+"""Plain, fast Kafka producers (confluent-kafka): :class:`SyncProducer` for the CLI and
+benchmarks, :class:`AckedProducer` for the task runner's outbox writes.
 
 ``murmur2_random`` is the Java/aiokafka partitioner, so a key lands on the
 same partition whether faust, aiokafka or this producer wrote it.
@@ -6,9 +7,12 @@ same partition whether faust, aiokafka or this producer wrote it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 
 class SyncProducer:
@@ -51,3 +55,82 @@ class SyncProducer:
         if self._errors:
             errors, self._errors = self._errors, []
             raise KafkaException(f"{len(errors)} messages failed: {errors[0]}")
+
+
+class ProduceError(ConnectionError):
+    """The broker did not acknowledge every record of a :meth:`AckedProducer.send_all`
+    (down, too slow, or the local queue is full): a dependency error, so the caller
+    retries later; records it did take may still arrive (ids make them idempotent)."""
+
+
+class AckedProducer:
+    """confluent-kafka for an asyncio caller that moves on only once the broker has
+    acknowledged what it sent (``acks=all``, idempotent). librdkafka batches, checksums and
+    sends in its own threads, outside the GIL, where aiokafka does that work in Python on
+    the caller's loop; one poller thread hands each batch's acknowledgements back to the
+    loop that sent it. ``delivery_timeout`` bounds how long a record may wait for its ack."""
+
+    def __init__(self, bootstrap: str, max_message_bytes: int, delivery_timeout: float) -> None:
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": max_message_bytes,
+            "message.timeout.ms": max(1, int(delivery_timeout * 1000)),
+        })  # fmt: skip
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="reach-acks", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(0.1)  # runs the delivery callbacks, here
+
+    async def send_all(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Produce every ``(key, value)``; return once all are acknowledged, else raise
+        :class:`ProduceError`. Must be awaited on one loop at a time per batch (any loop)."""
+        if not records:
+            return
+        acks = _Acks(asyncio.get_running_loop(), len(records))
+        try:
+            for key, value in records:
+                self._producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
+        except (BufferError, KafkaException) as exc:
+            raise ProduceError(f"{topic}: {exc}") from exc
+        await acks.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the poller, then wait up to ``timeout`` for what is in flight (its delivery
+        reports run here then: one thread at a time counts a batch's acks)."""
+        self._stopping.set()
+        self._poller.join()
+        self._producer.flush(timeout)
+
+
+class _Acks:
+    """Counts one batch's delivery reports (on the poller thread) and settles its future
+    on the sender's loop once, with the first error if any record failed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.left = count
+        self.error: KafkaError | None = None
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def delivered(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+        self.left -= 1
+        if self.left == 0:
+            with contextlib.suppress(RuntimeError):  # the sender's loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if self.future.done():
+            return
+        if self.error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(ProduceError(str(self.error)))

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
 
     # Reach tasks (agents/tasks.py, agents/taskgate.py)
     task_poll_interval: float = Field(0.2, gt=0)  # seconds between the runner's looks for due runs
-    task_tick_budget: float = Field(0.5, gt=0)  # seconds a run expands between renewals of its claim
+    task_tick_budget: float = Field(0.5, gt=0)  # seconds a run expands between claim renewals (>= a page)
     # Recipients per audience page (one checkpoint each). Big pages: the expansion shares the
     # worker's event loop with the channel agents and waits a turn of it at each of a page's
     # few round trips; 20,000 took a third of the time 5,000 did (measured, 100k members).

@@ -19,7 +19,7 @@ import faust
 import structlog
 
 from agents import channel as channel_agent
-from agents import deferred, segments, tasks, tracking, trigger
+from agents import deferred, segments, taskloop, tracking, trigger
 from reach.runtime import Runtime
 from reach.settings import Settings
 from streams.consumer import GuardedConsumer, GuardedTransport
@@ -94,7 +94,7 @@ def build(settings: Settings, runtime: Runtime) -> Topology:
         topics[f"outbox.{name}"] = outbox_topic(app, settings, name)
         channel_agent.register(app, topics[f"outbox.{name}"], runtime, config)
     deferred.register(app, runtime)
-    tasks.register(app, runtime)
+    taskloop.register(app, runtime)
     health = WorkerHealth(settings.worker_ready_commit_age)
     _register_housekeeping(app, runtime, health)
     return Topology(app, runtime, profiles, topics, health)

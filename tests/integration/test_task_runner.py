@@ -8,12 +8,14 @@ import collections
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agents import tasks
 from models import taskruns
 from models.messages import DeliveryResult, DeliveryStatus
-from models.profiles import UserProfile
+from models.profiles import SeenVersion, UserProfile
 from models.receipts import Receipt, ReceiptStatus, ReceiptStore
 from models.storage import ResultStore, create_pool
 from models.taskruns import AudienceLists, Recipient, audience_page
@@ -137,6 +139,26 @@ async def test_a_crash_mid_expansion_resumes_from_the_checkpoint(rig: RunnerRig)
     assert [(r.state, r.audience, r.planned) for r in runs] == [("planned", 400, 400)]
 
 
+async def test_a_drive_reads_each_page_once_across_its_slices(
+    rig: RunnerRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice shorter than a page (here none at all: one page a slice) keeps the page read
+    ahead for the next slice instead of dropping it and reading it again."""
+    await rig.profiles(members(400))  # 8 pages of 50
+    await rig.create(task_body())
+    reads: list[str] = []
+
+    async def counted(pool: Any, audience: Audience, after: str, *args: Any) -> list[Recipient]:
+        reads.append(after)
+        return await audience_page(pool, audience, after, *args)
+
+    monkeypatch.setattr(tasks, "audience_page", counted)
+    runner = rig.runner()
+    runner.slice = 0.0
+    assert await runner.tick() == 400
+    assert len(reads) == len(set(reads)) == 9, reads  # the 8 pages and the empty one after them
+
+
 async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -> None:
     sent = DeliveryResult(
         "m" * 24, 1, "u-1", "task:77", "sms", "sms-a", DeliveryStatus.SENT, "", 0, 1, 2,
@@ -147,6 +169,9 @@ async def test_a_delivery_receipt_counts_once_towards_its_task(rig: RunnerRig) -
     for _ in range(2):  # the provider calls back twice
         await ReceiptStore(rig.pool).record("sms-a", [receipt], rig.clock.now_ms())
     assert await TaskStore(rig.pool).counts(77) == {"sms": {"delivered": 1}}
+
+
+PLAIN_VERSIONS = {"ios": SeenVersion("1.8.0", 5), "android": SeenVersion('2.0"b', 6)}
 
 
 async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
@@ -162,6 +187,10 @@ async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
     db = Db(rig.settings)
     db.query("UPDATE user_profiles SET attributes = '' WHERE user_id = 'u-plain'")  # an empty column
     db.query(
+        "INSERT INTO user_app_versions (user_id, platform, app_version, seen_at) VALUES "
+        "('u-plain', 'ios', '1.8.0', 5), ('u-plain', 'android', '2.0\"b', 6), ('u-zlisted', 'web', '3', 7)"
+    )  # a member without a profile has app versions too
+    db.query(
         "INSERT INTO segment_members (segment, user_id, updated_at) VALUES ('task-seg', 'u-noprofile', 0)"
     )
     uploaded = AudienceLists(rig.pool)
@@ -172,8 +201,8 @@ async def test_audience_pages_decode_the_same_in_one_value_or_row_by_row(
         Recipient("u-\"quoted\\", ("task-seg", "vip"), {"phone": "+1555"}, "Asia/Tokyo",
                   {"name": "Zoë", "tier": {"level": 2}}),
         Recipient("u-noprofile"),
-        Recipient("u-plain", ("task-seg",)),
-        Recipient("u-zlisted"),
+        Recipient("u-plain", ("task-seg",), app_versions=PLAIN_VERSIONS),
+        Recipient("u-zlisted", app_versions={"web": SeenVersion("3", 7)}),
         Recipient("u-é-unicode", ("task-seg",), {}, "", {"n": [1, None, "x"]}),
     ]  # fmt: skip
     assert await audience_page(rig.pool, both, "", 10) == expected
@@ -211,3 +240,29 @@ async def test_local_time_parts_read_only_their_members_grouped_once(rig: Runner
     runs = await TaskStore(rig.pool).runs(task_no)
     assert sum(r.audience for r in runs) == len(ZONES) and all(r.grouped for r in runs)
     assert db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no]) == [(0,)]
+
+
+async def test_a_cancelled_local_time_task_leaves_no_members_behind(rig: RunnerRig) -> None:
+    """Cancelled after its first part grouped the audience: once no drive can still be
+    writing them (a lease later), the parts' members are deleted, a few hundred a statement."""
+    await rig.profiles(
+        [UserProfile(f"u-{i:04d}", segments=("task-seg",), timezone=zone)
+         for i, zone in enumerate(["Asia/Tokyo", "Europe/Berlin", "America/New_York"] * 400)]
+    )  # fmt: skip
+    schedule = {"kind": "local_time", "date": "2026-03-08", "time": "09:00"}
+    task_no = await rig.create(task_body(schedule=schedule))
+    runner, db, store = rig.runner(), Db(rig.settings), TaskStore(rig.pool)
+    members = lambda: db.query("SELECT COUNT(*) FROM task_run_members WHERE task_no = %s", [task_no])[0][0]  # noqa: E731
+    rig.at(utc_ms("2026-03-07T23:00:00"))
+    while members() < 1200 or (await store.runs(task_no))[0].state == "grouping":
+        await runner.tick()
+    rig.at(utc_ms("2026-03-08T00:00:00"))  # Tokyo's part planned: its members are gone
+    await runner.tick()
+    assert members() == 800
+    await store.transition(task_no, [TaskStatus.RUNNING], TaskStatus.CANCELLED, "test", rig.clock.now_ms())
+    await runner.tick()
+    assert members() == 800, "deleted while a drive might still be grouping"
+    rig.at(rig.clock.now_ms() + int(rig.settings.task_lease_seconds * 1000) + 1)
+    await runner.tick()
+    assert members() == 0
+    assert db.query("SELECT COUNT(*) FROM task_member_sweeps") == [(0,)]

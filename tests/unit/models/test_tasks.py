@@ -152,7 +152,7 @@ def test_small_helpers() -> None:
 
 
 def row(user_id: str) -> tuple[Any, ...]:
-    return (user_id, None, None, None, None)
+    return (user_id, None, None, None, None, None)
 
 
 def test_merged_pages_stop_at_the_shortest_full_page() -> None:
