@@ -29,7 +29,7 @@ from agents.guard import run_step
 from agents.tasks import TaskRunner, export_task_gauges
 from models.storage import create_pool
 from reach.producer import AckedProducer
-from reach.runtime import Runtime
+from reach.runtime import Runtime, Setup
 
 log = structlog.get_logger("reach.agents.taskloop")
 
@@ -41,7 +41,7 @@ STOP_TIMEOUT = 10.0  # seconds a shutdown waits for the drives to stop and the a
 class RunnerLoop:
     """A :class:`TaskRunner` on a thread of its own, opened at the first tick."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Setup) -> None:
         self.runtime = runtime
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="reach-tasks", daemon=True)

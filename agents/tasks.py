@@ -36,7 +36,7 @@ from models.taskruns import Recipient, RunStore, audience_page, new_owner
 from models.tasks import FINAL_STATUSES, Audience, PlannedRun, ScheduleKind, TaskStatus, next_cron_run
 from models.taskstore import SCHEDULER, RunRow, TaskRow, TaskStore, TransitionRefusedError
 from reach.errors import DEPENDENCY_ERRORS
-from reach.runtime import Runtime
+from reach.runtime import Setup
 
 log = structlog.get_logger("reach.agents.tasks")
 
@@ -46,7 +46,7 @@ CLAIMS_PER_TICK = 16
 
 
 class TaskRunner:
-    def __init__(self, runtime: Runtime, pool: Any, produce: Produce, owner: str | None = None) -> None:
+    def __init__(self, runtime: Setup, pool: Any, produce: Produce, owner: str | None = None) -> None:
         self.rt = runtime
         self.pool = pool
         self.produce = produce
@@ -365,7 +365,7 @@ def _drop(read: asyncio.Task[list[Recipient]]) -> None:
         read.cancel()
 
 
-async def export_task_gauges(runtime: Runtime, pool: Any) -> None:
+async def export_task_gauges(runtime: Setup, pool: Any) -> None:
     """``reach_tasks{status, schedule}``: one grouped count over the tasks index."""
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SELECT status, schedule_kind, COUNT(*) FROM tasks GROUP BY status, schedule_kind")

@@ -40,7 +40,7 @@ class SimulatedCrashError(BaseException):
 class RunnerRig:
     settings: Settings
     clock: ManualClock
-    runtime: Setup  # the runner reads only the configuration part; the rig brings its pool
+    runtime: Setup  # the runner reads only configuration; the rig brings its pool
     pool: Any
     producer: AIOKafkaProducer
     produced: list[dict[str, Any]]
