@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -63,6 +64,9 @@ class ProduceError(ConnectionError):
     retries later; records it did take may still arrive (ids make them idempotent)."""
 
 
+QUEUE_FULL_WAIT = 0.005  # seconds between tries while the local queue is full
+
+
 class AckedProducer:
     """confluent-kafka for an asyncio caller that moves on only once the broker has
     acknowledged what it sent (``acks=all``, idempotent). librdkafka batches, checksums and
@@ -70,7 +74,9 @@ class AckedProducer:
     the caller's loop; one poller thread hands each batch's acknowledgements back to the
     loop that sent it. ``delivery_timeout`` bounds how long a record may wait for its ack."""
 
-    def __init__(self, bootstrap: str, max_message_bytes: int, delivery_timeout: float) -> None:
+    def __init__(
+        self, bootstrap: str, max_message_bytes: int, delivery_timeout: float, **overrides: object
+    ) -> None:
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",
@@ -79,7 +85,9 @@ class AckedProducer:
             "linger.ms": 5,
             "message.max.bytes": max_message_bytes,
             "message.timeout.ms": max(1, int(delivery_timeout * 1000)),
+            **overrides,
         })  # fmt: skip
+        self._delivery_timeout = delivery_timeout
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="reach-acks", daemon=True)
         self._poller.start()
@@ -94,12 +102,25 @@ class AckedProducer:
         if not records:
             return
         acks = _Acks(asyncio.get_running_loop(), len(records))
-        try:
-            for key, value in records:
-                self._producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
-        except (BufferError, KafkaException) as exc:
-            raise ProduceError(f"{topic}: {exc}") from exc
+        for key, value in records:
+            await self._produce(topic, key, value, acks)
         await acks.future
+
+    async def _produce(self, topic: str, key: bytes | None, value: bytes, acks: _Acks) -> None:
+        """Queue one record. A full local queue (several channels' pages at once can pass
+        librdkafka's 100,000 messages) waits for the acks to drain it, up to the delivery
+        timeout; a record already queued is never queued twice."""
+        deadline = time.monotonic() + self._delivery_timeout
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
+                return
+            except BufferError as exc:
+                if time.monotonic() >= deadline:
+                    raise ProduceError(f"{topic}: the producer's queue stayed full: {exc}") from exc
+                await asyncio.sleep(QUEUE_FULL_WAIT)
+            except KafkaException as exc:
+                raise ProduceError(f"{topic}: {exc}") from exc
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the poller, then wait up to ``timeout`` for what is in flight (its delivery

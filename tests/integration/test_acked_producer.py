@@ -43,3 +43,24 @@ async def test_a_broker_that_is_not_there_fails_within_the_delivery_timeout() ->
         assert isinstance(raised.value, DEPENDENCY_ERRORS)  # the runner retries it later
     finally:
         await asyncio.to_thread(producer.close, 0.1)
+
+
+async def test_a_batch_larger_than_the_local_queue_waits_for_room_instead_of_failing(tmp_path: Path) -> None:
+    """A page's channels produced at once can pass librdkafka's queue (100,000 messages by
+    default); here the queue holds 20 and one batch is 500."""
+    settings = make_settings(tmp_path, unique_run_id(), channels_yaml(9))
+    await ensure_topics(settings, ["inbox"])
+    topic = settings.outbox_topic("inbox")
+    producer = AckedProducer(
+        settings.kafka_bootstrap,
+        settings.kafka_max_message_bytes,
+        10.0,
+        **{"queue.buffering.max.messages": 20},
+    )
+    try:
+        records = [(f"u-{n}".encode(), f"v-{n}".encode()) for n in range(500)]
+        await producer.send_all(topic, records)
+    finally:
+        await asyncio.to_thread(producer.close)
+    stored = read_topic_until(settings, topic, lambda got: len(got) >= len(records))
+    assert sorted(stored) == sorted(records)  # each once: a refused record is not queued twice
