@@ -103,22 +103,27 @@ class AckedProducer:
             return
         acks = _Acks(asyncio.get_running_loop(), len(records))
         for key, value in records:
-            await self._produce(topic, key, value, acks)
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
+            except BufferError:
+                await self._produce_when_room(topic, key, value, acks)
+            except KafkaException as exc:
+                raise ProduceError(f"{topic}: {exc}") from exc
         await acks.future
 
-    async def _produce(self, topic: str, key: bytes | None, value: bytes, acks: _Acks) -> None:
-        """Queue one record. A full local queue (several channels' pages at once can pass
-        librdkafka's 100,000 messages) waits for the acks to drain it, up to the delivery
-        timeout; a record already queued is never queued twice."""
+    async def _produce_when_room(self, topic: str, key: bytes | None, value: bytes, acks: _Acks) -> None:
+        """Queue a record the full local queue refused. Several channels' pages produced at
+        once can pass librdkafka's 100,000 messages: wait for the acks to drain it, up to
+        the delivery timeout. A refused record was not queued, so it is never queued twice."""
         deadline = time.monotonic() + self._delivery_timeout
         while True:
+            await asyncio.sleep(QUEUE_FULL_WAIT)
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=acks.delivered)
                 return
             except BufferError as exc:
                 if time.monotonic() >= deadline:
                     raise ProduceError(f"{topic}: the producer's queue stayed full: {exc}") from exc
-                await asyncio.sleep(QUEUE_FULL_WAIT)
             except KafkaException as exc:
                 raise ProduceError(f"{topic}: {exc}") from exc
 
