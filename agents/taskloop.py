@@ -27,7 +27,7 @@ import uvloop
 
 from agents.guard import run_step
 from agents.tasks import TaskRunner, export_task_gauges
-from models.storage import create_pool
+from models.storage import close_pool, create_pool
 from reach.producer import AckedProducer
 from reach.runtime import Runtime, Setup
 
@@ -96,8 +96,7 @@ class RunnerLoop:
         if self.producer is not None:
             await asyncio.to_thread(self.producer.close)
         if self.pool is not None:
-            self.pool.close()
-            await self.pool.wait_closed()
+            await close_pool(self.pool)
 
 
 def register(app: Any, runtime: Runtime) -> RunnerLoop:
