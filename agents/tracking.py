@@ -24,12 +24,10 @@ from agents.guard import run_step
 from models.engagement import Applied, EngagementStore
 from models.storage import MAX_ROWS_PER_STATEMENT
 from models.tracking import TrackingEvent, decode
-from reach.metrics import WorkerMetrics, platform_label
+from reach.metrics import WorkerMetrics, category_label, platform_label
 from reach.runtime import Runtime
 
 log = structlog.get_logger("reach.agents.tracking")
-
-OTHER = "other"  # the category label of a message whose category is not configured
 
 
 class TrackingStep:
@@ -48,7 +46,7 @@ class TrackingStep:
                 self.metrics.tracking_events.labels(first.kind, "unmatched").inc()
                 continue
             labels = first.labels
-            category = labels.category if labels.category in self.categories else OTHER
+            category = category_label(labels.category, self.categories)
             platform = platform_label(labels.platform)
             send = (labels.channel, labels.provider, platform, category)
             self.metrics.engagement.labels(first.kind, *send).inc()

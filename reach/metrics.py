@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import platform as _platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -35,6 +35,15 @@ FAILED_OUTCOMES = ("retry", "permanent", "invalid_address", "unknown")
 #: the engagement stages (models.tracking.Kind), and what a tracking event may do
 ENGAGEMENT_KINDS = ("delivered", "displayed", "opened", "clicked")
 TRACKING_OUTCOMES = ("first", "repeat", "unmatched")
+
+
+OTHER_CATEGORY = "other"  # the category label of a message whose category is not configured
+
+
+def category_label(category: str, configured: Collection[str]) -> str:
+    """A message's category as a metric label, bounded to the configured ones (a message's
+    category is data it brought)."""
+    return category if category in configured else OTHER_CATEGORY
 
 
 def build(registry: CollectorRegistry, name: str) -> Any:

@@ -14,9 +14,7 @@ from agents.delivery.batch import BatchOutcome
 from agents.plan import result_for
 from channels.base import Outcome
 from models.messages import DeliveryStatus, ReachMessage
-from reach.metrics import WorkerMetrics
-
-OTHER = "other"  # the category label of a message whose category is not configured
+from reach.metrics import WorkerMetrics, category_label
 
 
 class Holds:
@@ -39,5 +37,5 @@ class Holds:
         self._count(message, reason, "deferred")
 
     def _count(self, message: ReachMessage, reason: str, action: str) -> None:
-        category = message.category if message.category in self.categories else OTHER
+        category = category_label(message.category, self.categories)
         self.metrics.messages_held.labels(reason, action, self.channel, category).inc()
