@@ -24,7 +24,7 @@ from models.access import KeyStore
 from models.storage import create_pool, migrate
 from reach.clock import ManualClock
 from reach.settings import Settings
-from tests.integration.harness import Db, bearer, clear_redis, new_key, unique_run_id
+from tests.integration.harness import Db, bearer, clear_redis, make_settings, new_key, unique_run_id
 from tests.support.tokens import HS256_SECRET, SigningKeys, signing_keys, token, unsigned
 
 # One app for the module (starting one costs a Kafka producer and a pool): its loop too.
@@ -42,14 +42,11 @@ def jwks(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory, jwks: SigningKeys) -> Iterator[Settings]:
     tmp = tmp_path_factory.mktemp("access")
-    (tmp / "channels.yaml").write_text("channels: {}\n")
-    run = unique_run_id()
-    built = Settings(
-        mysql_database=f"reach_{run}",
-        topic_prefix=f"{run}.",
-        redis_prefix=f"{run}:",
-        channels_file=tmp / "channels.yaml",
-        jwt_hs256_secret=HS256_SECRET,  # type: ignore[arg-type]
+    built = make_settings(
+        tmp,
+        unique_run_id(),
+        "channels: {}\n",
+        jwt_hs256_secret=HS256_SECRET,
         jwt_jwks_file=jwks.jwks_file,
         api_key_cache_seconds=CACHE_S,
         rate_limit_per_user=5,

@@ -22,8 +22,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.app import create_app
 from models.storage import migrate
-from reach.settings import Settings
-from tests.integration.harness import Db, bearer, clear_redis, create_key, unique_run_id
+from tests.integration.harness import Db, bearer, clear_redis, create_key, make_settings, unique_run_id
 
 pytestmark = pytest.mark.integration
 EXAMPLES_PER_OPERATION = 30  # x 8 operations: a few hundred requests (with the checks' own re-sends)
@@ -32,14 +31,7 @@ EXAMPLES_PER_OPERATION = 30  # x 8 operations: a few hundred requests (with the 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    (tmp / "channels.yaml").write_text("channels: {}\n")
-    run = unique_run_id()
-    built = Settings(
-        mysql_database=f"reach_{run}",
-        topic_prefix=f"{run}.",
-        redis_prefix=f"{run}:",
-        channels_file=tmp / "channels.yaml",
-    )
+    built = make_settings(tmp, unique_run_id(), "channels: {}\n")
     asyncio.run(migrate(built))
     # admin reaches every route; no rate limit, so the fuzzer meets the routes, not the limiter.
     # Spelled as the security scheme names it, so the check's replacement overrides this one.
